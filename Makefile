@@ -1,0 +1,53 @@
+# trtq: two commands do all set-up on a fresh machine:
+#   make demo   install into .venv if needed, then run the main job (export, calibrate, quantize, build, accuracy)
+#   make test   install into .venv if needed, then type-check and run the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TRTQ := $(VENV)/bin/trtq
+STAMP := $(VENV)/.trtq-installed
+SHARED ?= ../shared/assets
+PYTEST_ARGS ?=
+
+.PHONY: install demo test unit typecheck lint bench bench-calib bench-accuracy clean help
+
+help:
+	@echo "make demo | make test | make bench | make bench-calib | make bench-accuracy | make typecheck | make lint"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[export,dev]'
+	@# tensorrt-stubs declares a dependency on the real tensorrt wheel: type stubs only, without it.
+	$(PY) -m pip install -q --no-deps 'tensorrt-stubs==10.13.0.35.1'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) -m trtq.demo --shared $(SHARED)
+
+test: $(STAMP) typecheck
+	YOLO_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+typecheck: $(STAMP)
+	$(VENV)/bin/basedpyright --pythonpath $(PY) -p pyrightconfig.json
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check trtq calibrators tests benchmarks examples
+
+bench: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) benchmarks/speed.py --shared $(SHARED)
+
+bench-calib: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) benchmarks/calibration.py --shared $(SHARED)
+
+bench-accuracy: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) benchmarks/accuracy.py --shared $(SHARED)
+
+clean:
+	rm -rf build *.egg-info .pytest_cache
