@@ -23,6 +23,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".trtq-tmp{suffix}", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the final file the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -61,3 +64,14 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def default_output(model: str | os.PathLike[str], suffix: str, folder: str | os.PathLike[str] | None = None) -> Path:
+    """``<model stem><suffix>`` in ``folder``, else next to the model, else (read-only folder) in the cwd."""
+    src = Path(model)
+    name = src.stem + suffix
+    if folder is not None:
+        return Path(folder) / name
+    if os.access(src.parent if str(src.parent) else ".", os.W_OK):
+        return src.parent / name
+    return Path.cwd() / name

@@ -1,11 +1,117 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from trtq.errors import TrtqError
+ALGORITHMS = ("entropy", "minmax", "percentile", "mse")
 
 
 @click.command(name="build")
-def command() -> None:
-    """Not available yet."""
-    raise TrtqError("'trtq build' is not available in this version")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--fp16", is_flag=True, help="Allow FP16 kernels.")
+@click.option("--int8", is_flag=True, help="INT8 (implies FP16). A Q/DQ ONNX is always built as explicit INT8.")
+@click.option("--calib", default=None, help="Calibration images: a folder, a glob, a .txt list or a data yaml.")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Calibration cache to reuse (refused when stale) or to create.")
+@click.option("--force-cache", is_flag=True, help="Use --cache even if its record does not match this build.")
+@click.option("--algo", type=click.Choice(ALGORITHMS), default="entropy", show_default=True,
+              help="INT8 range algorithm.")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --algo percentile.")
+@click.option("--mode", type=click.Choice(["auto", "implicit", "explicit"]), default="auto", show_default=True,
+              help="INT8 mode: implicit (calibrator, TensorRT 8.5-10.x, DLA) or explicit (Q/DQ ONNX, TensorRT >= 10.1).")
+@click.option("--batch", type=int, default=None, help="Static batch size.")
+@click.option("--min-batch", type=int, default=None, help="Dynamic batch: smallest batch of the profile.")
+@click.option("--opt-batch", type=int, default=None, help="Dynamic batch: batch TensorRT tunes for (and calibrates with).")
+@click.option("--max-batch", type=int, default=None, help="Dynamic batch: largest batch of the profile.")
+@click.option("--imgsz", type=int, multiple=True, help="Image size (one value, or two: H W) for .pt export / dynamic H, W.")
+@click.option("--workspace", type=float, default=None, help="Builder workspace limit in GiB.")
+@click.option("--dla-core", type=int, default=None, help="Build for this DLA core (Jetson); needs a static batch.")
+@click.option("--no-gpu-fallback", is_flag=True, help="With --dla-core: fail instead of running layers on the GPU.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Load and save TensorRT's timing cache here (faster rebuilds).")
+@click.option("--builder-opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimization level 0-5.")
+@click.option("--strongly-typed/--weakly-typed", default=None,
+              help="Network typing (default: strongly typed on TensorRT 11, weakly typed with FP16 fallback before).")
+@click.option("--num-images", type=int, default=None, help="Calibrate on N images of the (shuffled) set.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
+@click.option("--ultralytics-header", is_flag=True,
+              help='Also prefix the engine with the metadata header ultralytics.YOLO("X.engine") reads.')
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Engine path (default engines/<model>.<precision>.engine).")
+def command(
+    model: Path,
+    fp16: bool,
+    int8: bool,
+    calib: str | None,
+    cache: Path | None,
+    force_cache: bool,
+    algo: str,
+    percentile: float,
+    mode: str,
+    batch: int | None,
+    min_batch: int | None,
+    opt_batch: int | None,
+    max_batch: int | None,
+    imgsz: tuple[int, ...],
+    workspace: float | None,
+    dla_core: int | None,
+    no_gpu_fallback: bool,
+    timing_cache: Path | None,
+    builder_opt_level: int | None,
+    strongly_typed: bool | None,
+    num_images: int | None,
+    seed: int,
+    ultralytics_header: bool,
+    output: Path | None,
+) -> None:
+    """Build a TensorRT engine from MODEL (.pt, FP32 .onnx or Q/DQ .onnx).
+
+    \b
+    Examples:
+      trtq build yolov8n.pt --int8 --calib ./images
+      trtq build yolov8n.onnx --int8 --cache engines/yolov8n.entropy.cache
+      trtq build yolov8n.int8.onnx                      # explicit INT8 from a Q/DQ ONNX
+      trtq build yolov8n.onnx --fp16 --min-batch 1 --opt-batch 8 --max-batch 16
+
+    Writes X.engine and X.engine.json (what the engine is and how it was made). Without TensorRT the CPU
+    steps (export, calibration cache, Q/DQ ONNX) still run, then it exits with code 3 and the command
+    that finishes the build on the target.
+    """
+    from trtq.trt.builder import build_engine
+
+    result = build_engine(
+        model,
+        fp16=fp16,
+        int8=int8,
+        calib=calib,
+        cache=cache,
+        force_cache=force_cache,
+        algo=algo,
+        percentile=percentile,
+        mode=mode,
+        batch=batch,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        imgsz=list(imgsz) if imgsz else None,
+        workspace=workspace,
+        dla_core=dla_core,
+        gpu_fallback=not no_gpu_fallback,
+        timing_cache=timing_cache,
+        builder_opt_level=builder_opt_level,
+        strongly_typed=strongly_typed,
+        ultralytics_header=ultralytics_header,
+        output=output,
+        num_images=num_images,
+        seed=seed,
+    )
+    meta = result.metadata
+    mode_txt = f" ({result.mode} INT8)" if result.mode else ""
+    click.echo(f"engine: {result.engine_path} [{result.precision}{mode_txt}] in {result.seconds:.1f} s")
+    if meta is not None:
+        click.echo(f"  TensorRT {meta.tensorrt_version}, {meta.gpu_name or 'GPU ?'}; record {result.engine_path}.json")
+    if result.float_layers:
+        click.echo(f"  {len(result.float_layers)} head layers kept in float (see the .json record)")
+    if result.calibration_batches:
+        click.echo(f"  calibrated on {result.calibration_batches} batches; cache {result.cache_path}")

@@ -1,11 +1,54 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from trtq.errors import TrtqError
+from calibrators.ranges import ALGORITHMS
 
 
 @click.command(name="calibrate")
-def command() -> None:
-    """Not available yet."""
-    raise TrtqError("'trtq calibrate' is not available in this version")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--calib", "source", required=True, help="Images: a folder (recursive), a glob, a .txt list or a data yaml.")
+@click.option("--algo", type=click.Choice(ALGORITHMS), default="entropy", show_default=True, help="Range algorithm.")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --algo percentile.")
+@click.option("--num-images", type=int, default=None, help="Use N images of the (shuffled) set.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Images per inference batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
+@click.option("--trt-version", default="10.3.0", show_default=True, help="TensorRT version the cache header targets.")
+@click.option("--exact", is_flag=True, help="Histogram every activation value instead of a spatial sample.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Cache path (default <model>.<algo>.cache).")
+def command(
+    model: Path,
+    source: str,
+    algo: str,
+    percentile: float,
+    num_images: int | None,
+    batch: int,
+    seed: int,
+    trt_version: str,
+    exact: bool,
+    output: Path | None,
+) -> None:
+    """Calibrate an FP32 ONNX MODEL on the CPU and write a TensorRT calibration cache + JSON sidecar.
+
+    The sidecar records the model hash, images, preprocessing and algorithm, so `trtq build --cache`
+    can refuse a stale cache. Statistics stream: memory does not grow with the number of images.
+    """
+    from calibrators.calibrate import calibrate
+    from calibrators.collect import DEFAULT_MAX_POSITIONS
+
+    result = calibrate(
+        model,
+        source,
+        algo=algo,
+        percentile=percentile,
+        num_images=num_images,
+        batch=batch,
+        seed=seed,
+        trt_version=trt_version,
+        output=output,
+        max_positions=None if exact else DEFAULT_MAX_POSITIONS,
+        progress=True,
+    )
+    click.echo(result.summary())

@@ -1,11 +1,58 @@
+"""`trtq predict`: run detection on images; draw boxes or write JSON."""
+
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import click
 
-from trtq.errors import TrtqError
-
 
 @click.command(name="predict")
-def command() -> None:
-    """Not available yet."""
-    raise TrtqError("'trtq predict' is not available in this version")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--source", required=True, help="An image, a directory, a glob ('imgs/*.jpg') or a .txt list of paths.")
+@click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="Confidence threshold.")
+@click.option("--iou", type=click.FloatRange(0, 1), default=0.7, show_default=True, help="NMS IoU threshold.")
+@click.option("--max-det", type=click.IntRange(min=1), default=300, show_default=True, help="Most detections per image.")
+@click.option("--save", type=click.Path(file_okay=False, path_type=Path), default=None, help="Write images with drawn boxes into this directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print detections as JSON on stdout (and write DIR/predictions.json with --save).")
+@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index (engines).")
+def command(
+    model: Path,
+    source: str,
+    conf: float,
+    iou: float,
+    max_det: int,
+    save: Path | None,
+    as_json: bool,
+    device: int,
+) -> None:
+    """Detect objects with MODEL (.engine or .onnx) in the images of --source.
+
+    \b
+    Examples:
+      trtq predict yolov8n.int8.engine --source bus.jpg --save out/
+      trtq predict yolov8n.onnx --source 'images/*.jpg' --json > detections.json
+    """
+    from trtq.runtime import Prediction, predict
+
+    def report(pred: Prediction) -> None:
+        click.echo(pred.summary(), err=as_json)
+
+    results = predict(
+        model,
+        source,
+        conf=conf,
+        iou=iou,
+        max_det=max_det,
+        save=save,
+        json_path=(save / "predictions.json") if (save is not None and as_json) else None,
+        device=device,
+        on_result=report,
+    )
+    if as_json:
+        doc = {"model": str(model), "conf": conf, "iou": iou, "images": [r.to_dict() for r in results]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    if save is not None:
+        click.echo(f"saved {len(results)} image(s) to {save}", err=True)

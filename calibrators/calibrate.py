@@ -1,0 +1,132 @@
+"""``trtq calibrate``: compute INT8 ranges on the CPU and write a TensorRT calibration cache + sidecar."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from calibrators.collect import (
+    DEFAULT_MAX_POSITIONS,
+    TensorHistogram,
+    calibration_tensors,
+    collect_histograms,
+)
+from calibrators.ranges import ALGORITHMS, compute_amax
+from calibrators.table import DEFAULT_TRT_VERSION, CalibrationTable, sidecar_path, trt_version_code
+from trtq.errors import TrtqError
+from trtq.fileio import default_output
+from trtq.images import ImageBatcher
+from trtq.modelinfo import check_detector_input, read_model_info
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationResult:
+    table: CalibrationTable
+    cache_path: Path | None
+    histograms: dict[str, TensorHistogram]
+    seconds: float
+    batcher: ImageBatcher
+
+    @property
+    def sidecar_path(self) -> Path | None:
+        return sidecar_path(self.cache_path) if self.cache_path is not None else None
+
+    def summary(self) -> str:
+        skipped = len(self.batcher.skipped)
+        where = f" -> {self.cache_path} (+ .json)" if self.cache_path else ""
+        return (
+            f"calibrated {len(self.table.amax)} tensors on {self.table.num_images} images"
+            f"{f' ({skipped} unreadable skipped)' if skipped else ''} in {self.seconds:.1f} s "
+            f"[{self.table.algorithm}, TensorRT {self.table.tensorrt_version} header]{where}"
+        )
+
+
+def amax_table(
+    histograms: dict[str, TensorHistogram], algo: str, *, percentile: float = 99.99
+) -> dict[str, float]:
+    """Apply a range algorithm to every histogram (minmax uses the exact running max, not the bins)."""
+    if algo not in ALGORITHMS:
+        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    out: dict[str, float] = {}
+    for name, h in histograms.items():
+        if algo == "minmax":
+            amax = h.max_abs
+        else:
+            amax = compute_amax(h.counts, h.edges, algo, percentile=percentile)
+        out[name] = float(amax) if amax > 0 else float(h.edges[-1])
+    return out
+
+
+def calibrate(
+    model: str | Path,
+    source: str | Path,
+    *,
+    algo: str = "entropy",
+    percentile: float = 99.99,
+    num_images: int | None = None,
+    batch: int = 1,
+    seed: int = 0,
+    trt_version: str = DEFAULT_TRT_VERSION,
+    output: str | Path | None = None,
+    write: bool = True,
+    tensor_names: Sequence[str] | None = None,
+    max_positions: int | None = DEFAULT_MAX_POSITIONS,
+    progress: bool = True,
+    providers: Sequence[str] | None = None,
+) -> CalibrationResult:
+    """Calibrate an FP32 ONNX on images from ``source`` and (unless ``write=False``) write the cache.
+
+    The cache goes to ``output`` (default ``<model>.<algo>.cache`` next to the model) with a JSON
+    sidecar ``<cache>.json`` recording what it was made from. Both are written atomically.
+    """
+    if algo not in ALGORITHMS:
+        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    trt_version_code(trt_version)  # validate early: a typo should not cost a calibration run
+    model = Path(model)
+    if model.suffix.lower() != ".onnx":
+        raise TrtqError(f"{model}: calibrate takes an FP32 ONNX model (run `trtq export {model}` first)")
+    info = read_model_info(model)
+    check_detector_input(info)
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.graph.node):
+        raise TrtqError(f"{model} already contains Q/DQ nodes; calibrate the FP32 ONNX it was made from")
+    names = list(tensor_names) if tensor_names is not None else calibration_tensors(graph)
+    del graph
+    batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
+    t0 = time.perf_counter()
+    histograms = collect_histograms(
+        model,
+        batcher,
+        names,
+        max_positions=max_positions,
+        progress=progress,
+        providers=providers,
+        total=len(batcher.selected),
+    )
+    if batcher.num_used == 0:
+        raise TrtqError(f"no usable calibration images in {source} ({len(batcher.skipped)} unreadable)")
+    table = CalibrationTable(
+        amax=amax_table(histograms, algo, percentile=percentile),
+        algorithm=algo,
+        percentile=percentile if algo == "percentile" else None,
+        model_sha256=info.sha256,
+        num_images=batcher.num_used,
+        images_sha256=batcher.images_sha256(),
+        preprocessing=batcher.preprocessing(),
+        tensorrt_version=trt_version,
+    )
+    seconds = time.perf_counter() - t0
+    cache_path: Path | None = None
+    if write:
+        cache_path = Path(output) if output is not None else default_output(model, f".{algo}.cache")
+        table.save(cache_path)
+    result = CalibrationResult(table, cache_path, histograms, seconds, batcher)
+    logger.debug(result.summary())
+    return result

@@ -1,0 +1,481 @@
+"""Streaming activation statistics through ONNX Runtime.
+
+For every tensor that will be quantized, keep a histogram of |x| whose memory does not depend on the
+number of images, plus the exact running max |x|:
+
+- The model is extended *in the graph* with, per tensor, a ``ReduceMax`` and a ``ReduceMin`` (the exact
+  signed range, computed by ONNX Runtime's parallel kernels and returned as scalars) and, for large
+  tensors, a strided spatial ``Slice`` that returns a fixed, evenly spread subset of the values (at most
+  ``max_samples`` per image). Small tensors are returned whole. So the costly part, copying tens of
+  millions of activations out of ONNX Runtime, is avoided, and each image contributes the same sample
+  whatever the batch size (1 batch of 8 == 8 batches of 1, bit for bit).
+- The returned |x| values go into a linear histogram whose bin width is a power of two, 2**k, with k
+  the smallest integer such that max |x| < 4096 * 2**k: between 2048 and 4096 bins span the data. When
+  a later batch raises the max, adjacent bins merge in pairs, which is exact (never a re-binning that
+  splits counts), so the result depends only on the values seen, not on batching or order.
+- The ``(counts, edges)`` handed to :mod:`calibrators.ranges` are those bins up to the one holding the max.
+- Tensors that need no measurement of their own are derived exactly: a Concat output's histogram is the
+  sum of its inputs' (same sampling density), a SiLU's Sigmoid output has range [0, 1], and a Conv output
+  consumed only by its SiLU (fused into one layer by TensorRT) takes the SiLU output's range.
+
+``max_samples=None`` histograms every value (exact mode, slower).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtq.errors import TrtqError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_POSITIONS = 1024  # spatial positions sampled per tensor and image (every channel at each)
+_FLUSH = 1 << 20  # histogram pending values in chunks of about this many
+CAPACITY = 4096  # histogram bins: the data spans between CAPACITY/2 and CAPACITY of them
+
+# Ops whose float inputs/outputs TensorRT may run in INT8 (calibration-math.md §3).
+QUANTIZABLE_OPS = frozenset(
+    {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Concat", "MaxPool", "Resize", "Sigmoid", "Mul", "Split"}
+)
+
+
+@dataclass(frozen=True)
+class TensorHistogram:
+    """|x| statistics of one tensor over the calibration set."""
+
+    name: str
+    counts: np.ndarray  # int64[n], CAPACITY/2 < n <= CAPACITY
+    edges: np.ndarray  # float64[n + 1], edges[0] == 0, uniform power-of-two width, edges[-1] > max_abs
+    max_abs: float  # exact max |x| over every value (not only the sample)
+    min_value: float  # exact signed min
+    max_value: float  # exact signed max
+    count: int  # number of values histogrammed
+    stride: int  # spatial sampling step (1 = every value)
+    derived: str = ""  # how it was derived from measured tensors ("" = measured)
+
+
+class _Accumulator:
+    """Exact streaming histogram of |x| on linear bins of width 2**k, plus the exact signed range.
+
+    ``k`` is the smallest integer with ``max|x| < CAPACITY * 2**k``, so between CAPACITY/2 and CAPACITY
+    bins span the data. When a batch raises the max past the last bin, adjacent bins are merged in pairs
+    (exact: the edges of the coarser grid are edges of the finer one). The final histogram therefore
+    depends only on the multiset of values, not on how they were batched, and is exact at its width.
+    """
+
+    def __init__(self, stride: int) -> None:
+        self.counts = np.zeros(CAPACITY, dtype=np.int64)
+        self.k: int | None = None  # bin width 2**k; None while every value seen is 0
+        self.zeros = 0  # values seen while k is None (all exactly 0)
+        self.min_value = np.inf
+        self.max_value = -np.inf
+        self.count = 0
+        self.stride = stride
+        self.derived = ""
+
+    @property
+    def max_abs(self) -> float:
+        return max(abs(self.min_value), abs(self.max_value)) if self.count else 0.0
+
+    def _grow_to(self, max_abs: float) -> None:
+        if max_abs <= 0.0:
+            return
+        mant, exp = np.frexp(max_abs / CAPACITY)  # max_abs / CAPACITY = mant * 2**exp, 0.5 <= mant < 1
+        k_needed = int(exp)  # smallest k with max_abs < CAPACITY * 2**k
+        if self.k is None:
+            self.k = k_needed
+            self.counts[0] += self.zeros
+            self.zeros = 0
+        elif k_needed > self.k:
+            factor = 1 << min(k_needed - self.k, 62)
+            if factor >= CAPACITY:
+                merged = np.zeros(CAPACITY, dtype=np.int64)
+                merged[0] = self.counts.sum()
+            else:
+                merged = np.zeros(CAPACITY, dtype=np.int64)
+                merged[: CAPACITY // factor] = self.counts.reshape(-1, factor).sum(axis=1)
+            self.counts = merged
+            self.k = k_needed
+
+    def update(self, values: np.ndarray, vmin: float, vmax: float) -> None:
+        """Add one batch: ``values`` are (a sample of) |x|, ``vmin``/``vmax`` the exact signed range of x."""
+        vmin, vmax = float(vmin), float(vmax)
+        if not (np.isfinite(vmin) and np.isfinite(vmax)):
+            values = values[np.isfinite(values)]
+            finite = values[np.isfinite(values)]
+            vmin = min(vmin, 0.0) if not np.isfinite(vmin) else vmin
+            vmax = float(finite.max()) if finite.size and not np.isfinite(vmax) else vmax
+            logger.warning("non-finite activations were ignored in calibration")
+        self.min_value = min(self.min_value, vmin)
+        self.max_value = max(self.max_value, vmax)
+        v = np.abs(values.reshape(-1), dtype=np.float32) if values.dtype != np.float32 else values.reshape(-1)
+        if v.size == 0:
+            return
+        self._grow_to(max(abs(self.min_value), abs(self.max_value), float(v.max())))
+        self.count += v.size
+        if self.k is None:
+            self.zeros += v.size
+            return
+        keys = np.ldexp(v, -self.k).astype(np.int32)  # exact scaling by a power of two, then floor
+        np.minimum(keys, CAPACITY - 1, out=keys)
+        self.counts += np.bincount(keys, minlength=CAPACITY)
+
+    def add_point(self, value: float, count: int) -> None:
+        """``count`` values all equal to ``value`` (>= 0)."""
+        self.min_value = min(self.min_value, value)
+        self.max_value = max(self.max_value, value)
+        self._grow_to(value)
+        self.count += count
+        if self.k is None:
+            self.zeros += count
+        else:
+            self.counts[min(int(np.ldexp(value, -self.k)), CAPACITY - 1)] += count
+
+    def merge(self, other: _Accumulator) -> None:
+        self.min_value = min(self.min_value, other.min_value)
+        self.max_value = max(self.max_value, other.max_value)
+        self.count += other.count
+        if other.k is None:
+            self._add_zeros(other.zeros)
+            return
+        assert other.k is not None
+        self._grow_to(max(self.max_abs, CAPACITY * 2.0**other.k * 0.5))
+        assert self.k is not None
+        factor = 1 << (self.k - other.k)
+        counts = other.counts.reshape(-1, factor).sum(axis=1) if factor > 1 else other.counts
+        self.counts[: counts.size] += counts
+
+    def _add_zeros(self, n: int) -> None:
+        if self.k is None:
+            self.zeros += n
+        else:
+            self.counts[0] += n
+
+    def finalize(self, name: str, min_bins: int = 0) -> TensorHistogram:
+        if self.count == 0:
+            raise TrtqError(f"no statistics were collected for tensor {name!r}")
+        max_abs = self.max_abs
+        if self.k is None:  # every value was exactly 0: any range represents it; use [0, 1]
+            counts = np.zeros(CAPACITY // 2 + 1, dtype=np.int64)
+            counts[0] = self.zeros
+            edges = np.linspace(0.0, 1.0, counts.size + 1)
+        else:
+            width = 2.0**self.k
+            n = min(max(int(np.floor(max_abs / width)) + 1, min_bins), CAPACITY)
+            counts = self.counts[:n].copy()
+            counts[-1] += self.counts[n:].sum()
+            edges = np.arange(n + 1, dtype=np.float64) * width
+        return TensorHistogram(
+            name, counts, edges, max_abs, self.min_value, self.max_value, self.count, self.stride, self.derived
+        )
+
+
+def _float_types(model: Any) -> dict[str, int]:
+    import onnx
+    from onnx import shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shape inference is best effort
+        inferred = model
+    types: dict[str, int] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        types[vi.name] = vi.type.tensor_type.elem_type
+    del onnx
+    return types
+
+
+def calibration_tensors(model: Any) -> list[str]:
+    """Float tensors TensorRT may run in INT8, in graph order: the graph input, and the inputs and
+    outputs of Conv / ConvTranspose / MatMul / Gemm, Add, Concat, MaxPool, Resize, Sigmoid, Mul, Split.
+    Initializers and constants are excluded (weights are quantized per channel without calibration)."""
+    from onnx import TensorProto
+
+    types = _float_types(model)
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    names: list[str] = []
+    seen: set[str] = set()
+
+    def add(t: str) -> None:
+        if t and t not in seen and t not in constants and types.get(t) == TensorProto.FLOAT:
+            seen.add(t)
+            names.append(t)
+
+    for inp in model.graph.input:
+        add(inp.name)
+    for node in model.graph.node:
+        if node.op_type in QUANTIZABLE_OPS:
+            for t in [*node.input, *node.output]:
+                add(t)
+    return names
+
+
+def _shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor for the given input shapes (empty where unknown)."""
+    import onnx
+    from onnx import shape_inference
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        if inp.name in input_shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, input_shapes[inp.name], strict=False):
+                d.Clear()
+                d.dim_value = int(v)
+    del m.graph.value_info[:]
+    try:
+        m = shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:  # noqa: BLE001
+        return {}
+    out: dict[str, tuple[int, ...]] = {}
+    for vi in [*m.graph.value_info, *m.graph.input, *m.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = tuple(int(d.dim_value) for d in dims)
+    return out
+
+
+def _spatial_step(shape: tuple[int, ...], max_positions: int | None) -> int:
+    """Smallest step s so that a [::s, ::s] slice of an NCHW tensor keeps at most ``max_positions`` spatial
+    positions per image (every channel at each). It depends on H and W only, so tensors of the same
+    spatial size (e.g. the inputs of one Concat) are sampled at the same density."""
+    if max_positions is None or len(shape) != 4:
+        return 1
+    s = 1
+    while (-(-shape[2] // s)) * (-(-shape[3] // s)) > max_positions and s < min(shape[2], shape[3]):
+        s += 1
+    return s
+
+
+@dataclass
+class StatsPlan:
+    """Which tensors are measured and which are derived exactly (or by a stated rule) from measured ones."""
+
+    measured: list[str]
+    # Concat output -> its inputs: histogram and range are the sum / union of the inputs' (exact).
+    concat: dict[str, list[str]]
+    # tensor -> (source, rule): "silu_preact" (a Conv output consumed only by its SiLU: fused away by
+    # TensorRT; takes the SiLU output's range) or "sigmoid" (a SiLU's Sigmoid: range [0, 1]).
+    alias: dict[str, tuple[str, str]]
+
+
+def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, tuple[int, ...]], max_positions: int | None) -> StatsPlan:
+    consumers: dict[str, list[Any]] = {}
+    producer: dict[str, Any] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+        for t in node.output:
+            producer[t] = node
+    graph_outputs = {o.name for o in model.graph.output}
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+
+    def silu_of(t: str) -> tuple[str, str] | None:
+        """For a Conv output x used only by Sigmoid(x) and Mul(x, Sigmoid(x)): (mul_output, sigmoid_output)."""
+        users = consumers.get(t, [])
+        if t in graph_outputs or len(users) != 2:
+            return None
+        sig = next((u for u in users if u.op_type == "Sigmoid"), None)
+        mul = next((u for u in users if u.op_type == "Mul"), None)
+        if sig is None or mul is None or set(mul.input) != {t, sig.output[0]}:
+            return None
+        if consumers.get(sig.output[0], []) != [mul] or sig.output[0] in graph_outputs:
+            return None
+        return mul.output[0], sig.output[0]
+
+    measured: list[str] = []
+    concat: dict[str, list[str]] = {}
+    alias: dict[str, tuple[str, str]] = {}
+    seen: set[str] = set()
+
+    def want(t: str) -> None:
+        if t in seen:
+            return
+        seen.add(t)
+        node = producer.get(t)
+        if node is not None and node.op_type == "Sigmoid":
+            src = node.input[0]
+            pair = silu_of(src)
+            if pair is not None and pair[1] == t:
+                alias[t] = (pair[0], "sigmoid")
+                want(pair[0])
+                return
+        pair = silu_of(t)
+        if pair is not None:
+            alias[t] = (pair[0], "silu_preact")
+            want(pair[0])
+            return
+        if node is not None and node.op_type == "Concat":
+            ins = [i for i in node.input if i]
+            steps = {_spatial_step(shapes.get(i, ()), max_positions) for i in ins}
+            if ins and not any(i in constants for i in ins) and all(i in shapes for i in ins) and len(steps) == 1:
+                concat[t] = ins
+                for i in ins:
+                    want(i)
+                return
+        measured.append(t)
+
+    for t in tensor_names:
+        want(t)
+    return StatsPlan(measured, concat, alias)
+
+
+@dataclass
+class StatsGraph:
+    model_bytes: bytes
+    # tensor -> (sample output, min output, max output, spatial step)
+    outputs: dict[str, tuple[str, str, str, int]]
+
+
+def build_stats_graph(
+    model: Any, measured: Sequence[str], shapes: dict[str, tuple[int, ...]], max_positions: int | None
+) -> StatsGraph:
+    """Extend ``model`` with exact range reductions and spatial sampling outputs for ``measured`` tensors."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        raise TrtqError(f"the model's opset {opset} is too old for INT8; re-export it with opset >= 13")
+    outputs: dict[str, tuple[str, str, str, int]] = {}
+    for i, name in enumerate(measured):
+        tag = f"trtq_stats_{i}"
+        mn, mx = f"{tag}_min", f"{tag}_max"
+        # No axes: reduce over every axis (valid before and after opset 18, where axes became an input).
+        g.node.append(helper.make_node("ReduceMin", [name], [mn], name=f"{tag}_ReduceMin", keepdims=0))
+        g.node.append(helper.make_node("ReduceMax", [name], [mx], name=f"{tag}_ReduceMax", keepdims=0))
+        step = _spatial_step(shapes.get(name, ()), max_positions)
+        src = name
+        if step > 1:
+            start = step // 2  # the centre of each step x step cell: keeps clear of the zero-padded border
+            inputs = [name]
+            for key, vals in (("starts", [start, start]), ("ends", [2**62, 2**62]), ("axes", [2, 3]), ("steps", [step, step])):
+                cname = f"{tag}_{key}"
+                g.initializer.append(helper.make_tensor(cname, TensorProto.INT64, [2], vals))
+                inputs.append(cname)
+            src = f"{tag}_slice"
+            g.node.append(helper.make_node("Slice", inputs, [src], name=f"{tag}_Slice"))
+        sample = f"{tag}_abs"  # |x| of the sample, computed by ONNX Runtime
+        g.node.append(helper.make_node("Abs", [src], [sample], name=f"{tag}_Abs"))
+        g.output.append(helper.make_tensor_value_info(sample, TensorProto.FLOAT, None))
+        g.output.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))
+        g.output.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, []))
+        outputs[name] = (sample, mn, mx, step)
+    return StatsGraph(m.SerializeToString(), outputs)
+
+
+def make_session(model_bytes: bytes | str, providers: Sequence[str] | None = None) -> Any:
+    import onnxruntime as ort
+
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, sess_options=opts, providers=list(providers))
+
+
+def collect_histograms(
+    model_path: str | Path,
+    batches: Iterable[dict[str, np.ndarray]],
+    tensor_names: Sequence[str] | None = None,
+    *,
+    max_positions: int | None = DEFAULT_MAX_POSITIONS,
+    progress: bool = False,
+    providers: Sequence[str] | None = None,
+    total: int | None = None,
+) -> dict[str, TensorHistogram]:
+    """Stream ``batches`` through the model and return one |x| histogram per requested tensor.
+
+    ``tensor_names`` defaults to :func:`calibration_tensors`. Memory is O(tensors x 32768) whatever the
+    number of batches. ``max_positions`` caps the spatial positions histogrammed per tensor and image
+    (the exact range is always computed over every value); ``None`` histograms every value.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:
+        raise TrtqError(f"{model_path} is not a readable ONNX model ({type(exc).__name__})") from None
+    names = list(tensor_names) if tensor_names is not None else calibration_tensors(model)
+    if not names:
+        raise TrtqError(f"{model_path}: no tensors to calibrate were found")
+    known = {t for n in model.graph.node for t in [*n.input, *n.output]} | {i.name for i in model.graph.input}
+    missing = [t for t in names if t not in known]
+    if missing:
+        raise TrtqError(f"tensors not in {model_path}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+    session: Any = None
+    plan: StatsPlan | None = None
+    graph: StatsGraph | None = None
+    output_names: list[str] = []
+    accs: dict[str, _Accumulator] = {}
+    first_shapes: dict[str, tuple[int, ...]] | None = None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="img", desc="calibrating", leave=False, dynamic_ncols=True)
+    try:
+        for feed in batches:
+            shapes = {k: tuple(v.shape) for k, v in feed.items()}
+            if first_shapes is None:
+                first_shapes = shapes
+                tensor_shapes = _shapes(model, shapes)
+                plan = plan_statistics(model, names, tensor_shapes, max_positions)
+                graph = build_stats_graph(model, plan.measured, tensor_shapes, max_positions)
+                session = make_session(graph.model_bytes, providers)
+                output_names = list(dict.fromkeys(x for n in plan.measured for x in graph.outputs[n][:3]))
+                accs = {n: _Accumulator(graph.outputs[n][3]) for n in plan.measured}
+            elif any(v[1:] != first_shapes[k][1:] for k, v in shapes.items()):
+                raise TrtqError("calibration batches changed image size mid-stream")
+            assert graph is not None and plan is not None
+            results = dict(zip(output_names, session.run(output_names, feed), strict=True))
+            for n in plan.measured:
+                sample, mn, mx, _ = graph.outputs[n]
+                accs[n].update(results[sample], results[mn], results[mx])
+            if bar is not None:
+                bar.update(next(iter(shapes.values()))[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    if plan is None:
+        raise TrtqError("calibration received no batches")
+    return {n: _resolve(n, plan, accs).finalize(n) for n in names}
+
+
+def _resolve(name: str, plan: StatsPlan, accs: dict[str, _Accumulator]) -> _Accumulator:
+    """The accumulator of a measured tensor, or one derived from measured ones."""
+    if name in accs:
+        return accs[name]
+    if name in plan.concat:
+        parts = [_resolve(i, plan, accs) for i in plan.concat[name]]
+        out = _Accumulator(parts[0].stride)
+        for p in parts:
+            out.merge(p)
+        out.derived = "concat of " + ", ".join(plan.concat[name])
+        return out
+    source, rule = plan.alias[name]
+    src = _resolve(source, plan, accs)
+    out = _Accumulator(src.stride)
+    if rule == "sigmoid":
+        # A point mass at 1: every range algorithm then gives amax 1, the sigmoid's full range.
+        out.add_point(1.0, src.count)
+        out.min_value = 0.0
+        out.derived = f"sigmoid inside the SiLU of {source}: range [0, 1]"
+    else:
+        out.merge(src)
+        out.derived = f"pre-activation fused into the SiLU by TensorRT: range of {source}"
+    return out

@@ -1,0 +1,1039 @@
+"""A recording fake of the ``tensorrt`` Python module, builder side and runtime side.
+
+``make_fake_tensorrt("10.3.0")`` returns a fresh module object whose attributes follow the real API of
+that version: names removed in a version are absent (``EXPLICIT_BATCH`` and the implicit-INT8 API on 11,
+``STRICT_TYPES`` / ``max_workspace_size`` only on 8.x, ``builder_optimization_level`` from 8.6, ...), and the
+checks that make real builds fail are reproduced (missing EXPLICIT_BATCH on 8.x, dynamic input without a
+profile, DLA with dynamic shapes, precision flags on a strongly typed network on 10.2-10.6, a calibrator
+that never called its base ``__init__``, calibration with no data and no cache).
+
+Every call is appended to ``module.CALLS`` as a tuple; the objects of the last build are kept in
+``module.STATE``. The ONNX parser reads the model with ``onnx`` and creates one layer per node, named
+after the node (as TensorRT's parser does), so precision constraints can be checked by name.
+
+Implicit calibration follows the pybind trampoline: ``read_calibration_cache`` first; a cache whose header
+matches this version and the calibrator's algorithm is used as is; otherwise ``get_batch`` is called until
+it returns ``[]``/``None``, each pointer is read from ``fake_device`` memory with the calibration (OPT)
+shape, and ``write_calibration_cache`` receives a ``memoryview``. Exceptions raised in a callback are
+printed to stderr and swallowed, as the real bindings do.
+
+The plan is JSON (with a magic prefix); the fake ``Runtime`` deserializes it into an ``ICudaEngine`` with
+name-based I/O whose ``execute_async_v3`` reads the inputs from fake device memory, writes outputs computed
+by ``engine.compute`` (default: per image, the mean of the input) and advances the fake clock by
+``engine.fake_latency_ms``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+import sys
+import types
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tests.fakes import fake_device
+
+PLAN_MAGIC = b"FAKETRTPLAN1"
+
+_ONNX_OP_TO_LAYER = {
+    "Conv": "CONVOLUTION",
+    "ConvTranspose": "DECONVOLUTION",
+    "Sigmoid": "ACTIVATION",
+    "Relu": "ACTIVATION",
+    "Mul": "ELEMENTWISE",
+    "Add": "ELEMENTWISE",
+    "Sub": "ELEMENTWISE",
+    "Div": "ELEMENTWISE",
+    "MaxPool": "POOLING",
+    "Concat": "CONCATENATION",
+    "Softmax": "SOFTMAX",
+    "Reshape": "SHUFFLE",
+    "Transpose": "SHUFFLE",
+    "Split": "SLICE",
+    "Slice": "SLICE",
+    "Resize": "RESIZE",
+    "QuantizeLinear": "QUANTIZE",
+    "DequantizeLinear": "DEQUANTIZE",
+    "Constant": "CONSTANT",
+    "Gemm": "MATRIX_MULTIPLY",
+    "MatMul": "MATRIX_MULTIPLY",
+}
+#: layer types the fake DLA refuses (forces GPU fallback handling)
+DLA_UNSUPPORTED = {"SOFTMAX", "RESIZE", "SLICE", "SHUFFLE", "QUANTIZE", "DEQUANTIZE", "CONSTANT"}
+
+
+def version_code(version: str) -> int:
+    major, minor, patch = (list(int(x) for x in version.split(".")[:3]) + [0, 0, 0])[:3]
+    return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+
+
+def make_fake_tensorrt(
+    version: str = "10.3.0",
+    *,
+    num_dla_cores: int = 0,
+    fake_latency_ms: float = 1.0,
+) -> types.ModuleType:
+    """A fresh fake ``tensorrt`` module for ``version`` (e.g. "8.5.3", "8.6.1", "10.3.0", "10.13.0", "11.0")."""
+    vt = tuple((list(int(x) for x in version.split(".")[:3]) + [0, 0, 0])[:3])
+    major = vt[0]
+    v8 = major < 10
+    v11 = major >= 11
+    at_least_8_6 = vt >= (8, 6, 0)
+    deprecated_implicit = vt >= (10, 1, 0)
+    st_rejects_flags = (10, 2, 0) <= vt < (10, 7, 0)
+
+    mod = types.ModuleType("tensorrt")
+    mod.__version__ = version
+    mod.__file__ = "<fake tensorrt>"
+    calls: list[tuple[Any, ...]] = []
+    state = types.SimpleNamespace(
+        builders=[], configs=[], networks=[], parsers=[], plans=[], engines=[], contexts=[], errors=[],
+        calibration_batches=[], calibration_names=[], cache_written=None, cache_read=None, used_cache=False,
+    )
+    mod.CALLS = calls
+    mod.STATE = state
+    mod.FAKE_LATENCY_MS = fake_latency_ms
+
+    def rec(*entry: Any) -> None:
+        calls.append(entry)
+
+    # ---------------------------------------------------------------- enums
+    def make_enum(name: str, members: Sequence[str]) -> type[enum.IntEnum]:
+        e = enum.IntEnum(name, {m: i for i, m in enumerate(members)})
+        return e
+
+    class DataType(enum.IntEnum):
+        FLOAT = 0
+        HALF = 1
+        INT8 = 2
+        INT32 = 3
+        BOOL = 4
+        UINT8 = 5
+        INT64 = 8
+
+    mod.DataType = DataType
+    mod.float32, mod.float16, mod.int8, mod.int32 = DataType.FLOAT, DataType.HALF, DataType.INT8, DataType.INT32
+    mod.bool, mod.uint8, mod.int64 = DataType.BOOL, DataType.UINT8, DataType.INT64
+    _NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8,
+           DataType.INT32: np.int32, DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
+
+    def nptype(dt: Any) -> type:
+        return _NP[DataType(int(dt))]
+
+    mod.nptype = nptype
+    mod.volume = lambda shape: int(np.prod(list(shape), dtype=np.int64)) if len(list(shape)) else 1
+
+    ncf = ["STRONGLY_TYPED"] if major >= 9 else []
+    if not v11:
+        ncf = ["EXPLICIT_BATCH", *(["EXPLICIT_PRECISION"] if v8 else []), *ncf]
+    mod.NetworkDefinitionCreationFlag = make_enum("NetworkDefinitionCreationFlag", ncf)
+
+    bflags = ["DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32", "SPARSE_WEIGHTS", "DIRECT_IO"]
+    if not v11:
+        bflags += ["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"]
+    if v8:
+        bflags += ["STRICT_TYPES"]
+    if at_least_8_6:
+        bflags += ["VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME"]
+    mod.BuilderFlag = make_enum("BuilderFlag", bflags)
+    mod.MemoryPoolType = make_enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM", "DLA_LOCAL_DRAM",
+                                                      "DLA_GLOBAL_DRAM"])
+    mod.DeviceType = make_enum("DeviceType", ["GPU", "DLA"])
+    mod.ProfilingVerbosity = make_enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
+    mod.TensorIOMode = make_enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+    mod.LayerInformationFormat = make_enum("LayerInformationFormat", ["ONELINE", "JSON"])
+    mod.LayerType = make_enum("LayerType", sorted(set(_ONNX_OP_TO_LAYER.values()) | {"IDENTITY"}))
+    if not v11:
+        mod.CalibrationAlgoType = make_enum(
+            "CalibrationAlgoType",
+            ["LEGACY_CALIBRATION", "ENTROPY_CALIBRATION", "ENTROPY_CALIBRATION_2", "MINMAX_CALIBRATION"],
+        )
+
+    class _Severity(enum.IntEnum):
+        INTERNAL_ERROR = 0
+        ERROR = 1
+        WARNING = 2
+        INFO = 3
+        VERBOSE = 4
+
+    class Logger:
+        Severity = _Severity
+        INTERNAL_ERROR, ERROR, WARNING = _Severity.INTERNAL_ERROR, _Severity.ERROR, _Severity.WARNING
+        INFO, VERBOSE = _Severity.INFO, _Severity.VERBOSE
+
+        def __init__(self, min_severity: Any = _Severity.WARNING) -> None:
+            self.min_severity = min_severity
+            self.messages: list[tuple[int, str]] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            self.messages.append((int(severity), msg))
+
+    mod.Logger = Logger
+    mod.ILogger = Logger
+
+    def _error(msg: str) -> None:
+        state.errors.append(msg)
+        rec("error", msg)
+
+    mod.init_libnvinfer_plugins = lambda logger, namespace: rec("init_libnvinfer_plugins", namespace) or True
+
+    # ---------------------------------------------------------------- dims
+    class Dims(tuple):
+        def __new__(cls, shape: Sequence[int] = ()) -> Dims:
+            return super().__new__(cls, (int(d) for d in shape))
+
+    def _dims_n(n: int) -> type:
+        class DimsN(Dims):
+            def __new__(cls, *args: int) -> Dims:
+                if len(args) != n:
+                    raise TypeError(f"Dims{n} takes {n} values")
+                return Dims.__new__(cls, args)
+
+        DimsN.__name__ = f"Dims{n}"
+        return DimsN
+
+    mod.Dims, mod.Dims2, mod.Dims3, mod.Dims4 = Dims, _dims_n(2), _dims_n(3), _dims_n(4)
+
+    def _as_dims(value: Any) -> tuple[int, ...]:
+        return tuple(int(d) for d in value)
+
+    # ---------------------------------------------------------------- network
+    class ITensor:
+        def __init__(self, name: str, shape: Sequence[int], dtype: Any = DataType.FLOAT) -> None:
+            self.name = name
+            self.shape = Dims(shape)
+            self.dtype = dtype
+
+    mod.ITensor = ITensor
+
+    class ILayer:
+        def __init__(self, name: str, ltype: str, op_type: str, inputs: list[ITensor], outputs: list[ITensor]):
+            self.name = name
+            self.type = mod.LayerType[ltype]
+            self.op_type = op_type
+            self._inputs = inputs
+            self._outputs = outputs
+            self._precision: Any = DataType.FLOAT
+            self.precision_is_set = False
+            self.output_types: dict[int, Any] = {}
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self._inputs)
+
+        @property
+        def num_outputs(self) -> int:
+            return len(self._outputs)
+
+        def get_input(self, i: int) -> ITensor:
+            return self._inputs[i]
+
+        def get_output(self, i: int) -> ITensor:
+            return self._outputs[i]
+
+        def get_output_type(self, i: int) -> Any:
+            return self.output_types.get(i, DataType.FLOAT)
+
+        if not v11:
+
+            @property
+            def precision(self) -> Any:
+                return self._precision
+
+            @precision.setter
+            def precision(self, dtype: Any) -> None:
+                if vt >= (10, 12, 0):
+                    warnings.warn("ILayer.precision is deprecated", DeprecationWarning, stacklevel=2)
+                rec("layer.precision", self.name, DataType(int(dtype)).name)
+                self._precision = dtype
+                self.precision_is_set = True
+
+            def set_output_type(self, i: int, dtype: Any) -> None:
+                rec("layer.set_output_type", self.name, i, DataType(int(dtype)).name)
+                self.output_types[i] = dtype
+
+        else:
+
+            @property
+            def precision(self) -> Any:
+                return self._precision
+
+    mod.ILayer = ILayer
+
+    class INetworkDefinition:
+        def __init__(self, flags: int) -> None:
+            self.flags = flags
+            self.layers: list[ILayer] = []
+            self.inputs: list[ITensor] = []
+            self.outputs: list[ITensor] = []
+            self.has_qdq = False
+
+        @property
+        def num_layers(self) -> int:
+            return len(self.layers)
+
+        def get_layer(self, i: int) -> ILayer:
+            return self.layers[i]
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self.inputs)
+
+        def get_input(self, i: int) -> ITensor:
+            return self.inputs[i]
+
+        @property
+        def num_outputs(self) -> int:
+            return len(self.outputs)
+
+        def get_output(self, i: int) -> ITensor:
+            return self.outputs[i]
+
+        def get_flag(self, flag: Any) -> bool:
+            return bool(self.flags & (1 << int(flag)))
+
+    mod.INetworkDefinition = INetworkDefinition
+
+    def _strongly_typed(network: INetworkDefinition) -> bool:
+        st = getattr(mod.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        return v11 or (st is not None and network.get_flag(st))
+
+    # ---------------------------------------------------------------- parser
+    class ParserError:
+        def __init__(self, desc: str, node: int = -1) -> None:
+            self._desc, self._node = desc, node
+
+        def code(self) -> int:
+            return 8
+
+        def desc(self) -> str:
+            return self._desc
+
+        def node(self) -> int:
+            return self._node
+
+        def __str__(self) -> str:
+            return self._desc
+
+    class OnnxParser:
+        def __init__(self, network: INetworkDefinition, logger: Any) -> None:
+            self.network = network
+            self.errors: list[ParserError] = []
+            state.parsers.append(self)
+            rec("OnnxParser")
+
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
+
+        def get_error(self, i: int) -> ParserError:
+            return self.errors[i]
+
+        def parse_from_file(self, path: str) -> bool:
+            rec("parse_from_file", str(path))
+            import onnx
+
+            try:
+                model = onnx.load(str(path), load_external_data=False)
+            except Exception as exc:
+                self.errors.append(ParserError(f"cannot read {path}: {exc}"))
+                return False
+            return self._import(model)
+
+        def parse(self, model: bytes, path: str | None = None) -> bool:
+            rec("parse", len(model))
+            import onnx
+
+            return self._import(onnx.load_from_string(bytes(model)))
+
+        def _import(self, model: Any) -> bool:
+            net = self.network
+            if v8 and not net.get_flag(mod.NetworkDefinitionCreationFlag.EXPLICIT_BATCH):
+                self.errors.append(ParserError("Network must have the explicit batch flag (ONNX models need it)"))
+                return False
+            graph = model.graph
+            inits = {i.name for i in graph.initializer}
+            tensors: dict[str, ITensor] = {}
+            for vi in graph.input:
+                if vi.name in inits:
+                    continue
+                dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+                        for d in vi.type.tensor_type.shape.dim]
+                dt = DataType.HALF if vi.type.tensor_type.elem_type == 10 else DataType.FLOAT
+                t = ITensor(vi.name, dims, dt)
+                net.inputs.append(t)
+                tensors[vi.name] = t
+            used: set[str] = set()
+            counter = [0]
+
+            def unique(base: str) -> str:
+                cand = base
+                while cand in used:
+                    cand = f"{base}_{counter[0]}"
+                    counter[0] += 1
+                used.add(cand)
+                return cand
+
+            for node in graph.node:
+                ltype = _ONNX_OP_TO_LAYER.get(node.op_type, "IDENTITY")
+                if ltype in ("QUANTIZE", "DEQUANTIZE"):
+                    net.has_qdq = True
+                ins = [tensors.get(n) or ITensor(n, []) for n in node.input if n]
+                outs = [ITensor(n, []) for n in node.output]
+                for t in outs:
+                    tensors[t.name] = t
+                name = unique(node.name or f"node_of_{node.output[0]}")
+                net.layers.append(ILayer(name, ltype, node.op_type, ins, outs))
+            for vo in graph.output:
+                dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+                        for d in vo.type.tensor_type.shape.dim]
+                t = tensors.get(vo.name) or ITensor(vo.name, dims)
+                t.shape = Dims(dims)
+                net.outputs.append(t)
+            return True
+
+    mod.OnnxParser = OnnxParser
+
+    # ---------------------------------------------------------------- config, profile, timing cache
+    class IOptimizationProfile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
+
+        def set_shape(self, input: str, min: Any, opt: Any, max: Any) -> None:  # noqa: A002
+            for v in (min, opt, max):
+                if not isinstance(v, Dims):  # the real binding converts tuples; trtq passes Dims (stub-typed)
+                    raise TypeError("set_shape expects Dims")
+            rec("profile.set_shape", input, _as_dims(min), _as_dims(opt), _as_dims(max))
+            self.shapes[input] = (_as_dims(min), _as_dims(opt), _as_dims(max))
+
+        def get_shape(self, input: str) -> list[Dims]:  # noqa: A002
+            return [Dims(s) for s in self.shapes[input]]
+
+    mod.IOptimizationProfile = IOptimizationProfile
+
+    class ITimingCache:
+        def __init__(self, blob: bytes) -> None:
+            self.entries = 0
+            self.origin = version
+            if blob:
+                info = json.loads(bytes(blob).decode())
+                self.entries = int(info["entries"])
+                self.origin = info["version"]
+
+        def serialize(self) -> bytes:
+            return json.dumps({"version": self.origin, "entries": self.entries}).encode()
+
+        def combine(self, other: ITimingCache, ignore_mismatch: bool) -> bool:
+            self.entries += other.entries
+            return True
+
+    mod.ITimingCache = ITimingCache
+
+    class IBuilderConfig:
+        def __init__(self) -> None:
+            self.flags: set[str] = set()
+            self.pools: dict[str, int] = {}
+            self.profiles: list[IOptimizationProfile] = []
+            self.profiling_verbosity = mod.ProfilingVerbosity.LAYER_NAMES_ONLY
+            self.default_device_type = mod.DeviceType.GPU
+            self.DLA_core = -1
+            self.device_types: dict[str, Any] = {}
+            self._timing_cache: ITimingCache | None = None
+            self._calibrator: Any = None
+            self.calibration_profile: IOptimizationProfile | None = None
+            self._opt_level = 3
+            self._workspace = 0
+            state.configs.append(self)
+
+        def set_flag(self, flag: Any) -> None:
+            rec("config.set_flag", mod.BuilderFlag(int(flag)).name)
+            self.flags.add(mod.BuilderFlag(int(flag)).name)
+
+        def clear_flag(self, flag: Any) -> None:
+            self.flags.discard(mod.BuilderFlag(int(flag)).name)
+
+        def get_flag(self, flag: Any) -> bool:
+            return mod.BuilderFlag(int(flag)).name in self.flags
+
+        def set_memory_pool_limit(self, pool: Any, size: int) -> None:
+            rec("config.set_memory_pool_limit", mod.MemoryPoolType(int(pool)).name, int(size))
+            self.pools[mod.MemoryPoolType(int(pool)).name] = int(size)
+
+        def get_memory_pool_limit(self, pool: Any) -> int:
+            return self.pools.get(mod.MemoryPoolType(int(pool)).name, 0)
+
+        def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
+            rec("config.add_optimization_profile", dict(profile.shapes))
+            for mn, op, mx in profile.shapes.values():
+                if len(mn) != len(op) or len(op) != len(mx):
+                    return -1
+                if any(a > b or b > c for a, b, c in zip(mn, op, mx)):
+                    return -1
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def can_run_on_DLA(self, layer: ILayer) -> bool:  # noqa: N802
+            return layer.type.name not in DLA_UNSUPPORTED
+
+        def set_device_type(self, layer: ILayer, device_type: Any) -> None:
+            rec("config.set_device_type", layer.name, mod.DeviceType(int(device_type)).name)
+            self.device_types[layer.name] = device_type
+
+        def get_device_type(self, layer: ILayer) -> Any:
+            return self.device_types.get(layer.name, self.default_device_type)
+
+        def create_timing_cache(self, blob: Any) -> ITimingCache:
+            rec("config.create_timing_cache", len(bytes(blob)))
+            return ITimingCache(bytes(blob))
+
+        def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+            rec("config.set_timing_cache", cache.entries, ignore_mismatch)
+            if cache.origin != version and not ignore_mismatch:
+                return False
+            self._timing_cache = cache
+            return True
+
+        def get_timing_cache(self) -> ITimingCache | None:
+            return self._timing_cache
+
+        if at_least_8_6:
+
+            @property
+            def builder_optimization_level(self) -> int:
+                return self._opt_level
+
+            @builder_optimization_level.setter
+            def builder_optimization_level(self, level: int) -> None:
+                rec("config.builder_optimization_level", int(level))
+                self._opt_level = int(level)
+
+        if v8:
+
+            @property
+            def max_workspace_size(self) -> int:
+                return self._workspace
+
+            @max_workspace_size.setter
+            def max_workspace_size(self, size: int) -> None:
+                warnings.warn("max_workspace_size is deprecated", DeprecationWarning, stacklevel=2)
+                rec("config.max_workspace_size", int(size))
+                self._workspace = int(size)
+
+        if not v11:
+
+            @property
+            def int8_calibrator(self) -> Any:
+                return self._calibrator
+
+            @int8_calibrator.setter
+            def int8_calibrator(self, calibrator: Any) -> None:
+                if deprecated_implicit:
+                    warnings.warn("int8_calibrator is deprecated", DeprecationWarning, stacklevel=2)
+                base = next((c.__name__ for c in type(calibrator).__mro__ if c.__name__.startswith("IInt8")), None)
+                rec("config.int8_calibrator", base if calibrator is not None else None)
+                self._calibrator = calibrator
+
+            def set_calibration_profile(self, profile: IOptimizationProfile) -> bool:
+                if deprecated_implicit:
+                    warnings.warn("set_calibration_profile is deprecated", DeprecationWarning, stacklevel=2)
+                rec("config.set_calibration_profile", dict(profile.shapes))
+                self.calibration_profile = profile
+                return True
+
+    mod.IBuilderConfig = IBuilderConfig
+
+    # ---------------------------------------------------------------- calibrators (8.x - 10.x)
+    if not v11:
+
+        class IInt8Calibrator:
+            ALGO = "LegacyCalibration"
+
+            def __init__(self) -> None:
+                self._fake_base_init = True
+
+            def get_algorithm(self) -> Any:
+                return mod.CalibrationAlgoType.LEGACY_CALIBRATION
+
+            def get_batch_size(self) -> int:
+                raise NotImplementedError
+
+            def get_batch(self, names: list[str]) -> list[int]:
+                raise NotImplementedError
+
+            def read_calibration_cache(self) -> Any:
+                return None
+
+            def write_calibration_cache(self, cache: Any) -> None:
+                return None
+
+        class IInt8EntropyCalibrator2(IInt8Calibrator):
+            ALGO = "EntropyCalibration2"
+
+            def get_algorithm(self) -> Any:
+                return mod.CalibrationAlgoType.ENTROPY_CALIBRATION_2
+
+        class IInt8MinMaxCalibrator(IInt8Calibrator):
+            ALGO = "MinMaxCalibration"
+
+            def get_algorithm(self) -> Any:
+                return mod.CalibrationAlgoType.MINMAX_CALIBRATION
+
+        class IInt8EntropyCalibrator(IInt8Calibrator):
+            ALGO = "EntropyCalibration"
+
+        mod.IInt8Calibrator = IInt8Calibrator
+        mod.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+        mod.IInt8MinMaxCalibrator = IInt8MinMaxCalibrator
+        mod.IInt8EntropyCalibrator = IInt8EntropyCalibrator
+
+    def _callback(name: str, fn: Callable[[], Any], on_error: Any) -> Any:
+        """The pybind trampoline: print and swallow exceptions raised in Python callbacks."""
+        try:
+            return fn()
+        except Exception as exc:
+            print(f"[ERROR] Exception caught in {name}(): {exc}", file=sys.stderr)
+            rec("callback_exception", name, type(exc).__name__)
+            return on_error
+
+    def _calibrate(net: INetworkDefinition, config: IBuilderConfig) -> dict[str, float] | None:
+        cal = config._calibrator
+        if not getattr(cal, "_fake_base_init", False):
+            raise RuntimeError("Segmentation fault (calibrator did not call the base class __init__)")
+        algo = type(cal).ALGO
+        header = f"TRT-{version_code(version)}-{algo}"
+        data = _callback("read_calibration_cache", cal.read_calibration_cache, None)
+        rec("calibrator.read_calibration_cache", data is not None)
+        if data is not None:
+            text = bytes(memoryview(data)).decode(errors="replace")
+            lines = text.splitlines()
+            state.cache_read = text
+            if lines and lines[0] == header:
+                scales = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.rsplit(":", 1)
+                        scales[k.strip()] = struct.unpack(">f", bytes.fromhex(v.strip()))[0]
+                state.used_cache = True
+                return scales
+            rec("calibrator.cache_rejected", lines[0] if lines else "")
+        profile = config.calibration_profile or (config.profiles[0] if config.profiles else None)
+        names = [t.name for t in net.inputs]
+        shapes = {}
+        for t in net.inputs:
+            shape = tuple(t.shape)
+            if -1 in shape:
+                if profile is None or t.name not in profile.shapes:
+                    _error(f"calibration needs a profile for dynamic input {t.name}")
+                    return None
+                shape = profile.shapes[t.name][1]
+            shapes[t.name] = shape
+        batch_size = _callback("get_batch_size", cal.get_batch_size, -1)
+        rec("calibrator.get_batch_size", batch_size)
+        amax = {n: 0.0 for n in names}
+        count = 0
+        while True:
+            ptrs = _callback("get_batch", lambda: cal.get_batch(list(names)), None)
+            rec("calibrator.get_batch", None if ptrs is None else len(ptrs))
+            if not ptrs:
+                break
+            if len(ptrs) != len(names):
+                raise RuntimeError(f"get_batch returned {len(ptrs)} pointers for {len(names)} inputs (memcpy UB)")
+            batch = {}
+            for n, p in zip(names, ptrs):
+                shape = shapes[n]
+                arr = fake_device.read_device(int(p), int(np.prod(shape)) * 4, np.float32, shape)
+                batch[n] = arr
+                amax[n] = max(amax[n], float(np.abs(arr).max()))
+            state.calibration_batches.append(batch)
+            count += 1
+        if count == 0:
+            _error("Calibration failure occurred with no scaling factors detected")
+            return None
+        scales = {n: (a or 1.0) / 127.0 for n, a in amax.items()}
+        for layer in net.layers:
+            for j in range(layer.num_outputs):
+                scales.setdefault(layer.get_output(j).name, 0.05)
+        body = "".join(f"{k}: {struct.pack('>f', v).hex()}\n" for k, v in scales.items())
+        cache = (header + "\n" + body).encode()
+        view = memoryview(np.frombuffer(cache, dtype=np.uint8))
+        _callback("write_calibration_cache", lambda: cal.write_calibration_cache(view), None)
+        rec("calibrator.write_calibration_cache", len(cache))
+        state.cache_written = cache
+        return scales
+
+    # ---------------------------------------------------------------- builder
+    class IHostMemory(bytes):
+        @property
+        def nbytes(self) -> int:
+            return len(self)
+
+    mod.IHostMemory = IHostMemory
+
+    class Builder:
+        def __init__(self, logger: Any) -> None:
+            self.logger = logger
+            state.builders.append(self)
+            rec("Builder")
+
+        @property
+        def num_DLA_cores(self) -> int:  # noqa: N802
+            return num_dla_cores
+
+        if not v11:
+
+            @property
+            def platform_has_fast_fp16(self) -> bool:
+                return True
+
+            @property
+            def platform_has_fast_int8(self) -> bool:
+                return True
+
+        def create_network(self, flags: int = 0) -> INetworkDefinition:
+            rec("create_network", int(flags))
+            net = INetworkDefinition(int(flags))
+            state.networks.append(net)
+            return net
+
+        def create_builder_config(self) -> IBuilderConfig:
+            rec("create_builder_config")
+            return IBuilderConfig()
+
+        def create_optimization_profile(self) -> IOptimizationProfile:
+            return IOptimizationProfile()
+
+        def build_serialized_network(self, net: INetworkDefinition, config: IBuilderConfig) -> IHostMemory | None:
+            rec("build_serialized_network", sorted(config.flags))
+            strongly = _strongly_typed(net)
+            if strongly and st_rejects_flags and ({"FP16", "INT8"} & config.flags):
+                _error("API Usage Error (condition: !config.getFlag(BuilderFlag::kFP16))")
+                return None
+            if strongly and any(layer.precision_is_set or layer.output_types for layer in net.layers):
+                _error("API Usage Error: setPrecision/setOutputType are not allowed on a strongly typed network")
+                return None
+            dynamic = [t for t in net.inputs if -1 in tuple(t.shape)]
+            if dynamic and not config.profiles:
+                _error(f"Network has dynamic or shape inputs, but no optimization profile has been defined ({dynamic[0].name})")
+                return None
+            for p in config.profiles:
+                for t in net.inputs:
+                    if t.name not in p.shapes:
+                        if -1 in tuple(t.shape):
+                            _error(f"optimization profile is missing values for input {t.name}")
+                            return None
+                        continue
+                    for shape in p.shapes[t.name]:
+                        if len(shape) != len(t.shape) or any(s != d for s, d in zip(shape, t.shape) if d != -1):
+                            _error(f"profile shape {shape} does not match input {t.name}{tuple(t.shape)}")
+                            return None
+            dla = config.default_device_type == mod.DeviceType.DLA
+            if dla:
+                if not 0 <= config.DLA_core < num_dla_cores:
+                    _error(f"DLA core {config.DLA_core} requested; this device has {num_dla_cores}")
+                    return None
+                for p in config.profiles:
+                    for mn, op, mx in p.shapes.values():
+                        if not mn == op == mx:
+                            _error("DLA does not support dynamic shapes (min, opt and max must be equal)")
+                            return None
+                if not v11 and not ({"FP16", "INT8"} & config.flags):
+                    _error("DLA needs FP16 or INT8")
+                    return None
+                if "GPU_FALLBACK" not in config.flags:
+                    for layer in net.layers:
+                        if not config.can_run_on_DLA(layer) and config.get_device_type(layer) != mod.DeviceType.GPU:
+                            _error(f"layer {layer.name} cannot run on DLA and GPU fallback is off")
+                            return None
+            scales: dict[str, float] | None = None
+            int8 = "INT8" in config.flags or (strongly and net.has_qdq)
+            if int8 and not net.has_qdq:
+                if config._calibrator is not None:
+                    scales = _calibrate(net, config)
+                    if scales is None:
+                        return None
+                else:
+                    rec("warning", "Calibrator is not being used")
+            if config._timing_cache is not None:
+                config._timing_cache.entries += len(net.layers)
+            fp16 = "FP16" in config.flags
+            layers = []
+            for layer in net.layers:
+                if layer.precision_is_set:
+                    prec = DataType(int(layer.precision)).name
+                elif int8 and layer.type.name == "CONVOLUTION":
+                    prec = "INT8"
+                elif fp16:
+                    prec = "HALF"
+                else:
+                    prec = "FLOAT"
+                dev = "GPU"
+                if dla and config.can_run_on_DLA(layer) and config.get_device_type(layer) == mod.DeviceType.DLA:
+                    dev = "DLA"
+                layers.append({"name": layer.name, "type": layer.type.name, "precision": prec, "device": dev})
+            out_dtype = "FLOAT"
+            plan = {
+                "version": version,
+                "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": DataType(int(t.dtype)).name}
+                           for t in net.inputs],
+                "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": out_dtype} for t in net.outputs],
+                "profiles": [{k: [list(s) for s in v] for k, v in p.shapes.items()} for p in config.profiles],
+                "flags": sorted(config.flags),
+                "strongly_typed": strongly,
+                "layers": layers,
+                "dla_core": config.DLA_core if dla else None,
+                "profiling_verbosity": config.profiling_verbosity.name,
+                "calibrated": scales is not None,
+            }
+            state.plans.append(plan)
+            return IHostMemory(PLAN_MAGIC + json.dumps(plan).encode())
+
+        if not v11 and major < 10:
+
+            def build_engine(self, net: INetworkDefinition, config: IBuilderConfig) -> Any:
+                warnings.warn("build_engine is deprecated", DeprecationWarning, stacklevel=2)
+                plan = self.build_serialized_network(net, config)
+                return None if plan is None else Runtime(self.logger).deserialize_cuda_engine(plan)
+
+    mod.Builder = Builder
+
+    # ---------------------------------------------------------------- runtime
+    class IExecutionContext:
+        def __init__(self, engine: ICudaEngine) -> None:
+            self.engine = engine
+            self.input_shapes: dict[str, tuple[int, ...]] = {}
+            self.addresses: dict[str, int] = {}
+            self.profile = 0
+            self.executions = 0
+            state.contexts.append(self)
+
+        def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+            rec("context.set_optimization_profile_async", index)
+            if not 0 <= index < max(len(self.engine.plan["profiles"]), 1):
+                return False
+            self.profile = index
+            return True
+
+        def set_input_shape(self, name: str, shape: Any) -> bool:
+            shape = _as_dims(shape)
+            rec("context.set_input_shape", name, shape)
+            spec = self.engine._io(name)
+            if spec is None or len(shape) != len(spec["shape"]):
+                return False
+            if any(d != -1 and s != d for s, d in zip(shape, spec["shape"])):
+                return False
+            profiles = self.engine.plan["profiles"]
+            if profiles and name in profiles[self.profile]:
+                mn, _, mx = profiles[self.profile][name]
+                if any(s < a or s > b for s, a, b in zip(shape, mn, mx)):
+                    return False
+            self.input_shapes[name] = shape
+            return True
+
+        def get_tensor_shape(self, name: str) -> Dims:
+            spec = self.engine._io(name)
+            if spec is None:
+                return Dims([])
+            if name in self.input_shapes:
+                return Dims(self.input_shapes[name])
+            shape = list(spec["shape"])
+            if shape and shape[0] == -1 and self.input_shapes:
+                shape[0] = next(iter(self.input_shapes.values()))[0]
+            return Dims(shape)
+
+        def infer_shapes(self) -> list[str]:
+            return []
+
+        def set_tensor_address(self, name: str, ptr: int) -> bool:
+            rec("context.set_tensor_address", name, int(ptr))
+            if self.engine._io(name) is None:
+                return False
+            self.addresses[name] = int(ptr)
+            return True
+
+        def get_tensor_address(self, name: str) -> int:
+            return self.addresses.get(name, 0)
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            rec("context.execute_async_v3", int(stream_handle))
+            eng = self.engine
+            inputs = {}
+            for spec in eng.plan["inputs"]:
+                name = spec["name"]
+                shape = self.input_shapes.get(name) or tuple(spec["shape"])
+                if -1 in shape or name not in self.addresses:
+                    _error(f"input {name}: shape or address not set")
+                    return False
+                dtype = np.dtype(nptype(DataType[spec["dtype"]]))
+                inputs[name] = fake_device.read_device(self.addresses[name], int(np.prod(shape)) * dtype.itemsize,
+                                                       dtype, shape)
+            outputs = eng.compute(inputs, {o["name"]: tuple(self.get_tensor_shape(o["name"]))
+                                           for o in eng.plan["outputs"]})
+            for spec in eng.plan["outputs"]:
+                if spec["name"] not in self.addresses:
+                    _error(f"output {spec['name']}: address not set")
+                    return False
+                fake_device.write_device(self.addresses[spec["name"]], np.asarray(outputs[spec["name"]], np.float32))
+            fake_device.FakeClock.advance(eng.fake_latency_ms)
+            self.executions += 1
+            return True
+
+    mod.IExecutionContext = IExecutionContext
+
+    def _default_compute(inputs: dict[str, np.ndarray], out_shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+        x = next(iter(inputs.values())).astype(np.float32)
+        per_image = x.reshape(x.shape[0], -1).mean(axis=1)
+        result = {}
+        for name, shape in out_shapes.items():
+            out = np.empty(shape, np.float32)
+            out[...] = per_image.reshape((-1,) + (1,) * (len(shape) - 1))
+            result[name] = out
+        return result
+
+    class EngineInspector:
+        def __init__(self, engine: ICudaEngine) -> None:
+            self.engine = engine
+            self.execution_context: Any = None
+
+        def _layer(self, i: int) -> dict[str, Any]:
+            layer = self.engine.plan["layers"][i]
+            if self.engine.plan["profiling_verbosity"] != "DETAILED":
+                return {"Name": layer["name"]}
+            fmt = {"INT8": "Int8", "HALF": "Half", "FLOAT": "Float"}.get(layer["precision"], "Float")
+            tensor = ({"Name": f"{layer['name']}_out", "Datatype": fmt, "Format": "Row major linear"} if v11 else
+                      {"Name": f"{layer['name']}_out", "Format/Datatype": f"Row major linear {fmt}"})
+            return {"Name": layer["name"], "LayerType": layer["type"], "Inputs": [], "Outputs": [tensor],
+                    "TacticName": "fake", "Device": layer["device"]}
+
+        def get_layer_information(self, index: int, fmt: Any) -> str:
+            rec("inspector.get_layer_information", index)
+            return json.dumps(self._layer(index))
+
+        def get_engine_information(self, fmt: Any) -> str:
+            return json.dumps({"Layers": [self._layer(i) for i in range(len(self.engine.plan["layers"]))]})
+
+    mod.EngineInspector = EngineInspector
+
+    class ICudaEngine:
+        def __init__(self, plan: dict[str, Any]) -> None:
+            self.plan = plan
+            self.fake_latency_ms = float(mod.FAKE_LATENCY_MS)
+            self.compute: Callable[..., dict[str, Any]] = _default_compute
+            self.name = "fake engine"
+            state.engines.append(self)
+
+        def _io(self, name: str) -> dict[str, Any] | None:
+            for spec in self.plan["inputs"] + self.plan["outputs"]:
+                if spec["name"] == name:
+                    return spec
+            return None
+
+        @property
+        def num_io_tensors(self) -> int:
+            return len(self.plan["inputs"]) + len(self.plan["outputs"])
+
+        def get_tensor_name(self, i: int) -> str:
+            return (self.plan["inputs"] + self.plan["outputs"])[i]["name"]
+
+        def __getitem__(self, i: int) -> str:
+            return self.get_tensor_name(i)
+
+        def get_tensor_mode(self, name: str) -> Any:
+            if any(s["name"] == name for s in self.plan["inputs"]):
+                return mod.TensorIOMode.INPUT
+            if any(s["name"] == name for s in self.plan["outputs"]):
+                return mod.TensorIOMode.OUTPUT
+            return mod.TensorIOMode.NONE
+
+        def get_tensor_shape(self, name: str) -> Dims:
+            spec = self._io(name)
+            return Dims(spec["shape"] if spec else [])
+
+        def get_tensor_dtype(self, name: str) -> Any:
+            spec = self._io(name)
+            return DataType[spec["dtype"]] if spec else DataType.FLOAT
+
+        def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[Dims]:
+            profiles = self.plan["profiles"]
+            if profile_index < len(profiles) and name in profiles[profile_index]:
+                return [Dims(s) for s in profiles[profile_index][name]]
+            spec = self._io(name)
+            shape = Dims(spec["shape"] if spec else [])
+            return [shape, shape, shape]
+
+        @property
+        def num_optimization_profiles(self) -> int:
+            return max(len(self.plan["profiles"]), 1)
+
+        @property
+        def num_layers(self) -> int:
+            return len(self.plan["layers"])
+
+        @property
+        def profiling_verbosity(self) -> Any:
+            return mod.ProfilingVerbosity[self.plan["profiling_verbosity"]]
+
+        @property
+        def device_memory_size(self) -> int:
+            return 1 << 20
+
+        def create_execution_context(self) -> IExecutionContext:
+            rec("engine.create_execution_context")
+            return IExecutionContext(self)
+
+        def create_engine_inspector(self) -> EngineInspector:
+            return EngineInspector(self)
+
+        def serialize(self) -> IHostMemory:
+            return IHostMemory(PLAN_MAGIC + json.dumps(self.plan).encode())
+
+    mod.ICudaEngine = ICudaEngine
+
+    class Runtime:
+        def __init__(self, logger: Any) -> None:
+            self.logger = logger
+            self.DLA_core = -1
+            self.engine_host_code_allowed = False
+            rec("Runtime")
+
+        @property
+        def num_DLA_cores(self) -> int:  # noqa: N802
+            return num_dla_cores
+
+        def deserialize_cuda_engine(self, data: Any) -> ICudaEngine | None:
+            raw = bytes(memoryview(data)) if not isinstance(data, bytes) else data
+            rec("runtime.deserialize_cuda_engine", len(raw))
+            if not raw.startswith(PLAN_MAGIC):
+                _error("Serialization assertion failed: magic tag does not match (not a TensorRT plan)")
+                return None
+            plan = json.loads(raw[len(PLAN_MAGIC):])
+            if plan["version"] != version:
+                _error(f"The engine plan file is not compatible with this version of TensorRT, "
+                       f"expecting library version {version} got {plan['version']}")
+                return None
+            return ICudaEngine(plan)
+
+    mod.Runtime = Runtime
+    return mod
+
+
+def install(monkeypatch: Any, version: str = "10.3.0", **kwargs: Any) -> types.ModuleType:
+    """Make ``import tensorrt`` return a fresh fake for the rest of a test (pytest ``monkeypatch``)."""
+    mod = make_fake_tensorrt(version, **kwargs)
+    monkeypatch.setitem(sys.modules, "tensorrt", mod)
+    return mod
+
+
+def plan_info(plan: bytes) -> dict[str, Any]:
+    """Decode a fake plan (what the fake builder recorded about the engine)."""
+    raw = bytes(plan)
+    if not raw.startswith(PLAN_MAGIC):
+        raise ValueError("not a fake TensorRT plan")
+    return json.loads(raw[len(PLAN_MAGIC):])
+
+
+__all__ = ["PLAN_MAGIC", "install", "make_fake_tensorrt", "plan_info", "version_code"]

@@ -1,0 +1,110 @@
+"""`trtq predict` and trtq.runtime.predict: summaries, drawn images, JSON, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.unit.test_runtime_models import make_tiny_yolo_onnx, random_images
+from trtq.draw import class_color, draw_detections, write_image
+from trtq.errors import TrtqError
+from trtq.runtime import Detections, Detector, predict
+
+
+def _assets() -> Path:
+    ultralytics = pytest.importorskip("ultralytics")
+    root = Path(ultralytics.__file__).parent / "assets"
+    if not (root / "bus.jpg").is_file():
+        pytest.skip("ultralytics sample images not installed")
+    return root
+
+
+def test_cli_predict_summaries_and_saved_images(yolo_onnx: Path, tmp_path: Path) -> None:
+    from trtq.cli import main
+
+    assets = _assets()
+    out = CliRunner().invoke(main, ["predict", str(yolo_onnx), "--source", str(assets), "--save", str(tmp_path / "out")])
+    assert out.exit_code == 0, out.output
+    lines = [line for line in out.output.splitlines() if line.endswith("ms)")]
+    assert lines[0].startswith("bus.jpg: 4 person, 1 bus (") and len(lines) == 2
+    assert lines[1].startswith("zidane.jpg: ") and "person" in lines[1]
+    drawn = cv2.imread(str(tmp_path / "out" / "bus.jpg"))
+    original = cv2.imread(str(assets / "bus.jpg"))
+    assert drawn is not None and drawn.shape == original.shape
+    assert np.abs(drawn.astype(int) - original.astype(int)).sum(axis=2).astype(bool).mean() > 0.01  # boxes drawn
+
+
+def test_cli_predict_json(yolo_onnx: Path, tmp_path: Path) -> None:
+    from trtq.cli import main
+
+    assets = _assets()
+    runner = CliRunner()
+    out = runner.invoke(
+        main, ["predict", str(yolo_onnx), "--source", str(assets / "bus.jpg"), "--json", "--conf", "0.5", "--save", str(tmp_path)]
+    )
+    assert out.exit_code == 0, out.output
+    start = out.stdout.index("{")
+    doc = json.loads(out.stdout[start:])
+    (image,) = doc["images"]
+    assert image["width"] == 810 and image["height"] == 1080 and doc["conf"] == 0.5
+    names = [d["name"] for d in image["detections"]]
+    assert names.count("person") >= 3 and "bus" in names
+    assert all(d["score"] > 0.5 for d in image["detections"])
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    assert saved["images"][0]["detections"] == image["detections"]
+
+
+def test_predict_library_function_matches_detector(tmp_path: Path) -> None:
+    model = make_tiny_yolo_onnx(tmp_path / "tiny.onnx")
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i, img in enumerate(random_images(3)):
+        cv2.imwrite(str(src / f"im{i}.png"), img)
+    seen: list[str] = []
+    results = predict(model, src, conf=0.3, json_path=tmp_path / "p.json", save=tmp_path / "out", on_result=lambda p: seen.append(p.path.name))
+    assert [r.path.name for r in results] == seen == ["im0.png", "im1.png", "im2.png"]
+    with Detector(model, conf=0.3) as det:
+        for r in results:
+            (ref,) = det.detect(cv2.imread(str(r.path)))
+            np.testing.assert_allclose(r.detections.boxes, ref.boxes)
+            assert r.saved is not None and r.saved.suffix == ".png" and r.saved.is_file()
+            assert r.summary().startswith(f"{r.path.name}: ") and r.summary().endswith(" ms)")
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert len(doc["images"]) == 3 and doc["backend"] == "onnxruntime"
+
+
+def test_predict_errors(tmp_path: Path) -> None:
+    from trtq.cli import main
+
+    model = make_tiny_yolo_onnx(tmp_path / "tiny.onnx")
+    runner = CliRunner()
+    out = runner.invoke(main, ["predict", str(model), "--source", str(tmp_path / "none")])
+    assert out.exit_code != 0 and "Traceback" not in out.output and "error" in out.output
+    out = runner.invoke(main, ["predict", str(tmp_path / "missing.onnx"), "--source", str(tmp_path)])
+    assert out.exit_code == 2 and "model not found" in out.output
+    broken = tmp_path / "imgs"
+    broken.mkdir()
+    (broken / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(TrtqError):
+        predict(model, broken)
+
+
+def test_draw_and_write_image(tmp_path: Path) -> None:
+    img = np.full((100, 120, 3), 30, np.uint8)
+    det = Detections(
+        np.array([[10, 20, 60, 90]], np.float32), np.array([0.9], np.float32), np.array([3]), ("bus",), (100, 120)
+    )
+    out = draw_detections(img, det)
+    assert (img == 30).all()  # the input is not modified
+    assert tuple(out[50, 10]) == class_color(3)  # left edge of the box in the class colour
+    assert (out[95:, :] == 30).all()  # nothing drawn outside the box and label
+    path = write_image(tmp_path / "x.png", out)
+    read = cv2.imread(str(path))
+    assert read is not None and np.array_equal(read, out)
+    with pytest.raises(TrtqError, match=".jpg"):
+        write_image(tmp_path / "x.gif", out)

@@ -1,0 +1,81 @@
+"""trtq inspect: engines (record + per-layer precisions through the engine inspector), caches, ONNX."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from calibrators.table import CalibrationTable
+from tests.conftest import make_tiny_conv_onnx
+from tests.fakes import make_qdq_onnx, write_images
+from tests.fakes.fake_device import FakeDevice
+from tests.fakes.fake_tensorrt import make_fake_tensorrt
+from trtq.cli import main
+from trtq.trt.builder import build_engine
+from trtq.trt.inspect import inspect_path, layer_precisions
+
+
+@pytest.fixture
+def int8_engine(tmp_path: Path) -> tuple[Path, object]:
+    trt = make_fake_tensorrt("8.5.3")
+    tiny = make_tiny_conv_onnx(tmp_path / "tiny.onnx")
+    images = write_images(tmp_path / "img", 4)
+    r = build_engine(tiny, int8=True, calib=images, trt_module=trt, device=FakeDevice("Fake Orin", (8, 7)),
+                     output=tmp_path / "e" / "tiny.int8.engine", progress=False)
+    assert r.engine_path is not None
+    return r.engine_path, trt
+
+
+def test_engine_with_tensorrt_lists_layer_precisions(int8_engine: tuple[Path, object]) -> None:
+    path, trt = int8_engine
+    res = inspect_path(path, trt_module=trt)  # type: ignore[arg-type]
+    assert res.kind == "engine" and res.data["metadata"]["precision"] == "int8"
+    layers = {r["name"]: r["precision"] for r in res.data["layers"]}
+    assert layers["/model.0/conv/Conv"] == "INT8"  # conv layers calibrated to INT8
+    assert layers["/model.2/MaxPool"] == "FP16"
+    text = res.text()
+    assert "implicit INT8" in text and "TensorRT 8.5.3 on Fake Orin (SM 8.7)" in text and "INT8" in text
+
+
+def test_inspector_format_of_tensorrt_11(tmp_path: Path) -> None:
+    trt = make_fake_tensorrt("11.0")  # splits Format/Datatype into Datatype and Format
+    tiny = make_tiny_conv_onnx(tmp_path / "tiny.onnx")
+    r = build_engine(tiny, trt_module=trt, device=FakeDevice(), output=tmp_path / "t.engine", progress=False)
+    rows = layer_precisions(trt, r.engine_path.read_bytes())  # type: ignore[union-attr, arg-type]
+    assert {row["precision"] for row in rows} == {"FP32"}
+
+
+def test_engine_without_tensorrt(int8_engine: tuple[Path, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _ = int8_engine
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    res = inspect_path(path)
+    assert "layers" not in res.data and "per-layer precisions need TensorRT" in res.text()
+    out = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["kind"] == "engine" and data["metadata"]["mode"] == "implicit"
+
+
+def test_cache_and_record(tmp_path: Path) -> None:
+    cache = tmp_path / "c.cache"
+    CalibrationTable(amax={"images": 1.0, "/m/Conv_output_0": 12.7}, algorithm="mse", model_sha256="f" * 64,
+                     num_images=3).save(cache)
+    res = inspect_path(cache)
+    assert res.kind == "cache" and res.data["tensors"] == 2 and res.data["record"]["algorithm"] == "mse"
+    assert "max 12.7" in res.text() and "algorithm      mse" in res.text()
+    assert inspect_path(Path(str(cache) + ".json")).kind == "cache"  # the record leads to its cache
+
+
+def test_onnx_with_and_without_qdq(tmp_path: Path) -> None:
+    tiny = make_tiny_conv_onnx(tmp_path / "tiny.onnx")
+    qdq = make_qdq_onnx(tiny, tmp_path / "tiny.int8.onnx")
+    plain, quant = inspect_path(tiny), inspect_path(qdq)
+    assert plain.data["quantize_linear"] == 0 and quant.data["quantize_linear"] == 1
+    assert "float ONNX" in plain.text() and "Q/DQ INT8 ONNX (1 QuantizeLinear)" in quant.text()
+    assert plain.data["inputs"][0]["shape"] == [1, 3, 32, 32]
+    out = CliRunner().invoke(main, ["inspect", str(tmp_path / "missing.engine")])
+    assert out.exit_code == 2 and "not found" in out.output

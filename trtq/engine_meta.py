@@ -1,0 +1,271 @@
+"""Self-describing engines: ``X.engine`` plus ``X.engine.json``, optionally with an Ultralytics header.
+
+A TensorRT plan only loads on the TensorRT version and GPU it was built for, and says nothing about the
+model, precision or calibration it came from. trtq writes that record next to every engine, and can also
+prefix the plan with the header ``ultralytics.YOLO("X.engine")`` reads (a 4-byte little-endian length,
+then that many bytes of JSON metadata, then the plan).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from trtq import __version__
+from trtq.errors import TrtqError
+from trtq.fileio import atomic_open, write_json
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".json"
+
+#: Compute capability -> a name people recognise.
+SM_NAMES: dict[tuple[int, int], str] = {
+    (5, 3): "Jetson Nano",
+    (6, 1): "Pascal",
+    (6, 2): "Jetson TX2",
+    (7, 0): "Volta",
+    (7, 2): "Xavier",
+    (7, 5): "Turing",
+    (8, 0): "A100",
+    (8, 6): "Ampere",
+    (8, 7): "Orin",
+    (8, 9): "Ada",
+    (9, 0): "Hopper",
+    (10, 0): "Blackwell",
+    (11, 0): "Thor",
+    (12, 0): "Blackwell",
+}
+
+
+@dataclass
+class EngineMetadata:
+    """What an engine is and how it was made (written as ``X.engine.json``)."""
+
+    trtq_version: str = __version__
+    tensorrt_version: str = ""
+    gpu_name: str = ""
+    compute_capability: tuple[int, int] | None = None
+    dla_core: int | None = None
+    precision: str = "fp32"  # fp32 | fp16 | int8 (int8 engines also allow fp16)
+    mode: str | None = None  # implicit | explicit (int8 only)
+    strongly_typed: bool = False
+    algorithm: str | None = None  # entropy | minmax | percentile | mse
+    calibrator: str | None = None  # e.g. "IInt8EntropyCalibrator2 (TensorRT)" or "cache (trtq calibrate)"
+    cache_path: str | None = None
+    cache_sha256: str | None = None
+    model_path: str = ""
+    model_sha256: str = ""
+    engine_sha256: str = ""
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # {name, shape, dtype}
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    profiles: list[dict[str, dict[str, list[int]]]] = field(default_factory=list)  # [{input: {min, opt, max}}]
+    names: dict[int, str] = field(default_factory=dict)
+    stride: int = 32
+    imgsz: tuple[int, int] = (640, 640)
+    task: str = "detect"
+    batch: int = 1  # max batch of profile 0
+    float_layers: dict[str, str] = field(default_factory=dict)  # layer -> why it was kept out of INT8
+    builder: dict[str, Any] = field(default_factory=dict)  # workspace, optimization level, timing cache, flags
+    command: str = ""  # the trtq build command that rebuilds this engine
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def dynamic(self) -> bool:
+        for profile in self.profiles:
+            for shapes in profile.values():
+                if shapes.get("min") != shapes.get("max"):
+                    return True
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["names"] = {str(k): v for k, v in self.names.items()}
+        d["compute_capability"] = list(self.compute_capability) if self.compute_capability else None
+        d["imgsz"] = list(self.imgsz)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineMetadata:
+        known = {f.name for f in fields(cls)}
+        kw: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        if isinstance(kw.get("names"), dict):
+            kw["names"] = {int(k): str(v) for k, v in kw["names"].items()}
+        cc = kw.get("compute_capability")
+        kw["compute_capability"] = (int(cc[0]), int(cc[1])) if cc else None
+        imgsz = kw.get("imgsz")
+        if isinstance(imgsz, int):
+            kw["imgsz"] = (imgsz, imgsz)
+        elif imgsz:
+            kw["imgsz"] = (int(imgsz[0]), int(imgsz[1]))
+        return cls(**kw)
+
+    def ultralytics_metadata(self, onnx_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The header dict ``ultralytics.YOLO("X.engine")`` reads (keys of its exporter) plus ``trtq``."""
+        meta: dict[str, Any] = {}
+        for key, value in (onnx_metadata or {}).items():
+            if key in {"description", "author", "date", "version", "license", "docs", "task", "args", "channels",
+                       "end2end", "head", "kpt_shape", "kpt_names"}:
+                meta[key] = value
+        meta.update(
+            {
+                "description": meta.get("description", "Ultralytics YOLOv8 model built by trtq"),
+                "author": meta.get("author", "Ultralytics"),
+                "date": self.created,
+                "stride": int(self.stride),
+                "task": self.task or meta.get("task", "detect"),
+                "batch": int(self.batch),
+                "imgsz": list(self.imgsz),
+                "names": {str(k): v for k, v in self.names.items()},
+                "channels": int(meta.get("channels", 3)),
+                "end2end": bool(meta.get("end2end", False)),
+            }
+        )
+        args = dict(meta.get("args") or {}) if isinstance(meta.get("args"), dict) else {}
+        args.update(
+            {
+                "batch": int(self.batch),
+                "dynamic": self.dynamic,
+                "half": self.precision in ("fp16", "int8"),
+                "int8": self.precision == "int8",
+                "imgsz": list(self.imgsz),
+                "nms": bool(args.get("nms", False)),
+            }
+        )
+        meta["args"] = args
+        if self.dla_core is not None:
+            meta["dla"] = str(self.dla_core)
+        meta["trtq"] = self.to_dict()
+        return meta
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + SIDECAR_SUFFIX)
+
+
+def ultralytics_header(metadata: dict[str, Any]) -> bytes:
+    """4-byte little-endian length + JSON, as ultralytics' engine exporter writes it."""
+    blob = json.dumps(metadata).encode()
+    return len(blob).to_bytes(4, byteorder="little", signed=True) + blob
+
+
+def split_ultralytics_header(data: bytes) -> tuple[dict[str, Any] | None, bytes]:
+    """(header metadata or None, plan). Mirrors ultralytics' reader: a header must parse as JSON."""
+    if len(data) < 4:
+        return None, data
+    n = int.from_bytes(data[:4], byteorder="little")
+    if 0 < n <= len(data) - 4:
+        try:
+            meta = json.loads(data[4 : 4 + n])
+        except (ValueError, UnicodeDecodeError):
+            return None, data
+        if isinstance(meta, dict):
+            return meta, data[4 + n :]
+    return None, data
+
+
+def write_engine(
+    path: str | Path,
+    plan: bytes,
+    meta: EngineMetadata,
+    *,
+    ultralytics_header: bool = False,
+    onnx_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``path`` (the plan, optionally after an Ultralytics header) and ``path.json`` atomically."""
+    import hashlib
+
+    p = Path(path)
+    meta.engine_sha256 = hashlib.sha256(plan).hexdigest()
+    meta.builder = {**meta.builder, "ultralytics_header": bool(ultralytics_header)}
+    with atomic_open(p, "wb") as fh:
+        if ultralytics_header:
+            fh.write(_header_bytes(meta, onnx_metadata))
+        fh.write(plan)
+    write_json(sidecar_path(p), meta.to_dict())
+    log.info("wrote %s (%.1f MB) and %s", p, len(plan) / 1e6, sidecar_path(p).name)
+    return p
+
+
+def _header_bytes(meta: EngineMetadata, onnx_metadata: dict[str, Any] | None) -> bytes:
+    return ultralytics_header(meta.ultralytics_metadata(onnx_metadata))
+
+
+def read_engine(path: str | Path) -> tuple[bytes, EngineMetadata | None]:
+    """The bare plan (any Ultralytics header stripped) and the metadata (sidecar first, then header)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TrtqError(f"engine not found: {p}")
+    header, plan = split_ultralytics_header(p.read_bytes())
+    meta: EngineMetadata | None = None
+    side = sidecar_path(p)
+    if side.is_file():
+        try:
+            meta = EngineMetadata.from_dict(json.loads(side.read_text()))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("ignoring unreadable engine metadata %s (%s)", side, exc)
+    if meta is None and header is not None and isinstance(header.get("trtq"), dict):
+        meta = EngineMetadata.from_dict(header["trtq"])
+    return plan, meta
+
+
+def read_header(path: str | Path) -> dict[str, Any] | None:
+    """The Ultralytics header of an engine file, or None when it has none."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        if len(head) < 4:
+            return None
+        n = int.from_bytes(head, byteorder="little")
+        size = Path(path).stat().st_size
+        if not 0 < n <= size - 4:
+            return None
+        meta, _ = split_ultralytics_header(head + fh.read(n))
+        return meta
+
+
+def sm_label(cc: tuple[int, int] | None) -> str:
+    if cc is None:
+        return "an unknown GPU"
+    name = SM_NAMES.get((int(cc[0]), int(cc[1])))
+    return f"SM {cc[0]}.{cc[1]}" + (f" ({name})" if name else "")
+
+
+def _short_version(version: str) -> str:
+    return ".".join(version.split(".")[:3])
+
+
+def check_compatible(
+    meta: EngineMetadata,
+    *,
+    tensorrt_version: str,
+    compute_capability: tuple[int, int],
+    dla_core: int | None = None,
+) -> None:
+    """Raise :class:`TrtqError` explaining why this engine cannot load here (and how to rebuild it)."""
+    problems: list[str] = []
+    built_v = _short_version(meta.tensorrt_version) if meta.tensorrt_version else ""
+    here_v = _short_version(tensorrt_version)
+    version_differs = bool(built_v) and built_v != here_v
+    if version_differs and not meta.builder.get("version_compatible", False):
+        problems.append("version")
+    cc_differs = meta.compute_capability is not None and tuple(meta.compute_capability) != tuple(compute_capability)
+    if cc_differs and not meta.builder.get("hardware_compatible", False):
+        problems.append("gpu")
+    if meta.dla_core is not None and dla_core is not None and meta.dla_core != dla_core:
+        problems.append("dla")
+    if not problems:
+        return
+    rebuild = meta.command or "trtq build MODEL.onnx ..."
+    built = f"built with TensorRT {built_v or '?'} for {sm_label(meta.compute_capability)}"
+    here = f"this is TensorRT {here_v} on {sm_label(compute_capability)}"
+    if problems == ["dla"]:
+        raise TrtqError(
+            f"this engine was built for DLA core {meta.dla_core}, not DLA core {dla_core}: "
+            f"load it with dla_core={meta.dla_core} or rebuild it with `{rebuild}`"
+        )
+    raise TrtqError(f"{built}; {here}: rebuild the engine on this device with `{rebuild}`")

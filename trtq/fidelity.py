@@ -1,0 +1,254 @@
+"""Fidelity of a quantized model against its FP32 reference on unlabelled images.
+
+What a user without labels can check: per-output SQNR (dB) and cosine similarity of the raw outputs, and,
+for YOLOv8 detectors, detection agreement: both outputs are decoded (confidence filter + NMS, as
+ultralytics predicts), reference detections are matched one-to-one to candidate detections at IoU >= 0.5
+(highest IoU first), and the report gives the share of reference detections recovered, the share of
+candidate detections that match one, and how often matched detections agree on the class.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtq.errors import TrtqError
+
+logger = logging.getLogger(__name__)
+
+MATCH_IOU = 0.5
+DETECT_CONF = 0.25
+DETECT_IOU = 0.7
+
+
+def _session(model: str | os.PathLike[str] | bytes) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: str | os.PathLike[str] | bytes, batches: Iterable[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """Outputs of ``model`` for every batch (ONNX Runtime CPU): ``[batch][output]``."""
+    sess = _session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return [[np.asarray(x) for x in sess.run(names, feed)] for feed in batches]
+
+
+def output_names(model: str | os.PathLike[str]) -> list[str]:
+    import onnx
+
+    m = onnx.load(str(model), load_external_data=False)
+    return [o.name for o in m.graph.output]
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    """10 log10(signal power / noise power); +inf when identical."""
+    r = ref.astype(np.float64).ravel()
+    noise = float(np.sum((r - test.astype(np.float64).ravel()) ** 2))
+    signal = float(np.sum(r**2))
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * float(np.log10(signal / noise))
+
+
+def cosine(ref: np.ndarray, test: np.ndarray) -> float:
+    a, b = ref.astype(np.float64).ravel(), test.astype(np.float64).ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of xyxy boxes ``(n, 4)`` x ``(m, 4)``."""
+    if a.size == 0 or b.size == 0:
+        return np.zeros((a.shape[0], b.shape[0]), dtype=np.float64)
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:4] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:4] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def match_detections(ref: np.ndarray, test: np.ndarray, iou: float = MATCH_IOU) -> dict[str, float]:
+    """Greedy one-to-one matching (highest IoU first) of ``(k, 6)`` detections; counts per image."""
+    ious = box_iou(ref[:, :4], test[:, :4])
+    matched = same_class = 0
+    iou_sum = 0.0
+    if ious.size:
+        pairs = np.argwhere(ious >= iou)
+        order = np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind="stable")
+        used_r: set[int] = set()
+        used_t: set[int] = set()
+        for k in order:
+            i, j = int(pairs[k, 0]), int(pairs[k, 1])
+            if i in used_r or j in used_t:
+                continue
+            used_r.add(i)
+            used_t.add(j)
+            matched += 1
+            iou_sum += float(ious[i, j])
+            same_class += int(ref[i, 5] == test[j, 5])
+    return {"reference": int(ref.shape[0]), "candidate": int(test.shape[0]), "matched": matched, "same_class": same_class, "iou_sum": iou_sum}
+
+
+def is_yolo_output(shape: Sequence[int]) -> bool:
+    return len(shape) == 3 and shape[1] >= 5 and shape[2] > shape[1]
+
+
+def fidelity_metrics(
+    reference: Sequence[Sequence[np.ndarray]],
+    candidate: Sequence[Sequence[np.ndarray]],
+    names: Sequence[str],
+    *,
+    conf: float = DETECT_CONF,
+    iou: float = MATCH_IOU,
+) -> dict[str, Any]:
+    """SQNR / cosine per output over all batches, and detection agreement for YOLOv8 outputs."""
+    from trtq.postprocess import decode
+
+    outputs: dict[str, Any] = {}
+    det_tot = {"reference": 0, "candidate": 0, "matched": 0, "same_class": 0, "iou_sum": 0.0}
+    for k, name in enumerate(names):
+        ref = np.concatenate([np.asarray(b[k]).reshape(np.asarray(b[k]).shape[0], -1) for b in reference])
+        cand = np.concatenate([np.asarray(b[k]).reshape(np.asarray(b[k]).shape[0], -1) for b in candidate])
+        entry: dict[str, Any] = {
+            "sqnr_db": sqnr_db(ref, cand),
+            "cosine": cosine(ref, cand),
+            "max_abs_error": float(np.max(np.abs(ref.astype(np.float64) - cand))) if ref.size else 0.0,
+        }
+        shape = np.asarray(reference[0][k]).shape
+        if is_yolo_output(shape):
+            rb = np.concatenate([np.asarray(b[k])[:, :4] for b in reference])
+            cb = np.concatenate([np.asarray(b[k])[:, :4] for b in candidate])
+            rs = np.concatenate([np.asarray(b[k])[:, 4:] for b in reference])
+            cs = np.concatenate([np.asarray(b[k])[:, 4:] for b in candidate])
+            entry["boxes_sqnr_db"] = sqnr_db(rb, cb)
+            entry["scores_sqnr_db"] = sqnr_db(rs, cs)
+            entry["scores_cosine"] = cosine(rs, cs)
+            for rbatch, cbatch in zip(reference, candidate, strict=True):
+                rdets = decode(np.asarray(rbatch[k], dtype=np.float32), conf=conf, iou=DETECT_IOU)
+                cdets = decode(np.asarray(cbatch[k], dtype=np.float32), conf=conf, iou=DETECT_IOU)
+                for rd, cd in zip(rdets, cdets, strict=True):
+                    m = match_detections(rd, cd, iou)
+                    for key in det_tot:
+                        det_tot[key] += m[key]
+        outputs[name] = entry
+    result: dict[str, Any] = {"outputs": outputs}
+    if det_tot["reference"] or det_tot["candidate"]:
+        matched = det_tot["matched"]
+        result["detections"] = {
+            "conf": conf,
+            "match_iou": iou,
+            "reference": det_tot["reference"],
+            "candidate": det_tot["candidate"],
+            "matched": matched,
+            "recall": matched / det_tot["reference"] if det_tot["reference"] else 1.0,
+            "precision": matched / det_tot["candidate"] if det_tot["candidate"] else 1.0,
+            "class_agreement": det_tot["same_class"] / matched if matched else 1.0,
+            "mean_iou": det_tot["iou_sum"] / matched if matched else 0.0,
+        }
+    return result
+
+
+def error_score(metrics: dict[str, Any]) -> float:
+    """One number for ranking: relative noise power of boxes plus scores (0 = identical)."""
+    total = 0.0
+    for entry in metrics["outputs"].values():
+        keys = ("boxes_sqnr_db", "scores_sqnr_db") if "boxes_sqnr_db" in entry else ("sqnr_db",)
+        for key in keys:
+            db = entry[key]
+            total += 0.0 if db == float("inf") else float(10.0 ** (-db / 10.0))
+    return total
+
+
+def load_batches(
+    model: str | os.PathLike[str], source: Any, *, num_images: int | None = 16, batch: int = 1, seed: int = 0
+) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Preprocessed batches of ``source`` for ``model``'s input (kept in memory), and the image count."""
+    from trtq.images import ImageBatcher
+    from trtq.modelinfo import check_detector_input, read_model_info
+
+    info = read_model_info(model, with_hash=False)
+    check_detector_input(info)
+    batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
+    batches = list(batcher)
+    return batches, batcher.num_used
+
+
+def _check_onnx(path: str | os.PathLike[str], role: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise TrtqError(f"{role} model not found: {p}")
+    if p.suffix.lower() == ".engine":
+        from trtq.trt.compat import require_tensorrt
+
+        require_tensorrt(f"comparing the engine {p.name}")
+        raise TrtqError(f"{p.name}: comparing TensorRT engines is not supported yet; compare the Q/DQ ONNX it was built from")
+    if p.suffix.lower() != ".onnx":
+        raise TrtqError(f"{role} model {p} is not an ONNX file")
+    return p
+
+
+def compare(
+    reference: str | os.PathLike[str],
+    candidate: str | os.PathLike[str],
+    source: Any,
+    *,
+    num_images: int | None = 16,
+    batch: int = 1,
+    seed: int = 0,
+    conf: float = DETECT_CONF,
+    iou: float = MATCH_IOU,
+) -> dict[str, Any]:
+    """Fidelity of ``candidate`` (e.g. a Q/DQ ONNX) against ``reference`` (FP32) on unlabelled images."""
+    ref = _check_onnx(reference, "reference")
+    cand = _check_onnx(candidate, "candidate")
+    ref_names, cand_names = output_names(ref), output_names(cand)
+    if ref_names != cand_names:
+        raise TrtqError(f"the models have different outputs ({ref_names} vs {cand_names}); compare a model with its own quantized version")
+    batches, used = load_batches(ref, source, num_images=num_images, batch=batch, seed=seed)
+    r = run_onnx(ref, batches)
+    c = run_onnx(cand, batches)
+    metrics = fidelity_metrics(r, c, ref_names, conf=conf, iou=iou)
+    metrics.update({"reference": str(ref), "candidate": str(cand), "images": used})
+    return metrics
+
+
+def compare_text(metrics: dict[str, Any]) -> str:
+    """Readable summary of :func:`compare`'s result."""
+    lines = [
+        f"reference {metrics['reference']}",
+        f"candidate {metrics['candidate']}",
+        f"images    {metrics['images']}",
+        "",
+        "output          SQNR dB   cosine    boxes dB  scores dB",
+    ]
+    for name, e in metrics["outputs"].items():
+        bx = f"{e['boxes_sqnr_db']:9.2f}" if "boxes_sqnr_db" in e else "        -"
+        sc = f"{e['scores_sqnr_db']:9.2f}" if "scores_sqnr_db" in e else "        -"
+        lines.append(f"{name[:14]:14s} {e['sqnr_db']:8.2f}  {e['cosine']:.5f}  {bx}  {sc}")
+    d = metrics.get("detections")
+    if d:
+        lines += [
+            "",
+            f"detections (conf > {d['conf']}, matched at IoU >= {d['match_iou']}): reference {d['reference']}, "
+            f"candidate {d['candidate']}, matched {d['matched']}",
+            f"  recall {d['recall']:.3f}  precision {d['precision']:.3f}  class agreement {d['class_agreement']:.3f}  "
+            f"mean IoU {d['mean_iou']:.3f}",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,527 @@
+"""Explicit INT8 quantization: calibrate, place Q/DQ, write the Q/DQ ONNX and its report.
+
+``quantize(model, source)`` streams calibration images through ONNX Runtime, turns the activation
+histograms into ranges, and writes a Q/DQ ONNX that ONNX Runtime's CPU provider runs as simulated INT8 and
+TensorRT builds as a strongly typed INT8 network. Next to it go ``<name>.report.json`` and
+``<name>.report.md``: every quantized tensor with its amax, every node kept in float and why.
+
+With ``max_drop`` and ``data`` it also measures mAP and keeps the most sensitive layers in float, one at a
+time, until the INT8 model is within ``max_drop`` mAP50-95 points of FP32.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from trtq import __version__
+from trtq.errors import TrtqError
+from trtq.fileio import atomic_path, sha256_file, write_json, write_text
+from trtq.headpolicy import float_nodes as head_float_nodes
+from trtq.headpolicy import node_key
+from trtq.qdq import QMAX, QdqPlan, insert_qdq, plan_qdq, qdq_summary
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALGO = "percentile"
+QUANTIZE_ALGOS = ("entropy", "minmax", "percentile", "mse", "auto")
+DEFAULT_PERCENTILE = 99.99
+# auto: the candidates compared per tensor
+AUTO_CANDIDATES = ("percentile", "mse", "entropy", "minmax")
+
+# Why ops without Q/DQ still run fast in TensorRT (for the report's summary of unsimulated ops).
+_UNQUANTIZED_REASONS = {
+    "Sigmoid": "SiLU activation: fused into the preceding Conv",
+    "Mul": "SiLU activation: fused into the preceding Conv",
+    "Add": "residual Add: fused into the Conv that produces its other input",
+    "Concat": "Concat: runs on the quantized inputs (scales unified)",
+    "Split": "Split: data movement, commutes with quantization",
+    "MaxPool": "MaxPool: commutes with quantization (TensorRT moves Q/DQ across it)",
+    "Resize": "Resize (nearest): commutes with quantization",
+    "Reshape": "data movement",
+    "Transpose": "data movement",
+    "Constant": "constant",
+}
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize` wrote and measured."""
+
+    path: Path
+    report: dict[str, Any]
+    report_path: Path
+    table_path: Path
+    amax: dict[str, float] = field(default_factory=dict)
+    plan: QdqPlan | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        r = self.report
+        lines = [
+            f"wrote {self.path} ({r['counts']['quantized_activations']} activations, "
+            f"{r['counts']['quantized_weights']} weights quantized; {r['counts']['float_weighted_ops']} weighted ops kept float)",
+            f"report {self.report_path} and {self.table_path}",
+        ]
+        md = r.get("max_drop")
+        if md:
+            lines.append(
+                f"mAP50-95 FP32 {md['fp32_map50_95']:.4f}, INT8 {md['final_map50_95']:.4f} "
+                f"(drop {md['final_drop_points']:.2f} points, target {md['target_points']}); "
+                f"kept float: {', '.join(md['kept_float']) or 'none'}"
+            )
+        return "\n".join(lines)
+
+
+def _resolve_model(model: str | os.PathLike[str]) -> Path:
+    path = Path(model)
+    if not path.is_file():
+        raise TrtqError(f"model not found: {path}")
+    if path.suffix.lower() == ".pt":
+        from trtq.export import export_onnx
+
+        return Path(export_onnx(path))
+    if path.suffix.lower() != ".onnx":
+        raise TrtqError(f"{path}: quantize takes an ONNX model (or an ultralytics .pt, exported first)")
+    return path
+
+
+def default_output(model_path: Path) -> Path:
+    return model_path.with_name(f"{model_path.stem}.int8.qdq.onnx")
+
+
+def report_paths(output: Path) -> tuple[Path, Path]:
+    stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
+    return output.with_name(f"{stem}.report.json"), output.with_name(f"{stem}.report.md")
+
+
+def activation_amax(
+    histograms: Mapping[str, Any],
+    tensors: Iterable[str],
+    algo: str,
+    *,
+    percentile: float = DEFAULT_PERCENTILE,
+    graph_inputs: Iterable[str] = (),
+) -> tuple[dict[str, float], dict[str, str]]:
+    """amax per tensor and the algorithm that produced it.
+
+    Graph inputs (the image) always use their exact max: the image range is known ([0, 1]) and clipping
+    bright pixels only loses information. ``algo="auto"`` picks, per tensor, the candidate range with the
+    smallest expected squared quantization error on that tensor's histogram, among the four algorithms.
+    """
+    from calibrators.ranges import compute_amax
+
+    inputs = set(graph_inputs)
+    amax: dict[str, float] = {}
+    chosen: dict[str, str] = {}
+    for t in tensors:
+        h = histograms.get(t)
+        if h is None:
+            raise TrtqError(f"no calibration statistics for tensor {t!r}; recalibrate")
+        if t in inputs or algo == "minmax":
+            a, how = float(h.max_abs), "minmax"
+        elif algo == "auto":
+            a, how = _auto_amax(h, percentile)
+        else:
+            a, how = float(compute_amax(h.counts, h.edges, algo, percentile=percentile)), algo
+        if not np.isfinite(a) or a <= 0:
+            a = float(h.max_abs) if h.max_abs > 0 else 1.0
+        amax[t] = a
+        chosen[t] = how
+    return amax, chosen
+
+
+def histogram_mse(counts: np.ndarray, edges: np.ndarray, amax: float) -> float:
+    """Expected squared error of symmetric INT8 quantization with ``amax`` over a |x| histogram."""
+    c = (edges[:-1] + edges[1:]) / 2
+    scale = amax / QMAX
+    q = np.minimum(np.rint(c / scale), QMAX) * scale
+    total = float(np.sum(counts))
+    return float(np.sum(counts * (c - q) ** 2) / max(total, 1.0))
+
+
+def _auto_amax(h: Any, percentile: float) -> tuple[float, str]:
+    from calibrators.ranges import compute_amax
+
+    best: tuple[float, float, str] | None = None
+    for algo in AUTO_CANDIDATES:
+        a = float(h.max_abs) if algo == "minmax" else float(compute_amax(h.counts, h.edges, algo, percentile=percentile))
+        if a <= 0:
+            continue
+        err = histogram_mse(h.counts, h.edges, a)
+        if best is None or err < best[0]:
+            best = (err, a, algo)
+    if best is None:
+        return 1.0, "fallback"
+    return best[1], best[2]
+
+
+def collect_statistics(
+    model_path: Path,
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    tensors: Sequence[str],
+    *,
+    num_images: int | None = None,
+    batch: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Any]:
+    """Histograms of ``tensors`` over the calibration images, and the batcher that produced them."""
+    from calibrators.collect import collect_histograms
+    from trtq.images import ImageBatcher
+    from trtq.modelinfo import check_detector_input, read_model_info
+
+    info = read_model_info(model_path)
+    check_detector_input(info)
+    batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
+    hists = collect_histograms(model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected))
+    return hists, batcher
+
+
+def _unquantized_summary(model: onnx.ModelProto, plan: QdqPlan) -> dict[str, dict[str, Any]]:
+    quantized_readers = {r for users in plan.activations.values() for r in users}
+    weighted = {v[0] for v in plan.weights.values()}
+    summary: dict[str, dict[str, Any]] = {}
+    for node in model.graph.node:
+        key = node_key(node)
+        if key in plan.float_nodes or key in weighted or key in quantized_readers:
+            continue
+        entry = summary.setdefault(
+            node.op_type,
+            {"count": 0, "reason": _UNQUANTIZED_REASONS.get(node.op_type, "no Q/DQ needed: not a weighted op")},
+        )
+        entry["count"] += 1
+    return summary
+
+
+def build_report(
+    *,
+    model_path: Path,
+    output: Path,
+    model: onnx.ModelProto,
+    qmodel: onnx.ModelProto,
+    plan: QdqPlan,
+    calibrated: Mapping[str, float],
+    used: Mapping[str, float],
+    chosen: Mapping[str, str],
+    algo: str,
+    percentile: float | None,
+    options: Mapping[str, Any],
+    calibration: Mapping[str, Any],
+) -> dict[str, Any]:
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    op_of = {node_key(n): n.op_type for n in model.graph.node}
+    group_of = {t: i for i, g in enumerate(plan.concat_groups) for t in g}
+    acts = []
+    for t, readers in plan.activations.items():
+        acts.append(
+            {
+                "tensor": t,
+                "amax": used[t],
+                "scale": used[t] / QMAX,
+                "calibrated_amax": calibrated[t],
+                "algorithm": chosen.get(t, algo),
+                "concat_group": group_of.get(t),
+                "readers": list(readers),
+            }
+        )
+    weights = []
+    for w, (node, axis) in plan.weights.items():
+        arr = numpy_helper.to_array(inits[w]).astype(np.float32)
+        per = options.get("per_channel", True) and arr.ndim > 1
+        if per:
+            red = tuple(i for i in range(arr.ndim) if i != axis)
+            amax_c = np.max(np.abs(arr), axis=red)
+        else:
+            amax_c = np.array([np.max(np.abs(arr))])
+        weights.append(
+            {
+                "initializer": w,
+                "node": node,
+                "axis": axis if per else None,
+                "channels": int(amax_c.size),
+                "amax_min": float(amax_c.min()),
+                "amax_max": float(amax_c.max()),
+            }
+        )
+    floats = [{"node": n, "op_type": op_of.get(n, "?"), "reason": r} for n, r in plan.float_nodes.items()]
+    weighted_float = [f for f in floats if f["op_type"] in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    return {
+        "kind": "trtq-qdq-report",
+        "trtq_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": str(model_path),
+        "model_sha256": sha256_file(model_path),
+        "output": str(output),
+        "algorithm": algo,
+        "percentile": percentile,
+        "options": dict(options),
+        "calibration": dict(calibration),
+        "opset": next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), None),
+        "counts": {
+            "quantized_activations": len(acts),
+            "quantized_weights": len(weights),
+            "float_nodes": len(floats),
+            "float_weighted_ops": len(weighted_float),
+            "residual_adds": len(plan.residual_adds),
+            "concat_groups": len(plan.concat_groups),
+            **qdq_summary(qmodel),
+        },
+        "quantized_activations": acts,
+        "quantized_weights": weights,
+        "float_nodes": floats,
+        "residual_adds": [{"node": n, "shortcut": t} for n, t in plan.residual_adds.items()],
+        "concat_groups": plan.concat_groups,
+        "unquantized_ops": _unquantized_summary(model, plan),
+    }
+
+
+def report_markdown(report: Mapping[str, Any]) -> str:
+    """The report as readable Markdown tables."""
+    c = report["counts"]
+    opts = report["options"]
+    lines = [
+        f"# INT8 Q/DQ report: {Path(report['output']).name}",
+        "",
+        f"- model: `{report['model']}` (sha256 {report['model_sha256'][:12]})",
+        f"- algorithm: {report['algorithm']}"
+        + (f" (percentile {report['percentile']})" if report["algorithm"] in ("percentile", "auto") else ""),
+        f"- calibration: {report['calibration'].get('num_images', '?')} images from `{report['calibration'].get('source', '?')}`",
+        f"- options: " + ", ".join(f"{k}={v}" for k, v in opts.items()),
+        f"- {c['quantized_activations']} activation tensors (per tensor), {c['quantized_weights']} weights (per channel), "
+        f"{c['float_weighted_ops']} weighted ops in float, {c['residual_adds']} residual Adds, {c['concat_groups']} Concat scale groups",
+        "",
+        "## Quantized activations",
+        "",
+        "| tensor | amax | scale | calibrated amax | algorithm | concat group | read by |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
+    for a in report["quantized_activations"]:
+        group = "" if a["concat_group"] is None else str(a["concat_group"])
+        lines.append(
+            f"| `{a['tensor']}` | {a['amax']:.5g} | {a['scale']:.5g} | {a['calibrated_amax']:.5g} | {a['algorithm']} | "
+            f"{group} | {', '.join(f'`{r}`' for r in a['readers'])} |"
+        )
+    lines += ["", "## Quantized weights (per output channel)", "", "| weight | node | axis | channels | amax min | amax max |", "|---|---|---:|---:|---:|---:|"]
+    for w in report["quantized_weights"]:
+        lines.append(
+            f"| `{w['initializer']}` | `{w['node']}` | {w['axis']} | {w['channels']} | {w['amax_min']:.4g} | {w['amax_max']:.4g} |"
+        )
+    lines += ["", "## Nodes kept in float", "", "| node | op | reason |", "|---|---|---|"]
+    for f in report["float_nodes"]:
+        lines.append(f"| `{f['node']}` | {f['op_type']} | {f['reason']} |")
+    lines += ["", "## Other nodes without Q/DQ", "", "| op | count | why no Q/DQ |", "|---|---:|---|"]
+    for op, v in report["unquantized_ops"].items():
+        lines.append(f"| {op} | {v['count']} | {v['reason']} |")
+    md = report.get("max_drop")
+    if md:
+        lines += [
+            "",
+            "## Accuracy-driven mixed precision",
+            "",
+            f"FP32 mAP50-95 {md['fp32_map50_95']:.4f}; all-INT8 {md['initial_map50_95']:.4f}; "
+            f"final {md['final_map50_95']:.4f} (drop {md['final_drop_points']:.2f} points, target <= {md['target_points']}).",
+            "",
+            "| step | kept float | mAP50-95 | drop (points) |",
+            "|---:|---|---:|---:|",
+        ]
+        for i, s in enumerate(md["steps"]):
+            lines.append(f"| {i} | {', '.join(f'`{n}`' for n in s['kept_float']) or '-'} | {s['map50_95']:.4f} | {s['drop_points']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _save_model(qmodel: onnx.ModelProto, output: Path) -> None:
+    try:
+        onnx.checker.check_model(qmodel)
+    except onnx.checker.ValidationError as exc:  # a bug in trtq, not a user error
+        raise RuntimeError(f"the Q/DQ model does not pass onnx.checker: {str(exc).splitlines()[0]}") from exc
+    with atomic_path(output, suffix=".onnx") as tmp:
+        onnx.save(qmodel, str(tmp))
+
+
+def _set_metadata(qmodel: onnx.ModelProto, items: Mapping[str, str]) -> None:
+    existing = {p.key: p for p in qmodel.metadata_props}
+    for k, v in items.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            p = qmodel.metadata_props.add()
+            p.key, p.value = k, v
+
+
+def write_qdq(
+    model_path: str | os.PathLike[str],
+    amax: Mapping[str, float],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    algo: str = DEFAULT_ALGO,
+    chosen: Mapping[str, str] | None = None,
+    percentile: float | None = DEFAULT_PERCENTILE,
+    exclude: Iterable[str] = (),
+    keep_float: Mapping[str, str] | None = None,
+    head_policy: bool = True,
+    per_channel: bool = True,
+    unify_concat: bool = True,
+    residual_add: bool = True,
+    calibration: Mapping[str, Any] | None = None,
+    write_report: bool = True,
+) -> QuantizeResult:
+    """Place Q/DQ with ranges ``amax`` and write the model (+ report). No calibration here."""
+    mpath = Path(model_path)
+    model = onnx.load(str(mpath))
+    keep: dict[str, str] = dict(head_float_nodes(model)) if head_policy else {}
+    keep.update(keep_float or {})
+    plan = plan_qdq(model, keep_float=keep, exclude=exclude, residual_add=residual_add)
+    qmodel, used = insert_qdq(model, plan, amax, per_channel=per_channel, unify_concat=unify_concat)
+    out = Path(output) if output is not None else default_output(mpath)
+    options = {
+        "head_policy": head_policy,
+        "per_channel": per_channel,
+        "unify_concat": unify_concat,
+        "residual_add": residual_add,
+        "exclude": list(exclude),
+    }
+    _set_metadata(qmodel, {"trtq_quantization": "int8-qdq", "trtq_algorithm": algo, "trtq_version": __version__})
+    _save_model(qmodel, out)
+    report = build_report(
+        model_path=mpath,
+        output=out,
+        model=model,
+        qmodel=qmodel,
+        plan=plan,
+        calibrated={t: float(amax[t]) for t in plan.activations},
+        used=used,
+        chosen=chosen or {},
+        algo=algo,
+        percentile=percentile if algo in ("percentile", "auto") else None,
+        options=options,
+        calibration=calibration or {},
+    )
+    json_path, md_path = report_paths(out)
+    if write_report:
+        write_json(json_path, report)
+        write_text(md_path, report_markdown(report))
+    return QuantizeResult(out, report, json_path, md_path, dict(used), plan)
+
+
+def quantize(
+    model: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    *,
+    algo: str = DEFAULT_ALGO,
+    exclude: Iterable[str] = (),
+    max_drop: float | None = None,
+    data: str | os.PathLike[str] | None = None,
+    num_images: int | None = None,
+    batch: int = 1,
+    seed: int = 0,
+    output: str | os.PathLike[str] | None = None,
+    table: Any = None,
+    progress: bool = True,
+    percentile: float = DEFAULT_PERCENTILE,
+    head_policy: bool = True,
+    per_channel: bool = True,
+    unify_concat: bool = True,
+    residual_add: bool = True,
+    histograms: Mapping[str, Any] | None = None,
+    sensitivity_images: int = 16,
+    max_steps: int = 12,
+) -> QuantizeResult:
+    """Calibrate ``model`` on ``source`` and write an explicit Q/DQ INT8 ONNX.
+
+    ``table`` (a :class:`calibrators.table.CalibrationTable` or the path of a saved cache) supplies the
+    ranges instead of calibrating; ``histograms`` (from :func:`collect_statistics`) skips the image pass.
+    ``max_drop`` (mAP50-95 points) with ``data`` keeps the most sensitive layers in float until the INT8
+    model is within ``max_drop`` of FP32.
+    """
+    t0 = time.perf_counter()
+    if algo not in QUANTIZE_ALGOS:
+        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(QUANTIZE_ALGOS)}")
+    if max_drop is not None and data is None:
+        raise TrtqError("--max-drop needs labelled data to measure mAP: pass --data DATA (a data yaml or labelled folder)")
+    if max_drop is not None and max_drop < 0:
+        raise TrtqError(f"--max-drop must be >= 0 mAP points, got {max_drop}")
+    mpath = _resolve_model(model)
+    fmodel = onnx.load(str(mpath))
+    keep = dict(head_float_nodes(fmodel)) if head_policy else {}
+    plan = plan_qdq(fmodel, keep_float=keep, exclude=exclude, residual_add=residual_add)
+    # statistics for every tensor that any layer could quantize (max-drop re-plans without re-calibrating)
+    tensors = plan.activation_tensors
+    graph_inputs = [i.name for i in fmodel.graph.input]
+    calibration: dict[str, Any] = {}
+    chosen: dict[str, str] = {}
+    if table is not None:
+        from calibrators.table import CalibrationTable
+
+        tab = table if isinstance(table, CalibrationTable) else CalibrationTable.load(table)
+        missing = [t for t in tensors if t not in tab.amax]
+        if missing:
+            raise TrtqError(
+                f"the calibration table has no range for {len(missing)} tensor(s) to quantize (first: {missing[0]!r}); "
+                "it was made for another model or tensor set: recalibrate"
+            )
+        diffs = tab.differences(model_sha256=sha256_file(mpath))
+        for d in diffs:
+            logger.warning("calibration table: %s", d)
+        amax = {t: float(tab.amax[t]) for t in tensors}
+        algo = tab.algorithm
+        percentile = tab.percentile if tab.percentile is not None else percentile
+        calibration = {"source": "calibration table", "num_images": tab.num_images, "images_sha256": tab.images_sha256}
+    else:
+        if histograms is None:
+            if source is None:
+                raise TrtqError("quantize needs calibration images: pass --calib DIR (or a calibration table)")
+            histograms, batcher = collect_statistics(
+                mpath, source, tensors, num_images=num_images, batch=batch, seed=seed, progress=progress
+            )
+            calibration = {
+                "source": str(source),
+                "num_images": batcher.num_used,
+                "images_sha256": batcher.images_sha256(),
+                "preprocessing": batcher.preprocessing(),
+                "seed": seed,
+            }
+        else:
+            calibration = {"source": str(source) if source is not None else "precomputed histograms"}
+        amax, chosen = activation_amax(histograms, tensors, algo, percentile=percentile, graph_inputs=graph_inputs)
+    out = Path(output) if output is not None else default_output(mpath)
+    common = {
+        "output": out,
+        "algo": algo,
+        "chosen": chosen,
+        "percentile": percentile,
+        "exclude": exclude,
+        "head_policy": head_policy,
+        "per_channel": per_channel,
+        "unify_concat": unify_concat,
+        "residual_add": residual_add,
+        "calibration": calibration,
+    }
+    result = write_qdq(mpath, amax, **common)
+    if max_drop is not None and data is not None:
+        from trtq.sensitivity import keep_sensitive_float
+
+        result = keep_sensitive_float(
+            mpath,
+            result,
+            amax,
+            data=data,
+            max_drop=max_drop,
+            source=source,
+            images=sensitivity_images,
+            max_steps=max_steps,
+            write_kwargs=common,
+        )
+    result.seconds = time.perf_counter() - t0
+    logger.info("quantized %s in %.1f s", mpath.name, result.seconds)
+    return result
