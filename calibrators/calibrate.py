@@ -57,7 +57,8 @@ def amax_table(
         if algo == "minmax":
             amax = h.max_abs
         else:
-            amax = compute_amax(h.counts, h.edges, algo, percentile=percentile)
+            # Bin-based ranges are bin edges; never wider than the data itself.
+            amax = min(compute_amax(h.counts, h.edges, algo, percentile=percentile), h.max_abs)
         out[name] = float(amax) if amax > 0 else float(h.edges[-1])
     return out
 

@@ -57,6 +57,7 @@ DEFAULT_PERCENTILE = 99.99
 # Rounding in the cumulative sums is ~1e-14 in KL; real differences between candidates are far larger.
 _KL_TIE_ATOL = 1e-12
 _KL_TIE_RTOL = 1e-9
+_TINY = 1e-300
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -216,7 +217,7 @@ def mse_errors(counts: Any, edges: Any) -> tuple[IntArray, FloatArray]:
         - 2.0 * i * p1[-1]
         + i * i * p0[-1]
         + 2.0 * step * p1[bounds].sum(axis=1)
-        + step * step * (p0[bounds] @ weights)
+        + step * step * np.einsum("ij,j->i", p0[bounds], weights)
     )
     return cands, np.maximum(err, 0.0)
 
@@ -316,17 +317,19 @@ def entropy_divergences(counts: Any, edges: Any) -> tuple[IntArray, FloatArray]:
     cands, starts, ends, inverse = _entropy_groups(n)
 
     c_h = _cumsum0(h)
-    c_nz = _cumsum0((h > 0).astype(np.float64))
+    c_nz = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(h > 0, out=c_nz[1:])
     c_hl = _cumsum0(_xlogx(h))
 
     # per distinct group range: total of h, non-empty bins, sum of h log h
     t_g = c_h[ends] - c_h[starts]
     n_g = c_nz[ends] - c_nz[starts]
     hl_g = c_hl[ends] - c_hl[starts]
-    nonempty = n_g > 0
-    log_r_g = np.zeros_like(t_g)  # log of the value Q gives each non-empty bin of the group
-    log_r_g[nonempty] = np.log(t_g[nonempty]) - np.log(n_g[nonempty])
-    contrib = np.where(nonempty, hl_g - t_g * log_r_g, 0.0)
+    log_int = np.log(np.maximum(np.arange(int(n_g.max()) + 1, dtype=np.float64), 1.0))
+    # log of the value Q gives each non-empty bin of a group; finite (and unused) for empty groups,
+    # whose contribution hl_g - t_g * log_r_g is then exactly 0 - 0
+    log_r_g = np.log(np.maximum(t_g, _TINY)) - log_int[n_g]
+    contrib = hl_g - t_g * log_r_g
     groups = contrib[inverse].sum(axis=1)
     log_r_last = log_r_g[inverse[:, -1]]
 

@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             now = time.perf_counter()
             fps = 0.9 * fps + 0.1 / max(now - t_last, 1e-6) if frames else 1.0 / max(now - t_last, 1e-6)
             t_last = now
-            draw_text(shown, f"{fps:5.1f} FPS  {detector.last_timing['inference']:.1f} ms  {len(det)} objects")
+            draw_text(
+                shown, f"{fps:5.1f} FPS  {detector.last_timing['inference']:.1f} ms  {len(det)} objects"
+            )
             if args.output:
                 if writer is None:
                     h, w = shown.shape[:2]

@@ -40,7 +40,9 @@ def draw_detections(
     lw = line_width or max(round((h + w) / 2 * 0.003), 2)
     font_scale = lw / 3
     thickness = max(lw - 1, 1)
-    for box, score, cid, name in zip(detections.boxes, detections.scores, detections.class_ids, detections.names):
+    for box, score, cid, name in zip(
+        detections.boxes, detections.scores, detections.class_ids, detections.names, strict=True
+    ):
         color = class_color(int(cid))
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness=lw, lineType=cv2.LINE_AA)
@@ -52,7 +54,14 @@ def draw_detections(
         cv2.rectangle(out, (x1, ty1), (x1 + tw + 2, ty2), color, thickness=-1, lineType=cv2.LINE_AA)
         text_color = (0, 0, 0) if sum(color) > 3 * 160 else (255, 255, 255)
         cv2.putText(
-            out, label, (x1 + 1, ty2 - base - 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_color, thickness, cv2.LINE_AA
+            out,
+            label,
+            (x1 + 1, ty2 - base - 1),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            text_color,
+            thickness,
+            cv2.LINE_AA,
         )
     return out
 

@@ -369,9 +369,9 @@ def evaluate(
     path = _check_model(model)
     if imgsz < 32 or batch < 1:
         raise TrtqError(f"imgsz must be >= 32 and batch >= 1 (got imgsz={imgsz}, batch={batch})")
-    ul = _ultralytics()
     with tempfile.TemporaryDirectory(prefix="trtq-eval-") as tmp:
         spec = prepare_data(data, Path(tmp), names=_model_names(path), images=images)
+        ul = _ultralytics()
         t0 = time.perf_counter()
         with _quiet_ultralytics():
             try:

@@ -68,7 +68,7 @@ def _nvidia_smi() -> list[dict[str, str]]:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) >= 2:
             keys = ("name", "driver", "memory", "compute_capability")
-            gpus.append(dict(zip(keys, parts)))
+            gpus.append(dict(zip(keys, parts, strict=False)))
     return gpus
 
 
@@ -126,7 +126,9 @@ def describe_machine(*, device: int = 0) -> dict[str, Any]:
 
 def machine_summary(machine: dict[str, Any]) -> str:
     """One line: ``"host: CPU (2 cores, 24 GB); GPU X (driver D); TensorRT V; ONNX Runtime V"``."""
-    parts = [f"{machine.get('hostname')}: {machine.get('cpu') or 'unknown CPU'} ({machine.get('cpu_count')} cores"]
+    parts = [
+        f"{machine.get('hostname')}: {machine.get('cpu') or 'unknown CPU'} ({machine.get('cpu_count')} cores"
+    ]
     if machine.get("memory_gb"):
         parts[0] += f", {machine['memory_gb']} GB"
     parts[0] += ")"

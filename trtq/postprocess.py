@@ -76,7 +76,11 @@ def decode(
     """
     if prediction.ndim != 3 or prediction.shape[1] < 5:
         raise ValueError(f"expected a (N, 4 + classes, anchors) YOLOv8 output, got shape {prediction.shape}")
-    pred = prediction if prediction.dtype.kind == "f" and prediction.dtype.itemsize >= 4 else prediction.astype(np.float32)
+    pred = (
+        prediction
+        if prediction.dtype.kind == "f" and prediction.dtype.itemsize >= 4
+        else prediction.astype(np.float32)
+    )
     nc = pred.shape[1] - 4
     out: list[np.ndarray] = []
     for p in pred:  # (4 + nc, A)

@@ -256,14 +256,23 @@ def _concat_groups(graph: onnx.GraphProto, plan: QdqPlan, producers: Mapping[str
     return [g for g in groups.values() if len(g) > 1]
 
 
-def unify_amax(amax: Mapping[str, float], groups: Iterable[Iterable[str]]) -> dict[str, float]:
-    """Give every tensor of a group the group's largest amax."""
+def unify_amax(
+    amax: Mapping[str, float], groups: Iterable[Iterable[str]], *, max_ratio: float | None = None
+) -> dict[str, float]:
+    """Give every tensor of a group the group's largest amax.
+
+    With ``max_ratio`` a group whose largest amax exceeds ``max_ratio`` times its smallest keeps its
+    own ranges (a shared scale would cost the small-range tensors that much resolution).
+    """
     out = dict(amax)
     for group in groups:
         members = [t for t in group if t in out]
         if len(members) < 2:
             continue
         top = max(out[t] for t in members)
+        low = min(out[t] for t in members)
+        if max_ratio is not None and low > 0 and top / low > max_ratio:
+            continue
         for t in members:
             out[t] = top
     return out
@@ -324,11 +333,13 @@ def insert_qdq(
     *,
     per_channel: bool = True,
     unify_concat: bool = True,
+    unify_max_ratio: float | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, float]]:
     """Write Q/DQ pairs into a copy of ``model``; return it and the activation amax actually used.
 
     ``amax`` must hold every tensor of ``plan.activations``. With ``unify_concat`` the tensors of each
-    Concat group share the group's largest amax.
+    Concat group share the group's largest amax (only groups whose ranges differ by at most
+    ``unify_max_ratio``, when given).
     """
     missing = [t for t in plan.activations if t not in amax]
     if missing:
@@ -344,7 +355,7 @@ def insert_qdq(
             logger.warning("tensor %s was always zero during calibration; using amax 1.0", t)
             used[t] = 1.0
     if unify_concat:
-        used = unify_amax(used, plan.concat_groups)
+        used = unify_amax(used, plan.concat_groups, max_ratio=unify_max_ratio)
 
     out = onnx.ModelProto()
     out.CopyFrom(ensure_opset(model))

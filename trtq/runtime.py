@@ -83,7 +83,7 @@ class Detections:
                 "class_id": int(cid),
                 "name": name,
             }
-            for box, score, cid, name in zip(self.boxes, self.scores, self.class_ids, self.names)
+            for box, score, cid, name in zip(self.boxes, self.scores, self.class_ids, self.names, strict=True)
         ]
 
 
@@ -123,7 +123,9 @@ class OnnxSession:
         chosen = list(providers) if providers else ["CPUExecutionProvider"]
         missing = [p for p in chosen if p not in available]
         if missing:
-            raise TrtqError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
+            raise TrtqError(
+                f"ONNX Runtime providers {missing} are not available here (available: {available})"
+            )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         try:
@@ -226,7 +228,9 @@ def _read_engine_checked(path: Path) -> tuple[bytes, EngineMetadata | None, dict
         plan, meta = read_engine(path)
         header = read_header(path)
     except (TypeError, ValueError, KeyError) as exc:
-        raise TrtqError(f"cannot read the metadata of {path} ({exc}); rebuild the engine with `trtq build`") from None
+        raise TrtqError(
+            f"cannot read the metadata of {path} ({exc}); rebuild the engine with `trtq build`"
+        ) from None
     if not plan:
         raise TrtqError(f"{path} holds no TensorRT plan (empty file): rebuild it with `trtq build`")
     expected = meta.engine_sha256 if meta is not None else ""
@@ -272,7 +276,9 @@ class TensorRTSession:
                     dla_core=meta.dla_core,
                 )
             else:
-                logger.warning("%s has no metadata (no .json sidecar, no header): compatibility not checked", path)
+                logger.warning(
+                    "%s has no metadata (no .json sidecar, no header): compatibility not checked", path
+                )
             self._trt_logger = trt.Logger(trt.Logger.WARNING)
             self.runtime = trt.Runtime(self._trt_logger)
             if meta is not None and meta.dla_core is not None:
@@ -290,7 +296,9 @@ class TensorRTSession:
             self.engine = engine
             context = engine.create_execution_context()
             if context is None:
-                raise TrtqError(f"TensorRT could not create an execution context for {path} (out of GPU memory?)")
+                raise TrtqError(
+                    f"TensorRT could not create an execution context for {path} (out of GPU memory?)"
+                )
             self.context = context
             self.stream: Stream = self.device.stream()
             self.tensors: dict[str, EngineTensor] = {}
@@ -312,7 +320,9 @@ class TensorRTSession:
         self.output_names = outputs
         in_shape = tuple(int(d) for d in engine.get_tensor_shape(self.input_name)[:])
         if len(in_shape) != 4 or in_shape[1] not in (3, -1):
-            raise TrtqError(f"{self.path}: input {self.input_name!r} has shape {list(in_shape)}; expected [N, 3, H, W]")
+            raise TrtqError(
+                f"{self.path}: input {self.input_name!r} has shape {list(in_shape)}; expected [N, 3, H, W]"
+            )
         if in_shape[0] == -1 or -1 in in_shape[2:]:
             pmin, _popt, pmax = engine.get_tensor_profile_shape(self.input_name, 0)
             lo, hi = tuple(int(d) for d in pmin[:]), tuple(int(d) for d in pmax[:])
@@ -337,7 +347,9 @@ class TensorRTSession:
             is_input = name == self.input_name
             shape = max_in if is_input else tuple(int(d) for d in context.get_tensor_shape(name)[:])
             if any(d < 0 for d in shape):
-                raise TrtqError(f"{self.path}: output {name!r} has a data-dependent shape {list(shape)}; not supported")
+                raise TrtqError(
+                    f"{self.path}: output {name!r} has a data-dependent shape {list(shape)}; not supported"
+                )
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             host = self.device.pinned_empty(shape, dtype)
             buf = self.device.alloc(max(int(host.nbytes), 1))
@@ -525,7 +537,7 @@ class Detector:
                 out = session.run(len(part))
                 t2 = time.perf_counter()
                 decoded = decode(out, conf=self.conf, iou=self.iou, max_det=self.max_det)
-                for img, det in zip(part, decoded):
+                for img, det in zip(part, decoded, strict=True):
                     results.append(self._to_detections(det, img.shape[:2]))
                 t3 = time.perf_counter()
                 timing["preprocess"] += (t1 - t0) * 1e3
@@ -549,14 +561,18 @@ class Detector:
             if not isinstance(img, np.ndarray):
                 raise TrtqError(f"image {i} is a {type(img).__name__}, not a numpy array (HxWx3 uint8)")
             if img.size == 0:
-                raise TrtqError(f"image {i} is empty (shape {img.shape}): check the camera or file it came from")
+                raise TrtqError(
+                    f"image {i} is empty (shape {img.shape}): check the camera or file it came from"
+                )
             if img.ndim != 3 or img.shape[2] != 3:
                 raise TrtqError(
                     f"image {i} has shape {img.shape}; expected HxWx3 (colour, channels last); "
                     "convert grayscale with cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)"
                 )
             if img.dtype != np.uint8:
-                raise TrtqError(f"image {i} is {img.dtype}; expected uint8 pixels 0..255 (as OpenCV reads them)")
+                raise TrtqError(
+                    f"image {i} is {img.dtype}; expected uint8 pixels 0..255 (as OpenCV reads them)"
+                )
         return batch
 
     def _fill(self, dst: np.ndarray, img: np.ndarray, rgb: bool) -> None:
@@ -654,6 +670,12 @@ def predict(
         if json_path is not None:
             write_json(
                 json_path,
-                {"model": str(model), "backend": det.backend, "conf": conf, "iou": iou, "images": [r.to_dict() for r in results]},
+                {
+                    "model": str(model),
+                    "backend": det.backend,
+                    "conf": conf,
+                    "iou": iou,
+                    "images": [r.to_dict() for r in results],
+                },
             )
     return results

@@ -472,7 +472,7 @@ def make_fake_tensorrt(
             for mn, op, mx in profile.shapes.values():
                 if len(mn) != len(op) or len(op) != len(mx):
                     return -1
-                if any(a > b or b > c for a, b, c in zip(mn, op, mx)):
+                if any(a > b or b > c for a, b, c in zip(mn, op, mx, strict=False)):
                     return -1
             self.profiles.append(profile)
             return len(self.profiles) - 1
@@ -644,7 +644,7 @@ def make_fake_tensorrt(
             if len(ptrs) != len(names):
                 raise RuntimeError(f"get_batch returned {len(ptrs)} pointers for {len(names)} inputs (memcpy UB)")
             batch = {}
-            for n, p in zip(names, ptrs):
+            for n, p in zip(names, ptrs, strict=False):
                 shape = shapes[n]
                 arr = fake_device.read_device(int(p), int(np.prod(shape)) * 4, np.float32, shape)
                 batch[n] = arr
@@ -728,7 +728,7 @@ def make_fake_tensorrt(
                             return None
                         continue
                     for shape in p.shapes[t.name]:
-                        if len(shape) != len(t.shape) or any(s != d for s, d in zip(shape, t.shape) if d != -1):
+                        if len(shape) != len(t.shape) or any(s != d for s, d in zip(shape, t.shape, strict=False) if d != -1):
                             _error(f"profile shape {shape} does not match input {t.name}{tuple(t.shape)}")
                             return None
             dla = config.default_device_type == mod.DeviceType.DLA
@@ -824,12 +824,12 @@ def make_fake_tensorrt(
             spec = self.engine._io(name)
             if spec is None or len(shape) != len(spec["shape"]):
                 return False
-            if any(d != -1 and s != d for s, d in zip(shape, spec["shape"])):
+            if any(d != -1 and s != d for s, d in zip(shape, spec["shape"], strict=False)):
                 return False
             profiles = self.engine.plan["profiles"]
             if profiles and name in profiles[self.profile]:
                 mn, _, mx = profiles[self.profile][name]
-                if any(s < a or s > b for s, a, b in zip(shape, mn, mx)):
+                if any(s < a or s > b for s, a, b in zip(shape, mn, mx, strict=False)):
                     return False
             self.input_shapes[name] = shape
             return True

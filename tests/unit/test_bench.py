@@ -37,7 +37,9 @@ class ScriptedRunner:
 
 
 class ScriptedBackend:
-    def __init__(self, name: str, latency_per_image: float, *, batches: tuple[int, ...] = (1, 2, 4, 8)) -> None:
+    def __init__(
+        self, name: str, latency_per_image: float, *, batches: tuple[int, ...] = (1, 2, 4, 8)
+    ) -> None:
         self.name = name
         self.precision = "FP32"
         self.default_batch = 1
@@ -90,11 +92,19 @@ def _targets(tmp_path: Path, *names: str) -> list[BenchTarget]:
 
 
 def test_comparison_throughput_speedup_and_skips(tmp_path: Path) -> None:
-    backends = {"slow.onnx": ScriptedBackend("slow", 10.0), "fast.onnx": ScriptedBackend("fast", 2.5, batches=(1, 2))}
+    backends = {
+        "slow.onnx": ScriptedBackend("slow", 10.0),
+        "fast.onnx": ScriptedBackend("fast", 2.5, batches=(1, 2)),
+    }
     targets = _targets(tmp_path, "slow.onnx", "fast.onnx")
     seen: list[BenchRow] = []
     result = run_benchmark(
-        targets, batches=[1, 4], warmup=1, iterations=30, opener=lambda p: backends[p.name], on_row=seen.append
+        targets,
+        batches=[1, 4],
+        warmup=1,
+        iterations=30,
+        opener=lambda p: backends[p.name],
+        on_row=seen.append,
     )
     assert [(r.model, r.batch, r.status) for r in result.rows] == [
         ("slow.onnx", 1, "ok"),
@@ -128,7 +138,8 @@ def test_open_failures_become_skipped_rows_and_all_skipped_raises(tmp_path: Path
     result = run_benchmark(targets, iterations=3, warmup=0, opener=opener)
     eng, onnx_row = result.rows
     assert eng.status == "skipped" and "needs TensorRT" in (eng.reason or "")
-    assert onnx_row.ok and onnx_row.speedup == pytest.approx(1.0)  # speed-up is relative to the first row that ran
+    # speed-up is relative to the first row that ran
+    assert onnx_row.ok and onnx_row.speedup == pytest.approx(1.0)
     assert any("fewer than" in w for w in result.warnings)  # 3 iterations is too short to trust
     with pytest.raises(TrtqError, match="nothing could be benchmarked") as info:
         run_benchmark(targets[:1], iterations=3, opener=opener)
@@ -137,7 +148,9 @@ def test_open_failures_become_skipped_rows_and_all_skipped_raises(tmp_path: Path
 
 def test_explicit_skip_targets_are_listed(tmp_path: Path) -> None:
     (t,) = _targets(tmp_path, "m.onnx")
-    skip = BenchTarget(None, label="yolov8n FP16 engine", precision="FP16", backend="tensorrt", skip_reason="no GPU")
+    skip = BenchTarget(
+        None, label="yolov8n FP16 engine", precision="FP16", backend="tensorrt", skip_reason="no GPU"
+    )
     result = run_benchmark([t, skip], iterations=2, warmup=0, opener=lambda p: ScriptedBackend("x", 1.0))
     row = result.rows[1]
     assert (row.model, row.precision, row.backend, row.status, row.reason) == (
@@ -194,7 +207,10 @@ def test_qdq_model_is_labelled_int8(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
@@ -230,9 +246,20 @@ def test_shared_yolov8n_on_onnxruntime(yolo_onnx: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ reports
 def _result(tmp_path: Path):  # noqa: ANN202 - BenchResult
-    backends = {"a.onnx": ScriptedBackend("onnxruntime-cpu", 8.0), "b.engine": ScriptedBackend("tensorrt", 2.0)}
+    backends = {
+        "a.onnx": ScriptedBackend("onnxruntime-cpu", 8.0),
+        "b.engine": ScriptedBackend("tensorrt", 2.0),
+    }
     targets = _targets(tmp_path, "a.onnx", "b.engine")
-    targets.append(BenchTarget(None, label="c.engine", precision="INT8 (explicit)", backend="tensorrt", skip_reason="no TensorRT here"))
+    targets.append(
+        BenchTarget(
+            None,
+            label="c.engine",
+            precision="INT8 (explicit)",
+            backend="tensorrt",
+            skip_reason="no TensorRT here",
+        )
+    )
     return run_benchmark(targets, batches=[1, 2], warmup=0, iterations=25, opener=lambda p: backends[p.name])
 
 

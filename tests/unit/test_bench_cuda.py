@@ -63,7 +63,9 @@ def _kinds(calls: list[tuple[Any, ...]]) -> list[str]:
     return [c[0] for c in calls]
 
 
-def test_events_bracket_copies_and_compute_on_the_dedicated_stream(tmp_path: Path, device: TimedDevice) -> None:
+def test_events_bracket_copies_and_compute_on_the_dedicated_stream(
+    tmp_path: Path, device: TimedDevice
+) -> None:
     engine = write_fake_engine(tmp_path / "e.engine", batch=(1, 4))
     backend = TensorRTBackend(engine)
     _log_executes(backend, device)
@@ -101,14 +103,21 @@ def test_no_transfers_times_compute_only(tmp_path: Path, device: TimedDevice) ->
     runner = backend.prepare(1, transfers=False, cuda_graph=False)
     start = len(device.calls)
     sample = runner.run()
-    assert _kinds(device.calls[start:]) == ["event_record", "execute_async_v3", "event_record", "event_synchronize"]
+    assert _kinds(device.calls[start:]) == [
+        "event_record",
+        "execute_async_v3",
+        "event_record",
+        "event_synchronize",
+    ]
     assert sample.latency == sample.compute == pytest.approx(COMPUTE_MS)
     assert sample.h2d is None and sample.d2h is None
     assert any("no transfers" in n for n in runner.notes)
     backend.close()
 
 
-def test_buffers_once_across_batches_and_iterations_freed_at_close(tmp_path: Path, device: TimedDevice) -> None:
+def test_buffers_once_across_batches_and_iterations_freed_at_close(
+    tmp_path: Path, device: TimedDevice
+) -> None:
     engine = write_fake_engine(tmp_path / "e.engine", batch=(1, 8))
     result = run_benchmark([engine], batches=[1, 4, 8, 16], warmup=3, iterations=10)
     statuses = [(r.batch, r.status) for r in result.rows]
@@ -145,7 +154,9 @@ class FakeGraph:
         self.closed = True
 
 
-def test_cuda_graph_replay_replaces_enqueue(tmp_path: Path, device: TimedDevice, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_graph_replay_replaces_enqueue(
+    tmp_path: Path, device: TimedDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
     FakeGraph.instances.clear()
     monkeypatch.setattr(backends, "make_cuda_graph", FakeGraph)
     backend = TensorRTBackend(write_fake_engine(tmp_path / "e.engine"))
@@ -167,7 +178,9 @@ def test_cuda_graph_replay_replaces_enqueue(tmp_path: Path, device: TimedDevice,
     backend.close()
 
 
-def test_cuda_graph_failure_falls_back_with_a_note(tmp_path: Path, device: TimedDevice, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_graph_failure_falls_back_with_a_note(
+    tmp_path: Path, device: TimedDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(stream: Any, enqueue: Callable[[], None]) -> Any:
         raise RuntimeError("cudaStreamBeginCapture failed: cudaErrorStreamCaptureUnsupported")
 

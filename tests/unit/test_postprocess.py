@@ -8,7 +8,9 @@ import pytest
 from trtq.postprocess import clip_boxes, decode, nms, scale_boxes, xywh2xyxy
 
 
-def _clustered_prediction(rng: np.random.Generator, batch: int = 2, nc: int = 5, anchors: int = 600) -> np.ndarray:
+def _clustered_prediction(
+    rng: np.random.Generator, batch: int = 2, nc: int = 5, anchors: int = 600
+) -> np.ndarray:
     """Raw head output (N, 4 + nc, A) with overlapping clusters of boxes, like a real detector's."""
     pred = np.zeros((batch, 4 + nc, anchors), dtype=np.float32)
     for b in range(batch):
@@ -28,13 +30,15 @@ def _ultralytics_nms(pred: np.ndarray, conf: float, iou: float, max_det: int = 3
     return [o.numpy() for o in out]
 
 
-@pytest.mark.parametrize(("conf", "iou", "seed"), [(0.25, 0.7, 0), (0.25, 0.45, 1), (0.5, 0.7, 2), (0.05, 0.6, 3)])
+@pytest.mark.parametrize(
+    ("conf", "iou", "seed"), [(0.25, 0.7, 0), (0.25, 0.45, 1), (0.5, 0.7, 2), (0.05, 0.6, 3)]
+)
 def test_decode_matches_ultralytics_non_max_suppression(conf: float, iou: float, seed: int) -> None:
     pred = _clustered_prediction(np.random.default_rng(seed))
     ours = decode(pred, conf=conf, iou=iou)
     ref = _ultralytics_nms(pred, conf, iou)
     assert len(ours) == len(ref) == pred.shape[0]
-    for o, r in zip(ours, ref):
+    for o, r in zip(ours, ref, strict=True):
         assert o.shape == r.shape and o.shape[0] > 0
         np.testing.assert_allclose(o[:, :4], r[:, :4], atol=1e-3)
         np.testing.assert_allclose(o[:, 4], r[:, 4], atol=1e-6)

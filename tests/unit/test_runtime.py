@@ -17,7 +17,18 @@ from trtq.errors import TrtqError
 from trtq.runtime import Detections, Detector
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "ultralytics", "click", "tqdm", "tensorrt", "pycuda", "cuda", "onnx", "matplotlib", "torchvision")
+HEAVY = (
+    "torch",
+    "ultralytics",
+    "click",
+    "tqdm",
+    "tensorrt",
+    "pycuda",
+    "cuda",
+    "onnx",
+    "matplotlib",
+    "torchvision",
+)
 
 
 def _ultralytics_assets() -> list[Path]:
@@ -39,7 +50,9 @@ def _same(a: Detections, b: Detections) -> None:
 # ------------------------------------------------------------------------------------------ against ultralytics
 def test_matches_ultralytics_predict_on_shared_images(yolo_onnx: Path, shared_assets: Path) -> None:
     yolo_mod = pytest.importorskip("ultralytics")
-    images = sorted((shared_assets / "coco128" / "images" / "val2017").glob("*.jpg"))[:4] + _ultralytics_assets()
+    images = (
+        sorted((shared_assets / "coco128" / "images" / "val2017").glob("*.jpg"))[:4] + _ultralytics_assets()
+    )
     model = yolo_mod.YOLO(str(yolo_onnx), task="detect")
     total = 0
     with Detector(yolo_onnx, conf=0.25, iou=0.7) as det:
@@ -84,7 +97,7 @@ def test_batch_equals_one_by_one_dynamic(tmp_path: Path) -> None:
         batched = det.detect(imgs)
         again = det.detect(imgs)  # buffers reused: same answer twice
     assert sum(len(d) for d in singles) > 0
-    for a, b, c in zip(singles, batched, again):
+    for a, b, c in zip(singles, batched, again, strict=True):
         _same(a, b)
         _same(b, c)
 
@@ -95,7 +108,7 @@ def test_static_batch_model_chunks_and_pads(tmp_path: Path) -> None:
     imgs = random_images(3, seed=4)
     with Detector(static, conf=0.3) as a, Detector(dyn, conf=0.3) as b:
         assert a.batch_range == (2, 2)
-        for x, y in zip(a.detect(imgs), b.detect(imgs)):
+        for x, y in zip(a.detect(imgs), b.detect(imgs), strict=True):
             _same(x, y)
         _same(a.detect(imgs[0])[0], b.detect(imgs[0])[0])
 
@@ -109,10 +122,12 @@ def test_rgb_and_4d_inputs(tmp_path: Path) -> None:
         as4d = det.detect(stack)
         rgb = det.detect([np.ascontiguousarray(im[..., ::-1]) for im in stack], rgb=True)
         swapped = det.detect(list(stack), rgb=True)
-    for a, b, c in zip(bgr, as4d, rgb):
+    for a, b, c in zip(bgr, as4d, rgb, strict=True):
         _same(a, b)
         _same(a, c)
-    assert any(len(a) != len(s) or not np.allclose(a.scores, s.scores) for a, s in zip(bgr, swapped))
+    assert any(
+        len(a) != len(s) or not np.allclose(a.scores, s.scores) for a, s in zip(bgr, swapped, strict=True)
+    )
 
 
 def test_conf_and_max_det(tmp_path: Path) -> None:

@@ -35,7 +35,9 @@ def fake_plan(version: str = TRT_VERSION, *, batch: tuple[int, int] = (1, 1), ch
         "version": version,
         "inputs": [{"name": "images", "shape": [n, channels, HW, HW], "dtype": "FLOAT"}],
         "outputs": [{"name": "output0", "shape": [n, 4 + NC, HW * HW], "dtype": "FLOAT"}],
-        "profiles": [{"images": [[lo, channels, HW, HW], [hi, channels, HW, HW], [hi, channels, HW, HW]]}] if dyn else [],
+        "profiles": [{"images": [[lo, channels, HW, HW], [hi, channels, HW, HW], [hi, channels, HW, HW]]}]
+        if dyn
+        else [],
         "flags": ["INT8"],
         "strongly_typed": False,
         "layers": [],
@@ -67,10 +69,14 @@ def write_fake_engine(
         batch=batch[1],
         command="trtq build tiny.onnx --int8",
     )
-    return write_engine(path, fake_plan(version, batch=batch, channels=channels), meta, ultralytics_header=header)
+    return write_engine(
+        path, fake_plan(version, batch=batch, channels=channels), meta, ultralytics_header=header
+    )
 
 
-def ort_compute(onnx_path: Path) -> Callable[[dict[str, np.ndarray], dict[str, tuple[int, ...]]], dict[str, Any]]:
+def ort_compute(
+    onnx_path: Path,
+) -> Callable[[dict[str, np.ndarray], dict[str, tuple[int, ...]]], dict[str, Any]]:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -129,7 +135,7 @@ def test_engine_detector_matches_onnx_detector(env: Env) -> None:
         assert det.backend == "tensorrt" and det.names == {0: "cat", 1: "dog"} and det.imgsz == (HW, HW)
         got = det.detect(imgs)
     assert sum(len(d) for d in expected) > 0
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         _same(a, b)
 
 
@@ -167,7 +173,7 @@ def test_dynamic_batch_engine_chunks_by_profile(env: Env) -> None:
     shapes = [c[2] for c in env.trt_calls("context.set_input_shape")]
     assert shapes[0] == (4, 3, HW, HW)  # buffers sized for the profile's max at load
     assert (2, 3, HW, HW) in shapes[1:]
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         _same(a, b)
 
 
@@ -179,7 +185,7 @@ def test_static_batch_engine_pads_partial_batches(env: Env) -> None:
     with env.detector(engine, conf=0.3) as det:
         got = det.detect(imgs)
     assert len(env.trt_calls("context.execute_async_v3")) == 2
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         _same(a, b)
 
 
@@ -201,7 +207,9 @@ def test_version_mismatch_is_one_clear_error(env: Env) -> None:
 
 def test_gpu_mismatch_names_both_devices(env: Env) -> None:
     engine = write_fake_engine(env.tmp / "x.engine", cc=(7, 2))
-    with pytest.raises(TrtqError, match=r"SM 7\.2 \(Xavier\).*SM 8\.7 \(Orin\).*trtq build tiny\.onnx --int8"):
+    with pytest.raises(
+        TrtqError, match=r"SM 7\.2 \(Xavier\).*SM 8\.7 \(Orin\).*trtq build tiny\.onnx --int8"
+    ):
         Detector(engine)
 
 
@@ -261,4 +269,3 @@ def test_no_tensorrt_is_a_missing_dependency(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(MissingDependencyError) as info:
         Detector(engine)
     assert info.value.exit_code == 3 and "TensorRT" in str(info.value)
-

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def make_tiny_yolo_onnx(path: Path, *, batch: int | str = "N", hw: int = 32, nc: int = 2, seed: int = 0) -> Path:
+def make_tiny_yolo_onnx(
+    path: Path, *, batch: int | str = "N", hw: int = 32, nc: int = 2, seed: int = 0
+) -> Path:
     """Input ``images`` [batch, 3, hw, hw] -> output ``output0`` [batch, 4 + nc, hw * hw].
 
     Boxes are ``100 * conv(x) + 50`` pixels (1x1 convolutions), class scores ``sigmoid(conv(x))``: every pixel
@@ -49,7 +51,12 @@ def make_tiny_yolo_onnx(path: Path, *, batch: int | str = "N", hw: int = 32, nc:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     names = {i: name for i, name in enumerate(["cat", "dog", "car", "bus", "cup"][:nc])}
-    for key, value in (("names", repr(names)), ("stride", "32"), ("imgsz", f"[{hw}, {hw}]"), ("task", "detect")):
+    for key, value in (
+        ("names", repr(names)),
+        ("stride", "32"),
+        ("imgsz", f"[{hw}, {hw}]"),
+        ("task", "detect"),
+    ):
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
     onnx.checker.check_model(model)

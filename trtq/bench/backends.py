@@ -45,7 +45,14 @@ def onnx_precision(path: str | Path) -> str:
 
     model = onnx.load(str(path), load_external_data=False)
     ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}:
+    if ops & {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+    }:
         return "INT8 (Q/DQ)"
     types = [init.data_type for init in model.graph.initializer]
     if types and sum(t == onnx.TensorProto.FLOAT16 for t in types) > len(types) // 2:
@@ -87,7 +94,9 @@ class OnnxRuntimeBackend:
         chosen = list(providers) if providers else ["CPUExecutionProvider"]
         missing = [p for p in chosen if p not in available]
         if missing:
-            raise TrtqError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
+            raise TrtqError(
+                f"ONNX Runtime providers {missing} are not available here (available: {available})"
+            )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         try:
@@ -125,7 +134,9 @@ class OnnxRuntimeBackend:
                 elif len(spec.shape) == 4 and i == 1:
                     dims.append(3)
                 else:
-                    raise TrtqError(f"{self.path}: cannot choose a size for dynamic dimension {i} of input {spec.name!r}")
+                    raise TrtqError(
+                        f"{self.path}: cannot choose a size for dynamic dimension {i} of input {spec.name!r}"
+                    )
             dtype = np.dtype(spec.dtype) if not spec.dtype.startswith("onnx:") else np.dtype(np.float32)
             if dtype.kind == "f":
                 feed[spec.name] = rng.random(dims, dtype=np.float32).astype(dtype)
@@ -223,7 +234,9 @@ class CudaEventRunner:
                 self.notes.append("CUDA graph replay")
             except (TrtqError, RuntimeError) as exc:
                 self.notes.append(f"CUDA graph not used: {exc}")
-                logger.warning("CUDA graph capture failed for %s: %s; timing plain enqueues", session.path.name, exc)
+                logger.warning(
+                    "CUDA graph capture failed for %s: %s; timing plain enqueues", session.path.name, exc
+                )
         if not transfers:
             self.notes.append("no transfers: GPU compute only")
 
@@ -252,7 +265,11 @@ class CudaEventRunner:
         if not self.transfers:
             return Sample(latency=compute, host=host, compute=compute)
         return Sample(
-            latency=e0.elapsed_ms(e3), host=host, compute=compute, h2d=e0.elapsed_ms(e1), d2h=e2.elapsed_ms(e3)
+            latency=e0.elapsed_ms(e3),
+            host=host,
+            compute=compute,
+            h2d=e0.elapsed_ms(e1),
+            d2h=e2.elapsed_ms(e3),
         )
 
     def close(self) -> None:

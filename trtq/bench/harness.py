@@ -210,7 +210,12 @@ def _summaries(samples: Sequence[Sample]) -> dict[str, Summary | None]:
         values = series(key)
         warn = key in ("latency", "compute")
         out[key] = (
-            summarize(values, label=key, min_iterations=MIN_ITERATIONS if warn else 0, max_cv=0.10 if warn else float("inf"))
+            summarize(
+                values,
+                label=key,
+                min_iterations=MIN_ITERATIONS if warn else 0,
+                max_cv=0.10 if warn else float("inf"),
+            )
             if values
             else None
         )
@@ -284,7 +289,18 @@ def run_benchmark(
         wanted = list(dict.fromkeys(int(b) for b in batches)) if batches else None
         if t.skip_reason is not None:
             for b in wanted or [1]:
-                add(BenchRow(t.display, _str(t.path), t.precision or "?", t.backend or "?", b, "skipped", t.skip_reason, file_size=size))
+                add(
+                    BenchRow(
+                        t.display,
+                        _str(t.path),
+                        t.precision or "?",
+                        t.backend or "?",
+                        b,
+                        "skipped",
+                        t.skip_reason,
+                        file_size=size,
+                    )
+                )
             continue
         path = t.path
         if path is None:  # unreachable: checked above
@@ -294,14 +310,36 @@ def run_benchmark(
         except TrtqError as exc:
             first_error = first_error or exc
             for b in wanted or [1]:
-                add(BenchRow(t.display, str(t.path), t.precision or "?", t.backend or "?", b, "skipped", str(exc), file_size=size))
+                add(
+                    BenchRow(
+                        t.display,
+                        str(t.path),
+                        t.precision or "?",
+                        t.backend or "?",
+                        b,
+                        "skipped",
+                        str(exc),
+                        file_size=size,
+                    )
+                )
             continue
         try:
             precision = t.precision or backend.precision
             for b in wanted or [backend.default_batch]:
                 reason = backend.batch_skip_reason(b)
                 if reason is not None:
-                    add(BenchRow(t.display, str(t.path), precision, backend.name, b, "skipped", reason, file_size=size))
+                    add(
+                        BenchRow(
+                            t.display,
+                            str(t.path),
+                            precision,
+                            backend.name,
+                            b,
+                            "skipped",
+                            reason,
+                            file_size=size,
+                        )
+                    )
                     continue
                 logger.info("benchmarking %s at batch %d on %s", t.display, b, backend.name)
                 runner = backend.prepare(b, transfers=transfers, cuda_graph=cuda_graph)

@@ -122,7 +122,9 @@ def markdown(result: BenchResult, *, title: str = "trtq benchmark") -> str:
             ]
             for r in gpu_rows
         ]
-        lines += _table(["Model", "Batch", "H2D", "Compute", "D2H", "Latency", "Host e2e", "Compute CV"], body)
+        lines += _table(
+            ["Model", "Batch", "H2D", "Compute", "D2H", "Latency", "Host e2e", "Compute CV"], body
+        )
     warnings = result.warnings
     if warnings:
         lines += ["", "## Warnings", ""]
@@ -141,7 +143,7 @@ def report_dict(result: BenchResult, *, include_samples: bool = True) -> dict[st
     """The JSON record: settings, machine, every row with the summary of each series (and raw latencies)."""
     data = result.to_dict()
     if include_samples:
-        for row_dict, row in zip(data["rows"], result.rows):
+        for row_dict, row in zip(data["rows"], result.rows, strict=True):
             row_dict["latency_samples_ms"] = [round(x, 5) for x in row.samples]
     return data
 
@@ -166,7 +168,7 @@ def write_plot(result: BenchResult, path: str | Path, *, title: str = "trtq benc
     ys = list(range(len(rows)))
     ok_pos = [i for i, r in enumerate(rows) if r.ok and len(r.samples) > 0]
     ok_data = [rows[i].samples for i in ok_pos]
-    multi = [(i, d) for i, d in zip(ok_pos, ok_data) if len(d) > 1 and max(d) > min(d)]
+    multi = [(i, d) for i, d in zip(ok_pos, ok_data, strict=True) if len(d) > 1 and max(d) > min(d)]
     if multi:
         import inspect
 
@@ -175,15 +177,17 @@ def write_plot(result: BenchResult, path: str | Path, *, title: str = "trtq benc
             if "orientation" in inspect.signature(ax_lat.violinplot).parameters
             else {"vert": False}
         )
-        ax_lat.violinplot([d for _, d in multi], positions=[i for i, _ in multi], showmedians=True, **horizontal)
-    for i, d in zip(ok_pos, ok_data):
+        ax_lat.violinplot(
+            [d for _, d in multi], positions=[i for i, _ in multi], showmedians=True, **horizontal
+        )
+    for i, d in zip(ok_pos, ok_data, strict=True):
         ax_lat.plot([float(_median(d))], [i], marker="|", color="black", markersize=14)
     ax_lat.set_xlabel("latency per batch (ms)")
     ax_lat.set_title("latency distribution")
     throughputs = [r.throughput if r.ok and r.throughput is not None else 0.0 for r in rows]
     bars = ax_thr.barh(ys, throughputs, color=["#1f77b4" if r.ok else "#cccccc" for r in rows])
     top = max(throughputs) if throughputs and max(throughputs) > 0 else 1.0
-    for bar, r in zip(bars, rows):
+    for bar, r in zip(bars, rows, strict=True):
         y = bar.get_y() + bar.get_height() / 2
         if r.ok and r.throughput is not None:
             text = f"{r.throughput:.1f} img/s" + (f"  ({r.speedup:.2f}x)" if r.speedup is not None else "")

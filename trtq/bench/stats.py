@@ -85,7 +85,9 @@ def summarize(
         )
     total = float(x.sum())
     if min_seconds is not None and total / 1000.0 < min_seconds:
-        warnings.append(f"timed {label} adds up to only {total / 1000.0:.2f} s (< {min_seconds:g} s); run longer")
+        warnings.append(
+            f"timed {label} adds up to only {total / 1000.0:.2f} s (< {min_seconds:g} s); run longer"
+        )
     return Summary(
         count=n,
         mean=mean,

@@ -27,17 +27,55 @@ def _parse_batches(values: tuple[str, ...]) -> list[int] | None:
 
 @click.command(name="bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--batch", "batch", multiple=True, metavar="N[,N...]", help="Batch sizes to sweep (repeat or comma-separate). Default: each model's own batch.")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed iterations first.")
+@click.option(
+    "--batch",
+    "batch",
+    multiple=True,
+    metavar="N[,N...]",
+    help="Batch sizes to sweep (repeat or comma-separate). Default: each model's own batch.",
+)
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed iterations first."
+)
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Timed iterations per row.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds per row (default 3 when --iterations is not given).")
-@click.option("--cuda-graph", is_flag=True, help="Replay the engine as a CUDA graph (TensorRT; needs cuda-python).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds per row (default 3 when --iterations is not given).",
+)
+@click.option(
+    "--cuda-graph", is_flag=True, help="Replay the engine as a CUDA graph (TensorRT; needs cuda-python)."
+)
 @click.option("--no-transfers", is_flag=True, help="Time GPU compute only, without host<->device copies.")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
-@click.option("--provider", "providers", multiple=True, help="ONNX Runtime execution provider(s) (default CPUExecutionProvider).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON record here.")
-@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the Markdown table here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG plot here.")
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    help="ONNX Runtime execution provider(s) (default CPUExecutionProvider).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the JSON record here.",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the Markdown table here.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a PNG plot here.",
+)
 def command(
     models: tuple[Path, ...],
     batch: tuple[str, ...],
@@ -67,7 +105,9 @@ def command(
 
     def progress(row: BenchRow) -> None:
         if row.ok and row.latency is not None:
-            click.echo(f"{row.model} b{row.batch}: median {row.latency.median:.3f} ms ({row.backend})", err=True)
+            click.echo(
+                f"{row.model} b{row.batch}: median {row.latency.median:.3f} ms ({row.backend})", err=True
+            )
         else:
             click.echo(f"{row.model} b{row.batch}: skipped ({row.reason})", err=True)
 

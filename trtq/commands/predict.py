@@ -11,13 +11,31 @@ import click
 
 @click.command(name="predict")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--source", required=True, help="An image, a directory, a glob ('imgs/*.jpg') or a .txt list of paths.")
-@click.option("--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="Confidence threshold.")
+@click.option(
+    "--source", required=True, help="An image, a directory, a glob ('imgs/*.jpg') or a .txt list of paths."
+)
+@click.option(
+    "--conf", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="Confidence threshold."
+)
 @click.option("--iou", type=click.FloatRange(0, 1), default=0.7, show_default=True, help="NMS IoU threshold.")
-@click.option("--max-det", type=click.IntRange(min=1), default=300, show_default=True, help="Most detections per image.")
-@click.option("--save", type=click.Path(file_okay=False, path_type=Path), default=None, help="Write images with drawn boxes into this directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print detections as JSON on stdout (and write DIR/predictions.json with --save).")
-@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index (engines).")
+@click.option(
+    "--max-det", type=click.IntRange(min=1), default=300, show_default=True, help="Most detections per image."
+)
+@click.option(
+    "--save",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write images with drawn boxes into this directory.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print detections as JSON on stdout (and write DIR/predictions.json with --save).",
+)
+@click.option(
+    "--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index (engines)."
+)
 def command(
     model: Path,
     source: str,

@@ -908,7 +908,6 @@ def _cache_writer(cache_path: Path, info: ModelInfo, batcher: Any, kind: str, tr
 
     def write(data: bytes) -> None:
         from calibrators.table import CalibrationTable, parse_trt_cache
-
         from trtq.fileio import write_bytes
 
         try:

@@ -81,7 +81,7 @@ def trt_version(module: ModuleType | None = None) -> str | None:
     mod = module if module is not None else load_tensorrt()
     if mod is None or not is_real_tensorrt(mod):
         return None
-    return str(getattr(mod, "__version__"))
+    return str(mod.__version__)
 
 
 def typed(module: ModuleType):  # noqa: ANN201 - the return type is the stub module, inferred by the checker
@@ -193,7 +193,7 @@ def quiet_deprecations() -> Iterator[None]:
 
 def network_flags(trt: ModuleType, *, strongly_typed: bool) -> int:
     """Flags for ``Builder.create_network``: EXPLICIT_BATCH on 8.x, STRONGLY_TYPED when asked for."""
-    ncf = getattr(trt, "NetworkDefinitionCreationFlag")
+    ncf = trt.NetworkDefinitionCreationFlag
     caps = capabilities(trt)
     flags = 0
     eb = getattr(ncf, "EXPLICIT_BATCH", None)
@@ -211,7 +211,7 @@ def network_flags(trt: ModuleType, *, strongly_typed: bool) -> int:
 
 def builder_flag(trt: ModuleType, name: str) -> Any | None:
     """``trt.BuilderFlag.<name>`` or None where this TensorRT has no such flag."""
-    return getattr(getattr(trt, "BuilderFlag"), name, None)
+    return getattr(trt.BuilderFlag, name, None)
 
 
 def set_builder_flag(trt: ModuleType, config: Any, name: str) -> bool:
@@ -231,14 +231,14 @@ def set_workspace(trt: ModuleType, config: Any, nbytes: int) -> None:
         config.set_memory_pool_limit(pool, int(nbytes))
         return
     with quiet_deprecations():
-        setattr(config, "max_workspace_size", int(nbytes))
+        config.max_workspace_size = int(nbytes)
 
 
 def set_optimization_level(config: Any, level: int) -> bool:
     """``builder_optimization_level`` (8.6+); False where this TensorRT has none."""
     if not hasattr(config, "builder_optimization_level"):
         return False
-    setattr(config, "builder_optimization_level", int(level))
+    config.builder_optimization_level = int(level)
     return True
 
 
@@ -249,9 +249,9 @@ def set_int8_calibrator(config: Any, calibrator: object, profile: object | None)
     and gone in 11; callers check :attr:`Capabilities.implicit_int8` first.
     """
     with quiet_deprecations():
-        setattr(config, "int8_calibrator", calibrator)
+        config.int8_calibrator = calibrator
         if profile is not None and hasattr(config, "set_calibration_profile"):
-            ok = getattr(config, "set_calibration_profile")(profile)
+            ok = config.set_calibration_profile(profile)
             if ok is False:
                 log.warning("TensorRT refused the calibration profile; calibration uses profile 0")
                 return False
@@ -264,9 +264,9 @@ def set_layer_precision(trt: ModuleType, layer: Any, dtype: Any) -> bool:
     if not hasattr(layer, "set_output_type"):
         return False
     with quiet_deprecations():
-        setattr(layer, "precision", dtype)
+        layer.precision = dtype
         for j in range(int(layer.num_outputs)):
-            getattr(layer, "set_output_type")(j, dtype)
+            layer.set_output_type(j, dtype)
     return True
 
 
