@@ -347,7 +347,6 @@ def entropy_divergences(counts: Any, edges: Any) -> tuple[IntArray, FloatArray]:
             + (s - last) * log_s_t
             + np.where(p_last > 0, p_last * (np.log(safe_p_last) - log_r_last + log_s_t), 0.0)
         ) / total
-    kl = np.where((last <= 0) & (clipped > 0), np.inf, kl)
     # Exact KL is >= 0; clamp rounding noise so ties among perfect candidates stay ties.
     kl = np.maximum(kl, 0.0)
     return cands, kl

@@ -39,13 +39,13 @@ L = 128
 # --------------------------------------------------------------------------------------------------
 
 
-def brute_kl(counts: np.ndarray) -> list[float]:
-    """KL divergence D_i for i = 128 .. N, literally as calibration-math.md section 2 describes it."""
+def brute_kl(counts: np.ndarray, candidates: list[int] | None = None) -> list[float]:
+    """KL divergence D_i for i = 128 .. N (or ``candidates``), literally as calibration-math.md section 2 says."""
     h = [float(c) for c in counts]
     h[0] = h[1]
     n = len(h)
     out: list[float] = []
-    for i in range(L, n + 1):
+    for i in range(L, n + 1) if candidates is None else candidates:
         p = h[:i]
         p[i - 1] += sum(h[i:])
         group_total = [0.0] * L
@@ -82,13 +82,13 @@ def brute_entropy_index(counts: np.ndarray) -> tuple[int, list[float]]:
     return i_star, d
 
 
-def brute_mse(counts: np.ndarray) -> list[float]:
-    """Squared error of quantising bin centres (units of w) for every candidate i = 128 .. N."""
+def brute_mse(counts: np.ndarray, candidates: list[int] | None = None) -> list[float]:
+    """Squared error of quantising bin centres (units of w) for every candidate i = 128 .. N (or ``candidates``)."""
     h = counts.astype(np.float64)
     n = h.size
     c = np.arange(n) + 0.5
     out = []
-    for i in range(L, n + 1):
+    for i in range(L, n + 1) if candidates is None else candidates:
         s = i / 127.0
         q = np.clip(np.round(c / s), -127, 127) * s
         out.append(float(np.sum(h * (c - q) ** 2)))
@@ -181,6 +181,24 @@ def test_entropy_matches_literal_spec_property(values: list[int]) -> None:
         return  # covered by the degenerate-input test
     edges = np.arange(counts.size + 1, dtype=np.float64) * 0.01
     _check_entropy_against_brute(counts, edges)
+
+
+@pytest.mark.parametrize("bins", [2049, 3000, 4096, 5000])
+def test_large_histograms_match_literal_spec_on_sampled_candidates(bins: int) -> None:
+    # The collector hands over between 2049 and 4096 bins; check the search structures for such sizes
+    # (and beyond) on a sample of candidates, the first and last included.
+    counts, edges = hist_of(_samples("student", 300_000, bins), bins=bins)
+    rng = np.random.default_rng(bins)
+    picks = sorted({L, L + 1, bins - 1, bins, *rng.integers(L, bins + 1, size=25).tolist()})
+    cands, d = entropy_divergences(counts, edges)
+    ref = np.array(brute_kl(counts, picks))
+    ours = d[np.array(picks) - L]
+    assert np.array_equal(np.isinf(ours), np.isinf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(ours[finite], ref[finite], rtol=1e-9, atol=1e-12)
+    cands, err = mse_errors(counts, edges)
+    np.testing.assert_allclose(err[np.array(picks) - L], brute_mse(counts, picks), rtol=1e-7)
+    assert cands[-1] == bins
 
 
 def test_entropy_ties_resolve_to_largest_candidate() -> None:
