@@ -244,13 +244,19 @@ def _shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, t
 
 
 def _spatial_step(shape: tuple[int, ...], max_positions: int | None) -> int:
-    """Smallest step s so that a [::s, ::s] slice of an NCHW tensor keeps at most ``max_positions`` spatial
-    positions per image (every channel at each). It depends on H and W only, so tensors of the same
-    spatial size (e.g. the inputs of one Concat) are sampled at the same density."""
-    if max_positions is None or len(shape) != 4:
+    """Smallest step s so that slicing every axis after the channel axis with [::s] keeps at most
+    ``max_positions`` positions per image (every channel at each): H x W for NCHW, L for (N, C, L).
+    It depends on the spatial size only, so tensors of the same spatial size (e.g. the inputs of one
+    Concat) are sampled at the same density."""
+    if max_positions is None or len(shape) < 3:
         return 1
+    dims = shape[2:]
+
+    def positions(s: int) -> int:
+        return int(np.prod([-(-d // s) for d in dims]))
+
     s = 1
-    while (-(-shape[2] // s)) * (-(-shape[3] // s)) > max_positions and s < min(shape[2], shape[3]):
+    while positions(s) > max_positions and s < min(dims):
         s += 1
     return s
 
@@ -360,10 +366,12 @@ def build_stats_graph(
         src = name
         if step > 1:
             start = step // 2  # the centre of each step x step cell: keeps clear of the zero-padded border
+            axes = list(range(2, len(shapes[name])))
             inputs = [name]
-            for key, vals in (("starts", [start, start]), ("ends", [2**62, 2**62]), ("axes", [2, 3]), ("steps", [step, step])):
+            for key, value in (("starts", start), ("ends", 2**62), ("axes", None), ("steps", step)):
+                vals = axes if value is None else [value] * len(axes)
                 cname = f"{tag}_{key}"
-                g.initializer.append(helper.make_tensor(cname, TensorProto.INT64, [2], vals))
+                g.initializer.append(helper.make_tensor(cname, TensorProto.INT64, [len(axes)], vals))
                 inputs.append(cname)
             src = f"{tag}_slice"
             g.node.append(helper.make_node("Slice", inputs, [src], name=f"{tag}_Slice"))

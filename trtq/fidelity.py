@@ -183,7 +183,7 @@ def load_batches(
     from trtq.images import ImageBatcher
     from trtq.modelinfo import check_detector_input, read_model_info
 
-    info = read_model_info(model, with_hash=False)
+    info = read_model_info(Path(model), with_hash=False)
     check_detector_input(info)
     batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
     batches = list(batcher)

@@ -383,10 +383,10 @@ def insert_qdq(
         new_inits.append(numpy_helper.from_array(q, q_name))
         new_inits.append(numpy_helper.from_array(scale.astype(np.float32), s_name))
         new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name))
-        attrs = {"axis": int(ax)} if ax is not None else {}
-        weight_nodes.append(
-            helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=fresh(f"{wname}_DequantizeLinear"), **attrs)
-        )
+        dq = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=fresh(f"{wname}_DequantizeLinear"))
+        if ax is not None:
+            dq.attribute.append(helper.make_attribute("axis", int(ax)))
+        weight_nodes.append(dq)
         weight_rename[wname] = dq_out
 
     act_nodes: dict[str, list[onnx.NodeProto]] = {}

@@ -645,6 +645,7 @@ def predict(
 
     out_dir = Path(save) if save is not None else None
     results: list[Prediction] = []
+    used_names: set[str] = set()
     with Detector(model, conf=conf, iou=iou, max_det=max_det, device=device, providers=providers) as det:
         try:
             paths = resolve_image_paths(source)
@@ -662,7 +663,11 @@ def predict(
                 from trtq.draw import draw_detections, write_image
 
                 suffix = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png") else ".jpg"
-                saved = write_image(out_dir / (path.stem + suffix), draw_detections(img, d))
+                name, k = path.stem + suffix, 1
+                while name in used_names:  # same file name in two source folders
+                    name, k = f"{path.stem}_{k}{suffix}", k + 1
+                used_names.add(name)
+                saved = write_image(out_dir / name, draw_detections(img, d))
             pred = Prediction(path, d, det.last_timing.get("total", 0.0), saved)
             results.append(pred)
             if on_result is not None:

@@ -124,7 +124,6 @@ def analyse(
         amax, _ = activation_amax(
             hists, plan.activation_tensors, algo or DEFAULT_ALGO, graph_inputs=[i.name for i in fmodel.graph.input]
         )
-    op_of = {node_key(n): n.op_type for n in fmodel.graph.node}
     costs: list[LayerCost] = []
     used_images = 0
     if metric == "fidelity":

@@ -120,17 +120,15 @@ def test_cli_quantize_and_sensitivity_on_tiny_net(tiny_conv_onnx: Path, calib_di
 def test_head_policy_on_another_yolov8_shape(tmp_path: Path) -> None:
     """A YOLOv8 built from its yaml with 3 classes, exported at 320: the same six head convs are found."""
     pytest.importorskip("ultralytics")
-    from ultralytics import YOLO
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
 
     from trtq.headpolicy import final_head_convs, float_nodes
 
-    model = YOLO("yolov8n.yaml", task="detect")
-    model.model.nc = 3
-    model = YOLO("yolov8s.yaml").model.__class__("yolov8s.yaml", nc=3, verbose=False)
-    import torch
-
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval().fuse(verbose=False)
+    model.model[-1].export = True  # return only the decoded output, as ultralytics' ONNX export does
     path = tmp_path / "s3.onnx"
-    torch.onnx.export(model.eval().fuse(verbose=False), torch.zeros(1, 3, 320, 320), str(path), opset_version=17,
+    torch.onnx.export(model, torch.zeros(1, 3, 320, 320), str(path), opset_version=17,
                       input_names=["images"], output_names=["output0"], dynamo=False)
     m = onnx.load(str(path))
     finals = final_head_convs(m)

@@ -60,6 +60,8 @@ _ONNX_OP_TO_LAYER = {
     "QuantizeLinear": "QUANTIZE",
     "DequantizeLinear": "DEQUANTIZE",
     "Constant": "CONSTANT",
+    "Shape": "SHAPE",
+    "Gather": "GATHER",
     "Gemm": "MATRIX_MULTIPLY",
     "MatMul": "MATRIX_MULTIPLY",
 }
@@ -384,7 +386,9 @@ def make_fake_tensorrt(
                 if ltype in ("QUANTIZE", "DEQUANTIZE"):
                     net.has_qdq = True
                 ins = [tensors.get(n) or ITensor(n, []) for n in node.input if n]
-                outs = [ITensor(n, []) for n in node.output]
+                int_op = node.op_type == "Shape" or (
+                    bool(ins) and all(t.dtype == DataType.INT64 for t in ins) and node.op_type != "Constant")
+                outs = [ITensor(n, [], DataType.INT64 if int_op else DataType.FLOAT) for n in node.output]
                 for t in outs:
                     tensors[t.name] = t
                 name = unique(node.name or f"node_of_{node.output[0]}")

@@ -128,6 +128,7 @@ def test_buffers_once_across_batches_and_iterations_freed_at_close(
     assert len(allocs) == 2 and len(pinned) == 2  # sized once for the profile's max batch
     assert pinned[0][1] == (8, 3, 32, 32)
     assert device.live_buffers == [] and device.closed
+    assert result.machine["gpu"] == "Fake GPU" and result.machine["gpu_compute_capability"] == "8.7"
     for r in result.ok_rows:
         assert r.clock == "cuda-event" and r.backend == "tensorrt" and r.precision == "INT8 (implicit)"
         assert r.compute is not None and r.compute.median == pytest.approx(COMPUTE_MS)

@@ -330,6 +330,8 @@ def test_minmax_against_numpy(kind: str) -> None:
     amax = minmax_amax(counts, edges)
     assert np.abs(x).max() <= amax <= np.abs(x).max() + w
     assert minmax_amax(counts, edges, max_abs=float(np.abs(x).max())) == float(np.abs(x).max())
+    assert compute_amax(counts, edges, "minmax", max_abs=float(np.abs(x).max())) == float(np.abs(x).max())
+    assert compute_amax(counts, edges, "minmax", max_abs=0.0) == amax  # no usable max: the bins decide
     counts2, edges2 = hist_of(x)
     assert minmax_amax(counts2, edges2) == float(np.abs(x).max())
 

@@ -230,3 +230,24 @@ def test_onnx_detector_pulls_only_its_backend(tmp_path: Path) -> None:
     mods = _modules_after(code)
     assert {"numpy", "cv2", "onnxruntime"} <= mods
     assert not set(HEAVY) & mods, sorted(set(HEAVY) & mods)
+
+
+@pytest.mark.slow
+def test_qdq_onnx_matches_ultralytics(yolo_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
+    yolo_mod = pytest.importorskip("ultralytics")
+    quantize_mod = pytest.importorskip("trtq.quantize")
+    qdq = quantize_mod.quantize(
+        yolo_onnx, calib_dir, num_images=8, output=tmp_path / "y.qdq.onnx", progress=False
+    ).path
+    images = sorted(calib_dir.parent.joinpath("val2017").glob("*.jpg"))[4:7]
+    model = yolo_mod.YOLO(str(qdq), task="detect")
+    total = 0
+    with Detector(qdq) as det:
+        for path in images:
+            ref = model.predict(str(path), imgsz=640, conf=0.25, iou=0.7, verbose=False, save=False)[0]
+            (ours,) = det.detect(cv2.imread(str(path)))
+            assert len(ours) == len(ref.boxes), path.name
+            np.testing.assert_array_equal(ours.class_ids, ref.boxes.cls.cpu().numpy().astype(np.int64))
+            np.testing.assert_allclose(ours.boxes, ref.boxes.xyxy.cpu().numpy(), atol=1.0)
+            total += len(ours)
+    assert total > 0

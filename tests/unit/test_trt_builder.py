@@ -410,3 +410,66 @@ def test_without_tensorrt_cpu_steps_then_exit_3(tiny: Path, images: Path, tmp_pa
     assert f"trtq build {tiny} --int8 --cache {cache} --mode implicit" in msg
     assert "not installed" in msg
     assert np.isfinite(list(CalibrationTable.load(cache).amax.values())).all()
+
+
+def test_real_head_policy_maps_and_pins_only_float_compute_layers(yolo_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the shared YOLOv8n: every head node maps to a layer of the same name; shape layers are not pinned."""
+    import onnx
+
+    import trtq.headpolicy
+    from trtq.trt.builder import map_float_layers, pin_float_layers
+
+    monkeypatch.undo()  # the real head policy, not the stub of the autouse fixture
+    graph = onnx.load(str(yolo_onnx), load_external_data=False)
+    nodes = trtq.headpolicy.float_nodes(graph)
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    trt = make_fake_tensorrt("10.3.0")
+    network = trt.Builder(trt.Logger()).create_network(0)
+    assert trt.OnnxParser(network, trt.Logger()).parse_from_file(str(yolo_onnx))
+    mapped = map_float_layers(network, nodes, set(ops))
+    assert set(mapped) == set(nodes)
+    pinned = pin_float_layers(trt, network, mapped, fp16=True)
+    pinned_ops = {ops[name] for name in pinned}
+    assert {"Conv", "Sigmoid", "Softmax", "Concat"} <= pinned_ops
+    assert not pinned_ops & {"Shape", "Gather", "Reshape", "Constant", "Slice", "Transpose"}
+    finals = [n for n, r in pinned.items() if r.startswith("final head conv")]
+    assert len(finals) == 6
+    layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
+    assert all(layers[n].precision == trt.float16 for n in finals)
+    sigmoid = next(n for n in pinned if ops[n] == "Sigmoid")
+    assert layers[sigmoid].precision == trt.float32 and layers[sigmoid].output_types == {0: trt.float32}
+
+
+def test_stale_default_cache_is_recalibrated_not_served(tmp_path: Path, images: Path) -> None:
+    model = make_tiny_conv_onnx(tmp_path / "net.onnx", batch="N")
+    first = _build(make_fake_tensorrt("8.5.3"), model, tmp_path, int8=True, calib=images)
+    make_tiny_conv_onnx(model, batch="N", seed=7)  # the model changed under the same name
+    trt = make_fake_tensorrt("8.5.3")
+    second = _build(trt, model, tmp_path, int8=True, calib=images)
+    assert not trt.STATE.used_cache and second.calibration_batches == 8  # TensorRT recalibrated
+    assert trt.STATE.cache_read is None  # the stale cache was never handed to TensorRT
+    from trtq.fileio import sha256_file
+
+    assert CalibrationTable.load(first.cache_path).model_sha256 == sha256_file(model)  # replaced, with a record
+
+
+def test_pt_is_exported_into_the_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trtq.export
+
+    calls: list[dict[str, Any]] = []
+
+    def export_onnx(model: Any, **kw: Any) -> Path:
+        calls.append({"model": Path(model), **kw})
+        Path(kw["output"]).parent.mkdir(parents=True, exist_ok=True)
+        return make_tiny_conv_onnx(Path(kw["output"]), batch="N")
+
+    monkeypatch.setattr(trtq.export, "export_onnx", export_onnx)
+    pt = tmp_path / "ro" / "yolov8n-coco.pt"
+    pt.parent.mkdir()
+    pt.write_bytes(b"weights")
+    trt = make_fake_tensorrt("10.3.0")
+    r = _build(trt, pt, tmp_path, "y.engine", fp16=True, min_batch=1, max_batch=4, imgsz=[32])
+    assert calls == [{"model": pt, "imgsz": (32, 32), "batch": 4, "dynamic": True,
+                      "output": tmp_path / "engines" / "yolov8n-coco.onnx"}]
+    assert r.onnx_path == tmp_path / "engines" / "yolov8n-coco.onnx"
+    assert _calls(trt, "profile.set_shape")[0][1:] == ("images", (1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))

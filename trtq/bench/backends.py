@@ -299,6 +299,12 @@ class TensorRTBackend:
         self.precision = engine_precision(self.session.meta)
         lo, _hi = self.session.batch_range
         self.default_batch = lo
+        dev = self.session.device
+        cc = dev.compute_capability
+        self.device_description: dict[str, Any] = {
+            "gpu": dev.name,
+            "gpu_compute_capability": f"{cc[0]}.{cc[1]}",
+        }
 
     def batch_skip_reason(self, batch: int) -> str | None:
         lo, hi = self.session.batch_range

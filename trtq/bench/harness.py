@@ -278,6 +278,7 @@ def run_benchmark(
             raise TrtqError(f"model not found: {t.path}")
     rows: list[BenchRow] = []
     first_error: TrtqError | None = None
+    gpu_seen: dict[str, Any] = {}
 
     def add(row: BenchRow) -> None:
         rows.append(row)
@@ -323,6 +324,7 @@ def run_benchmark(
                     )
                 )
             continue
+        gpu_seen.update(getattr(backend, "device_description", None) or {})
         try:
             precision = t.precision or backend.precision
             for b in wanted or [backend.default_batch]:
@@ -395,7 +397,11 @@ def run_benchmark(
         "device": device,
         "providers": list(providers) if providers else None,
     }
-    return BenchResult(rows, settings, describe_machine(device=device))
+    machine = describe_machine(device=device)
+    for key, value in gpu_seen.items():  # what the CUDA device itself reported (Jetsons have no nvidia-smi)
+        if machine.get(key) is None:
+            machine[key] = value
+    return BenchResult(rows, settings, machine)
 
 
 def _str(p: Path | None) -> str | None:

@@ -622,6 +622,40 @@ def map_float_layers(network: Any, float_nodes: dict[str, str], onnx_node_names:
     return result
 
 
+#: layer types whose precision matters for the head; data-movement and shape layers are left alone
+_PINNABLE_LAYER_TYPES = frozenset({
+    "CONVOLUTION", "DECONVOLUTION", "ACTIVATION", "ELEMENTWISE", "SOFTMAX", "CONCATENATION", "MATRIX_MULTIPLY",
+    "UNARY", "REDUCE", "SCALE", "POOLING",
+})
+
+
+def pin_float_layers(trt: ModuleType, network: Any, mapped: dict[str, str], *, fp16: bool) -> dict[str, str]:
+    """Set precision constraints on the mapped head layers; return the ones actually pinned.
+
+    Only compute layers whose outputs are float tensors are pinned: a shape computation (Shape, Gather on
+    INT64) forced to a float type would fail the build under OBEY_PRECISION_CONSTRAINTS, and data movement
+    (Reshape, Transpose, Slice) runs in whatever precision its input has.
+    """
+    t = compat.typed(trt)
+    float_types = {int(t.float32), int(t.float16)}
+    pinned: dict[str, str] = {}
+    skipped = 0
+    for i in range(int(network.num_layers)):
+        layer = network.get_layer(i)
+        reason = mapped.get(str(layer.name))
+        if reason is None:
+            continue
+        outputs = [layer.get_output(j) for j in range(int(layer.num_outputs))]
+        if layer.type.name not in _PINNABLE_LAYER_TYPES or any(int(o.dtype) not in float_types for o in outputs):
+            skipped += 1
+            continue
+        if compat.set_layer_precision(trt, layer, _head_dtype(trt, layer, reason, fp16)):
+            pinned[str(layer.name)] = reason
+    if skipped:
+        log.debug("head policy: %d head layers are shape or data-movement layers; not pinned", skipped)
+    return pinned
+
+
 def _head_dtype(trt: Any, layer: Any, reason: str, fp16: bool) -> Any:
     """Final head convs and the DFL stay FP16 (when allowed); the rest of the head is tiny: FP32."""
     t = compat.typed(trt)
@@ -770,19 +804,13 @@ def _build_with_tensorrt(
 
         nodes = float_nodes(graph)
         node_names = {n.name for n in graph.graph.node if n.name}
-        float_layers = map_float_layers(network, nodes, node_names)
-        pinned = 0
-        for i in range(int(network.num_layers)):
-            layer = network.get_layer(i)
-            reason = float_layers.get(str(layer.name))
-            if reason is not None and compat.set_layer_precision(trt, layer, _head_dtype(trt, layer, reason, fp16)):
-                pinned += 1
-        if pinned:
+        float_layers = pin_float_layers(trt, network, map_float_layers(network, nodes, node_names), fp16=fp16)
+        if float_layers:
             if compat.set_builder_flag(trt, config, "OBEY_PRECISION_CONSTRAINTS"):
                 flags.append("OBEY_PRECISION_CONSTRAINTS")
             elif compat.set_builder_flag(trt, config, "STRICT_TYPES"):
                 flags.append("STRICT_TYPES")
-            log.info("head policy: %d layers kept out of INT8", pinned)
+            log.info("head policy: %d layers kept out of INT8", len(float_layers))
         elif nodes:
             log.warning("head policy: none of %d head nodes matched a TensorRT layer name", len(nodes))
 
@@ -818,7 +846,7 @@ def _build_with_tensorrt(
                 shapes=shapes,
                 batches=batcher,
                 device=device,
-                cache_path=int8_plan.cache_path,
+                cache_path=None,  # an existing cache was judged stale above: never serve it, only replace it
                 on_cache_written=_cache_writer(int8_plan.cache_path, info, batcher, kind, caps.version),
                 label=f"{kind} calibrator",
             )
