@@ -54,12 +54,10 @@ def amax_table(
         raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
     out: dict[str, float] = {}
     for name, h in histograms.items():
-        if algo == "minmax":
-            amax = h.max_abs
-        else:
-            # Bin-based ranges are bin edges; never wider than the data itself.
-            amax = min(compute_amax(h.counts, h.edges, algo, percentile=percentile), h.max_abs)
-        out[name] = float(amax) if amax > 0 else float(h.edges[-1])
+        amax = compute_amax(h.counts, h.edges, algo, percentile=percentile, max_abs=h.max_abs)
+        if h.max_abs > 0:
+            amax = min(amax, h.max_abs)  # bin-based ranges are bin edges: never wider than the data
+        out[name] = float(amax)
     return out
 
 

@@ -319,7 +319,9 @@ def make_cache_calibrator(
     from trtq.trt import compat
 
     algo = algorithm or cache_algorithm(cache)
-    version = compat.trt_version(trt) or "0"
+    version = compat.trt_version(trt)
+    if version is None:
+        raise TrtqError("cannot tell the installed TensorRT version (tensorrt.__version__ is missing)")
     data = rewrite_cache_header(cache, version, algo)
     feed = CalibrationFeed(names=names, shapes=shapes, batches=None, cache_data=data, label="cache calibrator")
     return calibrator_class(trt, algo)(feed)
