@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -100,7 +99,7 @@ print("RESULT", time.perf_counter() - t)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "assets"))
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--skip-ort", action="store_true", help="skip ONNX Runtime's quantize_static (slow, memory-hungry)")

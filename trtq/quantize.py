@@ -440,7 +440,8 @@ def quantize(
     """Calibrate ``model`` on ``source`` and write an explicit Q/DQ INT8 ONNX.
 
     ``table`` (a :class:`calibrators.table.CalibrationTable` or the path of a saved cache) supplies the
-    ranges instead of calibrating; ``histograms`` (from :func:`collect_statistics`) skips the image pass.
+    ranges instead of calibrating; ``histograms`` (from :func:`collect_statistics` or a calibration run)
+    skip the image pass and take precedence over ``table`` (ranges are then computed with ``algo``).
     ``max_drop`` (mAP50-95 points) with ``data`` keeps the most sensitive layers in float until the INT8
     model is within ``max_drop`` of FP32.
     """
@@ -460,7 +461,7 @@ def quantize(
     graph_inputs = [i.name for i in fmodel.graph.input]
     calibration: dict[str, Any] = {}
     chosen: dict[str, str] = {}
-    if table is not None:
+    if table is not None and histograms is None:
         from calibrators.table import CalibrationTable
 
         tab = table if isinstance(table, CalibrationTable) else CalibrationTable.load(table)
