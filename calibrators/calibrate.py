@@ -120,6 +120,11 @@ def calibrate(
         images_sha256=batcher.images_sha256(),
         preprocessing=batcher.preprocessing(),
         tensorrt_version=trt_version,
+        statistics={
+            "max_positions": max_positions,
+            "sampled": {n: h.stride for n, h in histograms.items() if h.stride > 1 and not h.derived},
+            "derived": {n: h.derived for n, h in histograms.items() if h.derived},
+        },
     )
     seconds = time.perf_counter() - t0
     cache_path: Path | None = None

@@ -252,6 +252,8 @@ class CalibrationTable:
     trtq_version: str = trtq.__version__
     tensorrt_version: str = DEFAULT_TRT_VERSION
     created: str = field(default_factory=_now)
+    #: How the statistics were gathered (sampling, derived tensors); informational, not compared.
+    statistics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -318,6 +320,7 @@ class CalibrationTable:
             "num_images": self.num_images,
             "images_sha256": self.images_sha256,
             "preprocessing": self.preprocessing,
+            "statistics": self.statistics,
             "tensors": {name: {"amax": a, "scale": a / QMAX} for name, a in self.amax.items()},
         }
 
@@ -372,6 +375,7 @@ class CalibrationTable:
                 trtq_version=str(record.get("trtq_version", "")),
                 tensorrt_version=str(record["tensorrt_version"]),
                 created=str(record.get("created", "")),
+                statistics=dict(record.get("statistics") or {}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise TrtqError(

@@ -258,29 +258,32 @@ def _subclass(base: type[tensorrt.IInt8Calibrator], name: str, algorithm: str) -
     return Calibrator
 
 
-_CLASSES: dict[tuple[int, str], type[Any]] = {}
+#: (TensorRT calibrator base class, algorithm) -> calibrator class. Keyed on the base class itself, not on
+#: ``id(module)``: an id can be reused by a later module object once the first one is gone.
+_CLASSES: dict[tuple[type, str], type[Any]] = {}
 
 
 def calibrator_class(trt: ModuleType, algorithm: str) -> type[Any]:
-    """The calibrator class of this TensorRT module for a cache algorithm (created once per module)."""
+    """The calibrator class of this TensorRT module for a cache algorithm (created once per base class)."""
     from trtq.trt import compat
 
-    key = (id(trt), algorithm)
+    caps = compat.capabilities(trt)
+    if not caps.implicit_int8:
+        raise TrtqError(
+            f"TensorRT {caps.version} has no implicit INT8 calibration (removed in TensorRT 11): "
+            "build from a Q/DQ ONNX instead (`trtq build MODEL.onnx --int8 --mode explicit`)"
+        )
+    t = compat.typed(trt)
+    if algorithm == "EntropyCalibration2":
+        base: type[tensorrt.IInt8Calibrator] = t.IInt8EntropyCalibrator2
+        name = "EntropyCalibrator"
+    elif algorithm == "MinMaxCalibration":
+        base, name = t.IInt8MinMaxCalibrator, "MinMaxCalibrator"
+    else:
+        raise TrtqError(f"calibration cache algorithm {algorithm!r} is not supported; use entropy or minmax")
+    key = (base, algorithm)
     if key not in _CLASSES:
-        caps = compat.capabilities(trt)
-        if not caps.implicit_int8:
-            raise TrtqError(
-                f"TensorRT {caps.version} has no implicit INT8 calibration (removed in TensorRT 11): "
-                "build from a Q/DQ ONNX instead (`trtq build MODEL.onnx --int8 --mode explicit`)"
-            )
-        t = compat.typed(trt)
-        if algorithm == "EntropyCalibration2":
-            cls = _subclass(t.IInt8EntropyCalibrator2, "EntropyCalibrator", algorithm)
-        elif algorithm == "MinMaxCalibration":
-            cls = _subclass(t.IInt8MinMaxCalibrator, "MinMaxCalibrator", algorithm)
-        else:
-            raise TrtqError(f"calibration cache algorithm {algorithm!r} is not supported; use entropy or minmax")
-        _CLASSES[key] = cls
+        _CLASSES[key] = _subclass(base, name, algorithm)
     return _CLASSES[key]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 from types import TracebackType
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from trtq.errors import MissingDependencyError, TrtqError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "pycuda", "cuda-python")
+
+_D = TypeVar("_D", bound="_BufferedDevice")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -151,11 +153,13 @@ class _PycudaDriver(Protocol):
         def synchronize() -> None: ...
 
 
-class _PycudaBuffer:
-    def __init__(self, alloc: _PycudaAllocation, nbytes: int) -> None:
-        self._alloc: _PycudaAllocation | None = alloc
-        self._ptr = int(alloc)
-        self._nbytes = nbytes
+class _Buffer:
+    """A device allocation of ``nbytes`` at ``ptr``; :meth:`free` releases it once."""
+
+    def __init__(self, ptr: int, nbytes: int) -> None:
+        self._ptr = int(ptr)
+        self._nbytes = int(nbytes)
+        self._live = True
 
     @property
     def ptr(self) -> int:
@@ -165,16 +169,93 @@ class _PycudaBuffer:
     def nbytes(self) -> int:
         return self._nbytes
 
-    @property
-    def allocation(self) -> _PycudaAllocation:
-        if self._alloc is None:
-            raise TrtqError("device buffer used after free()")
-        return self._alloc
+    def _release(self) -> None:
+        raise NotImplementedError
 
     def free(self) -> None:
-        if self._alloc is not None:
-            self._alloc.free()
-            self._alloc = None
+        if self._live:
+            self._release()
+            self._live = False
+
+
+class _BufferedDevice:
+    """What both CUDA bindings share: buffer bookkeeping, checked copies, ``close`` and the context manager.
+
+    Subclasses allocate (``_alloc``), copy (``_htod``, ``_dtoh``) and release their own resources
+    (``_close_backend``, after every buffer is freed).
+    """
+
+    name: str
+    compute_capability: tuple[int, int]
+
+    def __init__(self) -> None:
+        self._buffers: list[_Buffer] = []
+
+    def _alloc(self, nbytes: int) -> _Buffer:
+        raise NotImplementedError
+
+    def _htod(self, dst: _Buffer, src: np.ndarray, stream: Stream | None) -> None:
+        raise NotImplementedError
+
+    def _dtoh(self, dst: np.ndarray, src: _Buffer, stream: Stream | None) -> None:
+        raise NotImplementedError
+
+    def _close_backend(self) -> None:
+        return None
+
+    def _own(self, buf: DeviceBuffer) -> _Buffer:
+        if not isinstance(buf, _Buffer) or buf not in self._buffers:
+            raise TypeError("buffer was not allocated by this device")
+        if not buf._live:
+            raise TrtqError("device buffer used after free()")
+        return buf
+
+    def alloc(self, nbytes: int) -> DeviceBuffer:
+        buf = self._alloc(int(nbytes))
+        self._buffers.append(buf)
+        return buf
+
+    def htod(self, dst: DeviceBuffer, src: np.ndarray, stream: Stream | None = None) -> None:
+        """Copy ``src`` to the start of ``dst``; it must fit (the bindings copy without a bounds check)."""
+        buf = self._own(dst)
+        src = np.ascontiguousarray(src)
+        if src.nbytes > buf.nbytes:
+            raise ValueError(f"copy of {src.nbytes} bytes into a device buffer of {buf.nbytes}")
+        self._htod(buf, src, stream)
+
+    def dtoh(self, dst: np.ndarray, src: DeviceBuffer, stream: Stream | None = None) -> None:
+        """Fill ``dst`` (C-contiguous, at most ``src.nbytes``) from the start of ``src``."""
+        buf = self._own(src)
+        if not dst.flags["C_CONTIGUOUS"]:
+            raise ValueError("dtoh needs a C-contiguous destination array")
+        if dst.nbytes > buf.nbytes:
+            raise ValueError(f"copy of {dst.nbytes} bytes out of a device buffer of {buf.nbytes}")
+        self._dtoh(dst, buf, stream)
+
+    def close(self) -> None:
+        try:
+            for buf in self._buffers:
+                buf.free()
+        finally:  # the backend is released even when a free fails (pycuda: one pop per push)
+            self._buffers.clear()
+            self._close_backend()
+
+    def __enter__(self: _D) -> _D:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class _PycudaBuffer(_Buffer):
+    def __init__(self, alloc: _PycudaAllocation, nbytes: int) -> None:
+        super().__init__(int(alloc), nbytes)
+        self.allocation = alloc
+
+    def _release(self) -> None:
+        self.allocation.free()
 
 
 class _PycudaStreamWrap:
@@ -206,47 +287,51 @@ class _PycudaEventWrap:
         return float(self.raw.time_till(end.raw))
 
 
-class PycudaDevice:
-    """pycuda on the device's primary context (the one TensorRT and the CUDA runtime use)."""
+class PycudaDevice(_BufferedDevice):
+    """pycuda on the device's primary context (the one TensorRT and the CUDA runtime use).
+
+    The context is pushed here and popped by :meth:`close`, exactly once, after every buffer is freed; like
+    every pycuda context it belongs to the thread that opened the device.
+    """
 
     backend = "pycuda"
 
     def __init__(self, index: int = 0) -> None:
+        super().__init__()
         try:
             module = importlib.import_module("pycuda.driver")
         except ImportError as exc:
             raise MissingDependencyError(f"pycuda is not installed ({exc}); pip install pycuda") from None
         self._cuda = cast(_PycudaDriver, module)
+        self._ctx: _PycudaContext | None = None
         try:
             self._cuda.init()
             dev = self._cuda.Device(index)
-            self._ctx: _PycudaContext | None = dev.retain_primary_context()
-            self._ctx.push()
+            ctx = dev.retain_primary_context()
+            ctx.push()
+            self._ctx = ctx
+            self.name = str(dev.name())
+            cc = dev.compute_capability()
+            self.compute_capability = (int(cc[0]), int(cc[1]))
         except Exception as exc:
+            self._close_backend()  # a context pushed before the failure is popped again
             raise MissingDependencyError(f"no usable CUDA device {index} ({type(exc).__name__}: {exc})") from None
-        self.name = str(dev.name())
-        cc = dev.compute_capability()
-        self.compute_capability = (int(cc[0]), int(cc[1]))
-        self._buffers: list[_PycudaBuffer] = []
 
-    def alloc(self, nbytes: int) -> DeviceBuffer:
-        buf = _PycudaBuffer(self._cuda.mem_alloc(max(int(nbytes), 1)), int(nbytes))
-        self._buffers.append(buf)
-        return buf
+    def _alloc(self, nbytes: int) -> _Buffer:
+        return _PycudaBuffer(self._cuda.mem_alloc(max(nbytes, 1)), nbytes)
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return self._cuda.pagelocked_empty(tuple(int(s) for s in shape), np.dtype(dtype))
 
-    def htod(self, dst: DeviceBuffer, src: np.ndarray, stream: Stream | None = None) -> None:
-        alloc = _require_pycuda_buffer(dst).allocation
-        src = np.ascontiguousarray(src)
+    def _htod(self, dst: _Buffer, src: np.ndarray, stream: Stream | None) -> None:
+        alloc = cast(_PycudaBuffer, dst).allocation
         if isinstance(stream, _PycudaStreamWrap):
             self._cuda.memcpy_htod_async(alloc, src, stream.raw)
         else:
             self._cuda.memcpy_htod(alloc, src)
 
-    def dtoh(self, dst: np.ndarray, src: DeviceBuffer, stream: Stream | None = None) -> None:
-        alloc = _require_pycuda_buffer(src).allocation
+    def _dtoh(self, dst: np.ndarray, src: _Buffer, stream: Stream | None) -> None:
+        alloc = cast(_PycudaBuffer, src).allocation
         if isinstance(stream, _PycudaStreamWrap):
             self._cuda.memcpy_dtoh_async(dst, alloc, stream.raw)
         else:
@@ -261,142 +346,115 @@ class PycudaDevice:
     def synchronize(self) -> None:
         self._cuda.Context.synchronize()
 
-    def close(self) -> None:
-        for buf in self._buffers:
-            buf.free()
-        self._buffers.clear()
+    def _close_backend(self) -> None:
         if self._ctx is not None:
             self._ctx.pop()  # exactly one pop per push
             self._ctx = None
-
-    def __enter__(self) -> PycudaDevice:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-def _require_pycuda_buffer(buf: DeviceBuffer) -> _PycudaBuffer:
-    if not isinstance(buf, _PycudaBuffer):
-        raise TypeError("buffer was not allocated by this pycuda device")
-    return buf
 
 
 # ----------------------------------------------------------------------------------------------------------
 # cuda-python (cuda.bindings.runtime): every call returns (err, *results)
 # ----------------------------------------------------------------------------------------------------------
-def _cudart() -> Any:
+def load_cudart(purpose: str = "the cuda-python device backend") -> Any:
+    """The cuda-python runtime module (``cuda.bindings.runtime``, or the older ``cuda.cudart``).
+
+    Raises :class:`MissingDependencyError` naming ``purpose`` when cuda-python is not installed.
+    """
     for name in ("cuda.bindings.runtime", "cuda.cudart"):
         try:
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise MissingDependencyError("cuda-python is not installed; pip install cuda-python (or pycuda)")
+    raise MissingDependencyError(f"{purpose} needs cuda-python, which is not installed; pip install cuda-python")
 
 
-def _check(result: Any) -> Any:
-    """Unpack ``(err, *values)``; raise on a CUDA error."""
+def cuda_check(result: Any, what: str = "CUDA call") -> Any:
+    """Unpack a cuda-python ``(err, *values)`` result: None, the one value or a tuple; raise on a CUDA error."""
     if isinstance(result, tuple):
         err, *values = result
     else:
         err, values = result, []
     code = int(getattr(err, "value", err))
     if code != 0:
-        raise RuntimeError(f"CUDA error {code} ({getattr(err, 'name', err)})")
+        raise RuntimeError(f"{what} failed: CUDA error {code} ({getattr(err, 'name', err)})")
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
 
 
-class _CudaPythonBuffer:
+class _CudaPythonBuffer(_Buffer):
     def __init__(self, rt: Any, ptr: int, nbytes: int) -> None:
+        super().__init__(ptr, nbytes)
         self._rt = rt
-        self._ptr = int(ptr)
-        self._nbytes = int(nbytes)
-        self._live = True
 
-    @property
-    def ptr(self) -> int:
-        return self._ptr
-
-    @property
-    def nbytes(self) -> int:
-        return self._nbytes
-
-    def free(self) -> None:
-        if self._live:
-            _check(self._rt.cudaFree(self._ptr))
-            self._live = False
+    def _release(self) -> None:
+        cuda_check(self._rt.cudaFree(self._ptr), "cudaFree")
 
 
 class _CudaPythonStream:
     def __init__(self, rt: Any) -> None:
         self._rt = rt
-        self.raw: Any = _check(rt.cudaStreamCreate())
+        self.raw: Any = cuda_check(rt.cudaStreamCreate(), "cudaStreamCreate")
 
     @property
     def handle(self) -> int:
         return int(self.raw)
 
     def synchronize(self) -> None:
-        _check(self._rt.cudaStreamSynchronize(self.raw))
+        cuda_check(self._rt.cudaStreamSynchronize(self.raw), "cudaStreamSynchronize")
 
 
 class _CudaPythonEvent:
     def __init__(self, rt: Any) -> None:
         self._rt = rt
-        self.raw: Any = _check(rt.cudaEventCreate())
+        self.raw: Any = cuda_check(rt.cudaEventCreate(), "cudaEventCreate")
 
     def record(self, stream: Stream | None = None) -> None:
         raw = stream.raw if isinstance(stream, _CudaPythonStream) else 0
-        _check(self._rt.cudaEventRecord(self.raw, raw))
+        cuda_check(self._rt.cudaEventRecord(self.raw, raw), "cudaEventRecord")
 
     def synchronize(self) -> None:
-        _check(self._rt.cudaEventSynchronize(self.raw))
+        cuda_check(self._rt.cudaEventSynchronize(self.raw), "cudaEventSynchronize")
 
     def elapsed_ms(self, end: Event) -> float:
         if not isinstance(end, _CudaPythonEvent):
             raise TypeError("elapsed_ms needs an event of the same device")
         end.synchronize()
-        return float(_check(self._rt.cudaEventElapsedTime(self.raw, end.raw)))
+        return float(cuda_check(self._rt.cudaEventElapsedTime(self.raw, end.raw), "cudaEventElapsedTime"))
 
 
-class CudaPythonDevice:
+class CudaPythonDevice(_BufferedDevice):
     """cuda-python runtime API on the primary context (no push/pop needed)."""
 
     backend = "cuda-python"
 
     def __init__(self, index: int = 0) -> None:
-        self._rt = _cudart()
+        super().__init__()
+        self._rt = load_cudart()
         try:
-            count = int(_check(self._rt.cudaGetDeviceCount()))
+            count = int(cuda_check(self._rt.cudaGetDeviceCount(), "cudaGetDeviceCount"))
             if count <= index:
                 raise RuntimeError(f"{count} CUDA device(s) visible")
-            _check(self._rt.cudaSetDevice(index))
-            props = _check(self._rt.cudaGetDeviceProperties(index))
-        except MissingDependencyError:
-            raise
+            cuda_check(self._rt.cudaSetDevice(index), "cudaSetDevice")
+            props = cuda_check(self._rt.cudaGetDeviceProperties(index), "cudaGetDeviceProperties")
         except Exception as exc:
             raise MissingDependencyError(f"no usable CUDA device {index} ({type(exc).__name__}: {exc})") from None
         raw_name = getattr(props, "name", b"")
         self.name = raw_name.decode(errors="replace").rstrip("\x00") if isinstance(raw_name, bytes) else str(raw_name)
         self.compute_capability = (int(props.major), int(props.minor))
-        self._buffers: list[_CudaPythonBuffer] = []
         self._pinned: list[int] = []
+        self._streams: list[_CudaPythonStream] = []
+        self._events: list[_CudaPythonEvent] = []
 
-    def alloc(self, nbytes: int) -> DeviceBuffer:
-        ptr = _check(self._rt.cudaMalloc(max(int(nbytes), 1)))
-        buf = _CudaPythonBuffer(self._rt, int(ptr), int(nbytes))
-        self._buffers.append(buf)
-        return buf
+    def _alloc(self, nbytes: int) -> _Buffer:
+        ptr = cuda_check(self._rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc")
+        return _CudaPythonBuffer(self._rt, int(ptr), nbytes)
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         dt = np.dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         nbytes = max(count * dt.itemsize, 1)
-        ptr = int(_check(self._rt.cudaMallocHost(nbytes)))
+        ptr = int(cuda_check(self._rt.cudaMallocHost(nbytes), "cudaMallocHost"))
         self._pinned.append(ptr)
         import ctypes
 
@@ -405,48 +463,42 @@ class CudaPythonDevice:
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: Any, stream: Stream | None) -> None:
         if isinstance(stream, _CudaPythonStream):
-            _check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream.raw))
+            cuda_check(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, stream.raw), "cudaMemcpyAsync")
         else:
-            _check(self._rt.cudaMemcpy(dst, src, nbytes, kind))
+            cuda_check(self._rt.cudaMemcpy(dst, src, nbytes, kind), "cudaMemcpy")
 
-    def htod(self, dst: DeviceBuffer, src: np.ndarray, stream: Stream | None = None) -> None:
-        src = np.ascontiguousarray(src)
-        if src.nbytes > dst.nbytes:
-            raise ValueError(f"copy of {src.nbytes} bytes into a device buffer of {dst.nbytes}")
+    def _htod(self, dst: _Buffer, src: np.ndarray, stream: Stream | None) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         self._copy(dst.ptr, int(src.ctypes.data), src.nbytes, kind, stream)
 
-    def dtoh(self, dst: np.ndarray, src: DeviceBuffer, stream: Stream | None = None) -> None:
-        if not dst.flags["C_CONTIGUOUS"]:
-            raise ValueError("dtoh needs a C-contiguous destination array")
-        nbytes = min(dst.nbytes, src.nbytes)
+    def _dtoh(self, dst: np.ndarray, src: _Buffer, stream: Stream | None) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._copy(int(dst.ctypes.data), src.ptr, nbytes, kind, stream)
+        self._copy(int(dst.ctypes.data), src.ptr, dst.nbytes, kind, stream)
 
     def stream(self) -> Stream:
-        return _CudaPythonStream(self._rt)
+        stream = _CudaPythonStream(self._rt)
+        self._streams.append(stream)
+        return stream
 
     def event(self) -> Event:
-        return _CudaPythonEvent(self._rt)
+        event = _CudaPythonEvent(self._rt)
+        self._events.append(event)
+        return event
 
     def synchronize(self) -> None:
-        _check(self._rt.cudaDeviceSynchronize())
+        cuda_check(self._rt.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
 
-    def close(self) -> None:
-        for buf in self._buffers:
-            buf.free()
-        self._buffers.clear()
+    def _close_backend(self) -> None:
+        # unlike pycuda's objects, cuda-python handles are not released when they are garbage collected
+        for event in self._events:
+            cuda_check(self._rt.cudaEventDestroy(event.raw), "cudaEventDestroy")
+        self._events.clear()
+        for stream in self._streams:
+            cuda_check(self._rt.cudaStreamDestroy(stream.raw), "cudaStreamDestroy")
+        self._streams.clear()
         for ptr in self._pinned:
-            _check(self._rt.cudaFreeHost(ptr))
+            cuda_check(self._rt.cudaFreeHost(ptr), "cudaFreeHost")
         self._pinned.clear()
-
-    def __enter__(self) -> CudaPythonDevice:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def get_device(backend: str = "auto", index: int = 0) -> Device:

@@ -197,21 +197,40 @@ def _header_bytes(meta: EngineMetadata, onnx_metadata: dict[str, Any] | None) ->
 
 
 def read_engine(path: str | Path) -> tuple[bytes, EngineMetadata | None]:
-    """The bare plan (any Ultralytics header stripped) and the metadata (sidecar first, then header)."""
+    """The bare plan (any Ultralytics header stripped) and the metadata (sidecar first, then header).
+
+    Raises :class:`TrtqError` for a missing engine and for a sidecar (or header record) that exists but
+    cannot be read: a corrupt record must not silently turn off the compatibility checks.
+    """
     p = Path(path)
     if not p.is_file():
         raise TrtqError(f"engine not found: {p}")
     header, plan = split_ultralytics_header(p.read_bytes())
-    meta: EngineMetadata | None = None
     side = sidecar_path(p)
     if side.is_file():
         try:
-            meta = EngineMetadata.from_dict(json.loads(side.read_text()))
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("ignoring unreadable engine metadata %s (%s)", side, exc)
-    if meta is None and header is not None and isinstance(header.get("trtq"), dict):
-        meta = EngineMetadata.from_dict(header["trtq"])
-    return plan, meta
+            data = json.loads(side.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return plan, EngineMetadata.from_dict(data)
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+            raise TrtqError(
+                f"engine metadata {side} is corrupt ({_one_line(exc)}); restore it, delete it to run without "
+                "compatibility checks, or rebuild the engine with `trtq build`"
+            ) from None
+    record = header.get("trtq") if header is not None else None
+    if not isinstance(record, dict):
+        return plan, None
+    try:
+        return plan, EngineMetadata.from_dict(record)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise TrtqError(
+            f"the metadata header of {p} is corrupt ({_one_line(exc)}); rebuild the engine with `trtq build`"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def read_header(path: str | Path) -> dict[str, Any] | None:
@@ -250,7 +269,13 @@ def check_compatible(
     problems: list[str] = []
     built_v = _short_version(meta.tensorrt_version) if meta.tensorrt_version else ""
     here_v = _short_version(tensorrt_version)
-    version_differs = bool(built_v) and built_v != here_v
+    # plans load only on the exact TensorRT release, build number included (10.3.0.26 != 10.3.0.30);
+    # a version recorded without a build number is compared on major.minor.patch
+    built_full, here_full = meta.tensorrt_version.split("."), tensorrt_version.split(".")
+    common = min(len(built_full), len(here_full), 4)
+    version_differs = bool(built_v) and built_full[:common] != here_full[:common]
+    if version_differs and built_v == here_v:  # only the build number differs: show it
+        built_v, here_v = ".".join(built_full[:4]), ".".join(here_full[:4])
     if version_differs and not meta.builder.get("version_compatible", False):
         problems.append("version")
     cc_differs = meta.compute_capability is not None and tuple(meta.compute_capability) != tuple(compute_capability)

@@ -147,9 +147,10 @@ def _yaml_split_images(yaml_path: Path, data: dict[str, Any], split: str) -> lis
     entry = data.get(split)
     if entry is None:
         raise TrtqError(f"{yaml_path} has no '{split}' entry; add '{split}: images/val' (relative to 'path')")
-    root = Path(data.get("path") or yaml_path.parent)
-    if not root.is_absolute():
-        root = (yaml_path.parent / root).resolve()
+    yaml_path = yaml_path.resolve()
+    root = Path(str(data["path"])) if data.get("path") else yaml_path.parent
+    if not root.is_absolute():  # ultralytics: relative to the working directory when it exists there
+        root = root.resolve() if root.exists() else (yaml_path.parent / root).resolve()
     entries = entry if isinstance(entry, list) else [entry]
     images: list[Path] = []
     for e in entries:
@@ -308,7 +309,7 @@ def prepare_data(
         split_images = _yaml_split_images(path, cfg, "val")
         nc = _names_count(cfg.get("names"))
         labelled, inst = _check_split(split_images, nc, f"{path} (val split)")
-        return DataSpec(path, len(split_images), labelled, inst, f"data yaml {path}")
+        return DataSpec(path.resolve(), len(split_images), labelled, inst, f"data yaml {path}")
     if suffix == ".json":
         return _coco_to_yolo(path, Path(images) if images is not None else None, workdir, names)
     raise TrtqError(f"{path}: unsupported data ({suffix or 'no suffix'}); pass a data .yaml, an image folder or a COCO .json")
@@ -387,7 +388,6 @@ def evaluate(
                     device=device,
                     verbose=False,
                     save_json=False,
-                    half=False,
                     project=str(Path(tmp) / "runs"),
                     name="val",
                     exist_ok=True,

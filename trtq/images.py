@@ -199,13 +199,12 @@ def resolve_image_paths(source: str | os.PathLike[str]) -> list[Path]:
         found, what = _from_glob(text), f"the glob {text} (accepted: {_suffix_list()})"
     else:
         raise TrtqError(
-            f"image source not found: {text}. Pass --calib DIR (a folder of images), a glob, a .txt list or a data yaml"
+            f"image source not found: {text}. Pass a folder of images, a glob, a .txt list or a data yaml"
         )
     paths = _sort_unique(found)
     if not paths:
         raise TrtqError(
-            f"Calibration found no images in {what}. Pass --calib DIR with at least 1 image; "
-            f"{RECOMMENDED_IMAGES}+ recommended."
+            f"found no images in {what}. Pass a folder, glob, .txt list or data yaml with at least 1 image"
         )
     return paths
 
@@ -365,7 +364,13 @@ class ImageBatcher:
         drop_last: bool = False,
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
-            files = resolve_image_paths(paths)
+            try:
+                files = resolve_image_paths(paths)
+            except TrtqError as exc:
+                raise TrtqError(
+                    f"{exc} (for calibration: --calib DIR; {RECOMMENDED_IMAGES}+ images recommended)",
+                    exit_code=exc.exit_code,
+                ) from None
         else:
             listed = [Path(p) for p in paths]
             files = _sort_unique(f for p in listed for f in (_scan_dir(p) if p.is_dir() else [p]))

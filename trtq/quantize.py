@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ALGO = "percentile"
 QUANTIZE_ALGOS = ("entropy", "minmax", "percentile", "mse", "auto")
-DEFAULT_PERCENTILE = 99.999  # measured: 99.99 clips SiLU outputs enough to cost ~0.5 mAP points on YOLOv8n
+DEFAULT_PERCENTILE = 99.999  # clips only the rarest outliers; see benchmarks/results/accuracy.md
 # auto: the candidates compared per tensor
 AUTO_CANDIDATES = ("percentile", "mse", "entropy", "minmax")
 

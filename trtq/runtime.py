@@ -38,6 +38,8 @@ from trtq.errors import TrtqError
 from trtq.postprocess import decode, scale_boxes
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
+
     from trtq.device import Device, DeviceBuffer, Stream
     from trtq.engine_meta import EngineMetadata
 
@@ -109,29 +111,32 @@ class _Session(Protocol):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def ort_session(path: Path, providers: Sequence[str] | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session of ``path`` on ``providers`` (default CPU), quiet, with one clear error."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    chosen = list(providers) if providers else ["CPUExecutionProvider"]
+    missing = [p for p in chosen if p not in available]
+    if missing:
+        raise TrtqError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+    except Exception as exc:
+        raise TrtqError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
+
+
 class OnnxSession:
     """An ONNX model on ONNX Runtime with a reused input buffer (CPU provider unless ``providers`` says otherwise)."""
 
     backend = "onnxruntime"
 
     def __init__(self, path: Path, *, providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
-
         from trtq.modelinfo import parse_metadata_value
 
-        available = ort.get_available_providers()
-        chosen = list(providers) if providers else ["CPUExecutionProvider"]
-        missing = [p for p in chosen if p not in available]
-        if missing:
-            raise TrtqError(
-                f"ONNX Runtime providers {missing} are not available here (available: {available})"
-            )
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
-        except Exception as exc:
-            raise TrtqError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
+        session = ort_session(path, providers)
         self.session: ort.InferenceSession | None = session
         self.providers = list(session.get_providers())
         inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -209,28 +214,11 @@ class EngineTensor:
 def _read_engine_checked(path: Path) -> tuple[bytes, EngineMetadata | None, dict[str, Any] | None]:
     """The plan, its metadata and its ultralytics header; one clear error for each kind of broken file."""
     import hashlib
-    import json
 
-    from trtq.engine_meta import read_engine, read_header, sidecar_path
+    from trtq.engine_meta import read_engine, read_header
 
-    side = sidecar_path(path)
-    if side.is_file():
-        try:
-            data = json.loads(side.read_text())
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise TrtqError(
-                f"engine metadata {side} is corrupt ({exc}); restore it, delete it to run without "
-                "compatibility checks, or rebuild the engine with `trtq build`"
-            ) from None
-    try:
-        plan, meta = read_engine(path)
-        header = read_header(path)
-    except (TypeError, ValueError, KeyError) as exc:
-        raise TrtqError(
-            f"cannot read the metadata of {path} ({exc}); rebuild the engine with `trtq build`"
-        ) from None
+    plan, meta = read_engine(path)  # raises for a missing engine or a corrupt sidecar
+    header = read_header(path)
     if not plan:
         raise TrtqError(f"{path} holds no TensorRT plan (empty file): rebuild it with `trtq build`")
     expected = meta.engine_sha256 if meta is not None else ""
@@ -425,8 +413,8 @@ class TensorRTSession:
         self.device.close()
 
 
-def open_session(path: str | Path, *, device: int = 0, providers: Sequence[str] | None = None) -> _Session:
-    """Open ``path`` on the backend its suffix names (.onnx: ONNX Runtime; .engine/.plan/.trt: TensorRT)."""
+def model_kind(path: str | Path) -> tuple[Path, str]:
+    """``(path, "onnx" | "engine")`` from the suffix; TrtqError for a missing path, a folder or another suffix."""
     p = Path(path)
     if not p.exists():
         raise TrtqError(f"model not found: {p}")
@@ -434,10 +422,18 @@ def open_session(path: str | Path, *, device: int = 0, providers: Sequence[str] 
         raise TrtqError(f"{p} is a directory; pass an .onnx model or an .engine file")
     suffix = p.suffix.lower()
     if suffix in ONNX_SUFFIXES:
-        return OnnxSession(p, providers=providers)
+        return p, "onnx"
     if suffix in ENGINE_SUFFIXES:
-        return TensorRTSession(p, device=device)
+        return p, "engine"
     raise TrtqError(f"{p}: unknown model type {suffix!r}; pass an .onnx model or an .engine/.plan file")
+
+
+def open_session(path: str | Path, *, device: int = 0, providers: Sequence[str] | None = None) -> _Session:
+    """Open ``path`` on the backend its suffix names (.onnx: ONNX Runtime; .engine/.plan/.trt: TensorRT)."""
+    p, kind = model_kind(path)
+    if kind == "onnx":
+        return OnnxSession(p, providers=providers)
+    return TensorRTSession(p, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -641,21 +637,13 @@ def predict(
     each :class:`Prediction` as soon as it is ready (progress output). Images are processed one at a time.
     """
     from trtq.fileio import write_json
-    from trtq.images import IMAGE_SUFFIXES, load_image, resolve_image_paths
+    from trtq.images import load_image, resolve_image_paths
 
     out_dir = Path(save) if save is not None else None
     results: list[Prediction] = []
     used_names: set[str] = set()
     with Detector(model, conf=conf, iou=iou, max_det=max_det, device=device, providers=providers) as det:
-        try:
-            paths = resolve_image_paths(source)
-        except TrtqError as exc:
-            logger.debug("resolve_image_paths(%s): %s", source, exc)
-            raise TrtqError(
-                f"no images found for --source {source} (looked for {', '.join(IMAGE_SUFFIXES)}); pass an image, "
-                "a directory, a glob such as 'images/*.jpg' or a .txt list of paths"
-            ) from None
-        for path in paths:
+        for path in resolve_image_paths(source):
             img = load_image(path)
             (d,) = det.detect(img)
             saved = None

@@ -140,7 +140,11 @@ class FakeDevice:
         self.calls.append(("htod", dst.ptr, src.nbytes, getattr(stream, "handle", None)))
 
     def dtoh(self, dst: np.ndarray, src: Any, stream: Any = None) -> None:
-        nbytes = min(dst.nbytes, src.nbytes)
+        if not dst.flags["C_CONTIGUOUS"]:
+            raise ValueError("dtoh needs a C-contiguous destination array")
+        if dst.nbytes > src.nbytes:
+            raise ValueError(f"dtoh of {dst.nbytes} bytes out of a {src.nbytes}-byte buffer")
+        nbytes = dst.nbytes
         data = read_device(src.ptr, nbytes, np.uint8)
         dst.reshape(-1).view(np.uint8)[:nbytes] = data
         self.calls.append(("dtoh", src.ptr, nbytes, getattr(stream, "handle", None)))

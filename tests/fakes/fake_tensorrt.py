@@ -1010,7 +1010,7 @@ def make_fake_tensorrt(
 
         def deserialize_cuda_engine(self, data: Any) -> ICudaEngine | None:
             raw = bytes(memoryview(data)) if not isinstance(data, bytes) else data
-            rec("runtime.deserialize_cuda_engine", len(raw))
+            rec("runtime.deserialize_cuda_engine", len(raw), self.DLA_core)
             if not raw.startswith(PLAN_MAGIC):
                 _error("Serialization assertion failed: magic tag does not match (not a TensorRT plan)")
                 return None

@@ -98,6 +98,11 @@ def test_check_compatible_explains_mismatch() -> None:
     assert "trtq build yolov8n.onnx --int8 --cache c.cache" in msg
     with pytest.raises(TrtqError, match="SM 8.7"):
         check_compatible(meta, tensorrt_version="10.3.0", compute_capability=(8, 6))
+    check_compatible(meta, tensorrt_version="10.3.0", compute_capability=(8, 7))  # no build number: major.minor.patch
+    check_compatible(_meta(tensorrt_version="10.3.0"), tensorrt_version="10.3.0.30", compute_capability=(8, 7))
+    with pytest.raises(TrtqError) as build_exc:  # plans load only on the exact release, build number included
+        check_compatible(meta, tensorrt_version="10.3.0.26", compute_capability=(8, 7))
+    assert "built with TensorRT 10.3.0.30" in str(build_exc.value) and "this is TensorRT 10.3.0.26" in str(build_exc.value)
     with pytest.raises(TrtqError, match="DLA core 0"):
         check_compatible(_meta(dla_core=0), tensorrt_version="10.3.0", compute_capability=(8, 7), dla_core=1)
 
@@ -105,3 +110,26 @@ def test_check_compatible_explains_mismatch() -> None:
 def test_missing_engine_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(TrtqError, match="not found"):
         read_engine(tmp_path / "nope.engine")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{not json", "[1, 2]", '{"compute_capability": 87}', '{"names": {"zero": "person"}}', "\udcff"],
+)
+def test_corrupt_sidecar_is_one_clear_error(tmp_path: Path, text: str) -> None:
+    """A record that exists but cannot be read must not silently turn off the compatibility checks."""
+    path = write_engine(tmp_path / "m.engine", PLAN, _meta())
+    sidecar_path(path).write_text(text, errors="surrogateescape")
+    with pytest.raises(TrtqError) as exc:
+        read_engine(path)
+    msg = str(exc.value)
+    assert "\n" not in msg and "m.engine.json is corrupt" in msg and "trtq build" in msg
+
+
+def test_corrupt_header_record_is_one_clear_error(tmp_path: Path) -> None:
+    path = write_engine(tmp_path / "u.engine", PLAN, _meta(), ultralytics_header=True)
+    sidecar_path(path).unlink()
+    bad = {"trtq": {"imgsz": "big"}, "stride": 32}
+    path.write_bytes(len(json.dumps(bad)).to_bytes(4, "little") + json.dumps(bad).encode() + PLAN)
+    with pytest.raises(TrtqError, match="metadata header of .*u.engine is corrupt"):
+        read_engine(path)

@@ -143,3 +143,12 @@ def test_compare_table_deltas() -> None:
     lines = table.splitlines()
     assert "fp32.onnx" in lines[2] and "int8.onnx" in lines[3]
     assert lines[3].split()[2] == "-0.40" and lines[3].split()[4] == "-0.40"
+
+
+def test_relative_yaml_path_resolves(val_yaml: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    rel = Path(os.path.relpath(val_yaml, tmp_path))
+    spec = prepare_data(rel, tmp_path)
+    assert spec.images == 128 and spec.yaml.is_absolute()

@@ -366,7 +366,12 @@ def test_no_images_error_names_what_was_searched(tmp_path: Path) -> None:
     msg = str(info.value)
     assert str(empty) in msg and "recursively" in msg
     assert all(f"*{s}" in msg for s in IMAGE_SUFFIXES)
-    assert "--calib DIR" in msg and "500+ recommended" in msg
+    assert "no images" in msg and "at least 1 image" in msg
+    assert "calib" not in msg.lower()  # neutral: predict and eval resolve sources too
+    with pytest.raises(TrtqError) as calib_info:  # the batcher feeds calibration: it adds the hint
+        ImageBatcher(empty)
+    calib_msg = str(calib_info.value)
+    assert str(empty) in calib_msg and "--calib DIR" in calib_msg and "500+ images recommended" in calib_msg
     with pytest.raises(TrtqError, match="not found"):
         resolve_image_paths(tmp_path / "nope")
     with pytest.raises(TrtqError, match=r"the glob .*\*\.jpg"):

@@ -113,6 +113,12 @@ def test_predict_errors(tmp_path: Path) -> None:
     (broken / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(TrtqError):
         predict(model, broken)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = runner.invoke(main, ["predict", str(model), "--source", str(empty)])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert "found no images in" in out.output and str(empty) in out.output  # what was searched
+    assert "calib" not in out.output.lower()  # no calibration advice for a prediction source
 
 
 def test_draw_and_write_image(tmp_path: Path) -> None:

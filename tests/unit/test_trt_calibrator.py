@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from calibrators.table import CalibrationTable, parse_trt_cache
-from calibrators.trt import CalibrationFeed, cache_algorithm, make_cache_calibrator, make_calibrator
+from calibrators.trt import (
+    CalibrationFeed,
+    cache_algorithm,
+    calibrator_class,
+    make_cache_calibrator,
+    make_calibrator,
+)
 from tests.fakes.fake_device import FakeDevice, read_device
 from tests.fakes.fake_tensorrt import make_fake_tensorrt, version_code
 from trtq.errors import TrtqError
@@ -99,6 +106,17 @@ def test_cache_read_is_memoized_and_write_is_atomic(tmp_path: Path) -> None:
     assert not list(out.parent.glob("*.trtq-tmp*"))
 
 
+def _build_int8(trt: Any, calibrator: Any) -> Any:
+    """An implicit-INT8 build of a network with one 1x3x8x8 input ``images`` on the fake builder."""
+    builder = trt.Builder(trt.Logger())
+    net = builder.create_network(0)
+    net.inputs.append(trt.ITensor("images", [1, 3, 8, 8]))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    compat.set_int8_calibrator(config, calibrator, None)
+    return builder.build_serialized_network(net, config)
+
+
 def test_full_calibration_through_the_fake_builder(tmp_path: Path) -> None:
     """The fake runs TensorRT's calling order: read cache, get_batch until [], write cache."""
     trt = make_fake_tensorrt("10.3.0")
@@ -108,13 +126,7 @@ def test_full_calibration_through_the_fake_builder(tmp_path: Path) -> None:
     feed = CalibrationFeed(names=["images"], shapes={"images": (1, 3, 8, 8)}, batches=data, device=dev,
                            cache_path=cache)
     cal = make_calibrator(trt, "entropy", feed)
-    builder = trt.Builder(trt.Logger())
-    net = builder.create_network(0)
-    net.inputs.append(trt.ITensor("images", [1, 3, 8, 8]))
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.INT8)
-    compat.set_int8_calibrator(config, cal, None)
-    assert builder.build_serialized_network(net, config) is not None
+    assert _build_int8(trt, cal) is not None
     cal.close()
     batches = trt.STATE.calibration_batches
     assert [b["images"][0, 0, 0, 0] for b in batches] == [1.0, 2.0, 3.0, 4.0]
@@ -126,13 +138,7 @@ def test_full_calibration_through_the_fake_builder(tmp_path: Path) -> None:
     trt2 = make_fake_tensorrt("10.3.0")
     never = CalibrationFeed(names=["images"], shapes={"images": (1, 3, 8, 8)}, batches=None, cache_path=cache)
     cal2 = make_calibrator(trt2, "entropy", never)
-    b2 = trt2.Builder(trt2.Logger())
-    n2 = b2.create_network(0)
-    n2.inputs.append(trt2.ITensor("images", [1, 3, 8, 8]))
-    c2 = b2.create_builder_config()
-    c2.set_flag(trt2.BuilderFlag.INT8)
-    compat.set_int8_calibrator(c2, cal2, None)
-    assert b2.build_serialized_network(n2, c2) is not None
+    assert _build_int8(trt2, cal2) is not None
     assert trt2.STATE.used_cache and not any(c[0] == "calibrator.get_batch" for c in trt2.CALLS)
 
 
@@ -159,3 +165,17 @@ def test_no_calibrators_on_tensorrt_11() -> None:
         make_calibrator(make_fake_tensorrt("11.0"), "entropy", feed)
     with pytest.raises(TrtqError, match="percentile and mse"):
         make_calibrator(make_fake_tensorrt("10.3.0"), "percentile", feed)
+
+
+def test_calibrator_classes_follow_the_module_base_class() -> None:
+    """Classes are cached per TensorRT base class: a module object whose bindings changed (or a new module
+    that reuses a freed module's id) never gets a class built on another module's base."""
+    trt = make_fake_tensorrt("10.3.0")
+    first = calibrator_class(trt, "EntropyCalibration2")
+    assert issubclass(first, trt.IInt8EntropyCalibrator2)
+    assert calibrator_class(trt, "EntropyCalibration2") is first  # created once
+    other = make_fake_tensorrt("10.3.0")
+    trt.IInt8EntropyCalibrator2 = other.IInt8EntropyCalibrator2  # same module object, same id
+    second = calibrator_class(trt, "EntropyCalibration2")
+    assert second is not first and issubclass(second, other.IInt8EntropyCalibrator2)
+    assert issubclass(calibrator_class(trt, "MinMaxCalibration"), trt.IInt8MinMaxCalibrator)

@@ -79,3 +79,16 @@ def test_onnx_with_and_without_qdq(tmp_path: Path) -> None:
     assert plain.data["inputs"][0]["shape"] == [1, 3, 32, 32]
     out = CliRunner().invoke(main, ["inspect", str(tmp_path / "missing.engine")])
     assert out.exit_code == 2 and "not found" in out.output
+
+
+def test_dla_engine_is_deserialized_on_its_dla_core(tmp_path: Path) -> None:
+    """As at run time, the runtime's DLA core is set before a DLA engine is deserialized."""
+    trt = make_fake_tensorrt("10.3.0", num_dla_cores=2)
+    tiny = make_tiny_conv_onnx(tmp_path / "tiny.onnx")
+    r = build_engine(tiny, fp16=True, dla_core=1, trt_module=trt, device=FakeDevice("Fake Orin", (8, 7)),
+                     output=tmp_path / "dla.engine", progress=False)
+    assert r.engine_path is not None
+    res = inspect_path(r.engine_path, trt_module=trt)  # type: ignore[arg-type]
+    assert "layers" in res.data
+    loads = [c for c in trt.CALLS if c[0] == "runtime.deserialize_cuda_engine"]  # type: ignore[attr-defined]
+    assert loads and loads[-1][2] == 1

@@ -13,7 +13,6 @@ compute). The host wall clock of the iteration (enqueue to ``e3.synchronize()``)
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,16 +22,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtq.bench.harness import Backend, Sample
+from trtq.device import cuda_check, load_cudart
 from trtq.errors import TrtqError
+from trtq.runtime import model_kind, ort_session
 
 if TYPE_CHECKING:
     from trtq.device import Event, Stream
     from trtq.runtime import TensorRTSession
 
 logger = logging.getLogger(__name__)
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # ONNX Runtime (host clock)
@@ -84,25 +82,11 @@ class OnnxRuntimeBackend:
     """An ONNX model on ONNX Runtime (CPU unless ``providers`` names others)."""
 
     def __init__(self, path: Path, *, providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
-
         from trtq.modelinfo import read_model_info
 
         self.path = path
         self.info = read_model_info(path, with_hash=False)
-        available = ort.get_available_providers()
-        chosen = list(providers) if providers else ["CPUExecutionProvider"]
-        missing = [p for p in chosen if p not in available]
-        if missing:
-            raise TrtqError(
-                f"ONNX Runtime providers {missing} are not available here (available: {available})"
-            )
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
-        except Exception as exc:
-            raise TrtqError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
+        self.session: Any = ort_session(path, providers)
         first = self.session.get_providers()[0]
         self.name = "onnxruntime-" + first.replace("ExecutionProvider", "").lower()
         self.precision = onnx_precision(path)
@@ -165,42 +149,26 @@ class CudaGraph:
     """A CUDA graph captured from one ``enqueue`` on a stream, replayed with :meth:`launch` (cuda-python)."""
 
     def __init__(self, stream: Stream, enqueue: Callable[[], None]) -> None:
-        rt = _cudart()
+        rt = load_cudart("--cuda-graph")
         self._rt = rt
         self._stream = rt.cudaStream_t(init_value=int(stream.handle))
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        _cuda_check(rt.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
+        cuda_check(rt.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
         try:
             enqueue()
         finally:
-            graph = _cuda_check(rt.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+            graph = cuda_check(rt.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
         self._graph: Any = graph
-        self._exec: Any = _cuda_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        self._exec: Any = cuda_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
 
     def launch(self) -> None:
-        _cuda_check(self._rt.cudaGraphLaunch(self._exec, self._stream), "cudaGraphLaunch")
+        cuda_check(self._rt.cudaGraphLaunch(self._exec, self._stream), "cudaGraphLaunch")
 
     def close(self) -> None:
         if self._exec is not None:
             self._rt.cudaGraphExecDestroy(self._exec)
             self._rt.cudaGraphDestroy(self._graph)
             self._exec = None
-
-
-def _cudart() -> Any:
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise TrtqError("--cuda-graph needs cuda-python (pip install cuda-python)")
-
-
-def _cuda_check(result: Any, what: str) -> Any:
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(getattr(err, "value", err)) != 0:
-        raise RuntimeError(f"{what} failed: {getattr(err, 'name', err)}")
-    return values[0] if len(values) == 1 else (tuple(values) if values else None)
 
 
 #: Replaced in tests by a fake; makes the graph used by ``--cuda-graph``.
@@ -323,12 +291,7 @@ class TensorRTBackend:
 
 def open_backend(path: str | Path, *, device: int = 0, providers: Sequence[str] | None = None) -> Backend:
     """The backend for ``path``: TensorRT for .engine/.plan/.trt, ONNX Runtime for .onnx."""
-    p = Path(path)
-    if not p.is_file():
-        raise TrtqError(f"model not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix == ".onnx":
+    p, kind = model_kind(path)
+    if kind == "onnx":
         return OnnxRuntimeBackend(p, providers=providers)
-    if suffix in ENGINE_SUFFIXES:
-        return TensorRTBackend(p, device=device)
-    raise TrtqError(f"{p}: unknown model type {suffix!r}; pass .onnx models or .engine/.plan files")
+    return TensorRTBackend(p, device=device)

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from trtq.bench.stats import MIN_ITERATIONS, Summary, summarize, throughput
+from trtq.bench.stats import MAX_CV, MIN_ITERATIONS, Summary, summarize, throughput
 from trtq.errors import TrtqError
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def _summaries(samples: Sequence[Sample]) -> dict[str, Summary | None]:
                 values,
                 label=key,
                 min_iterations=MIN_ITERATIONS if warn else 0,
-                max_cv=0.10 if warn else float("inf"),
+                max_cv=MAX_CV if warn else float("inf"),
             )
             if values
             else None
@@ -229,6 +229,13 @@ def _file_size(path: Path | None) -> int | None:
         return path.stat().st_size if path.is_file() else None
     except OSError:
         return None
+
+
+def _skipped_row(
+    t: BenchTarget, size: int | None, batch: int, reason: str, precision: str | None, backend: str | None
+) -> BenchRow:
+    path = str(t.path) if t.path is not None else None
+    return BenchRow(t.display, path, precision or "?", backend or "?", batch, "skipped", reason, file_size=size)
 
 
 BackendOpener = Callable[[Path], Backend]
@@ -285,44 +292,19 @@ def run_benchmark(
         if on_row is not None:
             on_row(row)
 
+    wanted = list(dict.fromkeys(int(b) for b in batches)) if batches else None
     for t in targets:
         size = _file_size(t.path)
-        wanted = list(dict.fromkeys(int(b) for b in batches)) if batches else None
-        if t.skip_reason is not None:
+        if t.skip_reason is not None or t.path is None:  # (a missing path without a reason is refused above)
             for b in wanted or [1]:
-                add(
-                    BenchRow(
-                        t.display,
-                        _str(t.path),
-                        t.precision or "?",
-                        t.backend or "?",
-                        b,
-                        "skipped",
-                        t.skip_reason,
-                        file_size=size,
-                    )
-                )
-            continue
-        path = t.path
-        if path is None:  # unreachable: checked above
+                add(_skipped_row(t, size, b, t.skip_reason or "no model", t.precision, t.backend))
             continue
         try:
-            backend = opener(path)
+            backend = opener(t.path)
         except TrtqError as exc:
             first_error = first_error or exc
             for b in wanted or [1]:
-                add(
-                    BenchRow(
-                        t.display,
-                        str(t.path),
-                        t.precision or "?",
-                        t.backend or "?",
-                        b,
-                        "skipped",
-                        str(exc),
-                        file_size=size,
-                    )
-                )
+                add(_skipped_row(t, size, b, str(exc), t.precision, t.backend))
             continue
         gpu_seen.update(getattr(backend, "device_description", None) or {})
         try:
@@ -330,18 +312,7 @@ def run_benchmark(
             for b in wanted or [backend.default_batch]:
                 reason = backend.batch_skip_reason(b)
                 if reason is not None:
-                    add(
-                        BenchRow(
-                            t.display,
-                            str(t.path),
-                            precision,
-                            backend.name,
-                            b,
-                            "skipped",
-                            reason,
-                            file_size=size,
-                        )
-                    )
+                    add(_skipped_row(t, size, b, reason, precision, backend.name))
                     continue
                 logger.info("benchmarking %s at batch %d on %s", t.display, b, backend.name)
                 runner = backend.prepare(b, transfers=transfers, cuda_graph=cuda_graph)
@@ -402,10 +373,6 @@ def run_benchmark(
         if machine.get(key) is None:
             machine[key] = value
     return BenchResult(rows, settings, machine)
-
-
-def _str(p: Path | None) -> str | None:
-    return str(p) if p is not None else None
 
 
 def write_outputs(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from trtq.commands._options import device_option, path_option
 from trtq.errors import TrtqError
 
 
@@ -48,34 +49,16 @@ def _parse_batches(values: tuple[str, ...]) -> list[int] | None:
     "--cuda-graph", is_flag=True, help="Replay the engine as a CUDA graph (TensorRT; needs cuda-python)."
 )
 @click.option("--no-transfers", is_flag=True, help="Time GPU compute only, without host<->device copies.")
-@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
+@device_option()
 @click.option(
     "--provider",
     "providers",
     multiple=True,
     help="ONNX Runtime execution provider(s) (default CPUExecutionProvider).",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the JSON record here.",
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the Markdown table here.",
-)
-@click.option(
-    "--plot",
-    "plot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write a PNG plot here.",
-)
+@path_option("--json", "json_path", "Write the JSON record here.")
+@path_option("--markdown", "markdown_path", "Write the Markdown table here.")
+@path_option("--plot", "plot_path", "Write a PNG plot here.")
 def command(
     models: tuple[Path, ...],
     batch: tuple[str, ...],
@@ -99,9 +82,6 @@ def command(
     """
     from trtq.bench.harness import BenchRow, bench
     from trtq.bench.report import markdown
-
-    if iterations is not None and duration is not None:
-        raise TrtqError("give --iterations or --duration, not both")
 
     def progress(row: BenchRow) -> None:
         if row.ok and row.latency is not None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from trtq.commands._options import device_option, path_option
+
 
 @click.command(name="predict")
 @click.argument("model", type=click.Path(path_type=Path))
@@ -21,21 +23,14 @@ import click
 @click.option(
     "--max-det", type=click.IntRange(min=1), default=300, show_default=True, help="Most detections per image."
 )
-@click.option(
-    "--save",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Write images with drawn boxes into this directory.",
-)
+@path_option("--save", "save", "Write images with drawn boxes into this directory.", folder=True)
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print detections as JSON on stdout (and write DIR/predictions.json with --save).",
 )
-@click.option(
-    "--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index (engines)."
-)
+@device_option("CUDA device index (engines).")
 def command(
     model: Path,
     source: str,

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from calibrators.table import CalibrationTable
     from trtq.device import Device
     from trtq.engine_meta import EngineMetadata
-    from trtq.modelinfo import ModelInfo
+    from trtq.modelinfo import ModelInfo, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -907,10 +907,8 @@ def _build_with_tensorrt(
         cache_sha256=cache_sha,
         model_path=str(onnx_path),
         model_sha256=info.sha256,
-        inputs=[{"name": s.name, "shape": [d if d is not None else -1 for d in s.shape], "dtype": s.dtype}
-                for s in info.inputs],
-        outputs=[{"name": s.name, "shape": [d if d is not None else -1 for d in s.shape], "dtype": s.dtype}
-                 for s in info.outputs],
+        inputs=_io_records(info.inputs),
+        outputs=_io_records(info.outputs),
         profiles=[{n: shape_of for n in names}],
         names=info.names,
         stride=info.stride,
@@ -922,6 +920,11 @@ def _build_with_tensorrt(
         command=command,
     )
     return meta, plan_bytes, float_layers, batches
+
+
+def _io_records(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+    """Name, shape (-1 for a dynamic dimension) and dtype of each tensor, as the engine record stores them."""
+    return [{"name": s.name, "shape": [d if d is not None else -1 for d in s.shape], "dtype": s.dtype} for s in specs]
 
 
 def _qdq_algorithm(graph: onnx.ModelProto, default: str) -> str | None:

@@ -46,11 +46,16 @@ def _precision_of(tensor: dict[str, Any]) -> str:
     return fmt or "?"
 
 
-def layer_precisions(trt: ModuleType, plan: bytes) -> list[dict[str, Any]]:
-    """Per-layer name, type and output precision of a plan, read with TensorRT's engine inspector."""
+def layer_precisions(trt: ModuleType, plan: bytes, *, dla_core: int | None = None) -> list[dict[str, Any]]:
+    """Per-layer name, type and output precision of a plan, read with TensorRT's engine inspector.
+
+    ``dla_core``: the DLA core a DLA engine was built for (set on the runtime before deserializing).
+    """
     t = compat.typed(trt)
     logger = t.Logger(t.Logger.ERROR)
     runtime = t.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = int(dla_core)
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise TrtqError("TensorRT could not deserialize the engine (another TensorRT version or GPU?)")
@@ -124,7 +129,7 @@ def inspect_engine(path: Path, trt_module: ModuleType | None = None, *, layers: 
             out.lines.append(f"  layers         per-layer precisions need TensorRT ({compat.missing_tensorrt_reason()})")
         else:
             try:
-                rows = layer_precisions(trt, plan)
+                rows = layer_precisions(trt, plan, dla_core=meta.dla_core if meta is not None else None)
             except TrtqError as exc:
                 out.lines.append(f"  layers         {exc}")
             else:
