@@ -334,12 +334,15 @@ def insert_qdq(
     per_channel: bool = True,
     unify_concat: bool = True,
     unify_max_ratio: float | None = None,
+    int8_weights: bool = False,
 ) -> tuple[onnx.ModelProto, dict[str, float]]:
     """Write Q/DQ pairs into a copy of ``model``; return it and the activation amax actually used.
 
     ``amax`` must hold every tensor of ``plan.activations``. With ``unify_concat`` the tensors of each
     Concat group share the group's largest amax (only groups whose ranges differ by at most
-    ``unify_max_ratio``, when given).
+    ``unify_max_ratio``, when given). Weights stay float behind QuantizeLinear -> DequantizeLinear (what
+    TensorRT 8.x requires, and TensorRT 10 accepts); ``int8_weights`` stores them as INT8 initializers ->
+    DequantizeLinear instead (a smaller file; TensorRT >= 10 and ONNX Runtime only).
     """
     missing = [t for t in plan.activations if t not in amax]
     if missing:
@@ -378,11 +381,19 @@ def insert_qdq(
         w = numpy_helper.to_array(inits[wname]).astype(np.float32)
         ax = axis if per_channel and w.ndim > 1 else None
         q, scale = quantize_weight(w, ax)
-        q_name, s_name, z_name = fresh(f"{wname}_quantized"), fresh(f"{wname}_scale"), fresh(f"{wname}_zero_point")
+        s_name, z_name = fresh(f"{wname}_scale"), fresh(f"{wname}_zero_point")
         dq_out = fresh(f"{wname}_DequantizeLinear_Output")
-        new_inits.append(numpy_helper.from_array(q, q_name))
         new_inits.append(numpy_helper.from_array(scale.astype(np.float32), s_name))
         new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name))
+        if int8_weights:
+            q_name = fresh(f"{wname}_quantized")
+            new_inits.append(numpy_helper.from_array(q, q_name))
+        else:  # float weights -> QuantizeLinear: the form TensorRT 8.x requires (it quantizes them at build time)
+            q_name = fresh(f"{wname}_QuantizeLinear_Output")
+            qn = helper.make_node("QuantizeLinear", [wname, s_name, z_name], [q_name], name=fresh(f"{wname}_QuantizeLinear"))
+            if ax is not None:
+                qn.attribute.append(helper.make_attribute("axis", int(ax)))
+            weight_nodes.append(qn)
         dq = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=fresh(f"{wname}_DequantizeLinear"))
         if ax is not None:
             dq.attribute.append(helper.make_attribute("axis", int(ax)))

@@ -320,6 +320,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", "## Nodes kept in float", "", "| node | op | reason |", "|---|---|---|"]
     for f in report["float_nodes"]:
         lines.append(f"| `{f['node']}` | {f['op_type']} | {f['reason']} |")
+    if not report["float_nodes"]:
+        lines.append("| (none) | | no head policy match and no exclusion: every weighted op is INT8 |")
     lines += ["", "## Other nodes without Q/DQ", "", "| op | count | why no Q/DQ |", "|---|---:|---|"]
     for op, v in report["unquantized_ops"].items():
         lines.append(f"| {op} | {v['count']} | {v['reason']} |")
@@ -373,6 +375,7 @@ def write_qdq(
     per_channel: bool = True,
     unify_concat: bool = True,
     residual_add: bool = True,
+    int8_weights: bool = False,
     calibration: Mapping[str, Any] | None = None,
     write_report: bool = True,
 ) -> QuantizeResult:
@@ -382,13 +385,16 @@ def write_qdq(
     keep: dict[str, str] = dict(head_float_nodes(model)) if head_policy else {}
     keep.update(keep_float or {})
     plan = plan_qdq(model, keep_float=keep, exclude=exclude, residual_add=residual_add)
-    qmodel, used = insert_qdq(model, plan, amax, per_channel=per_channel, unify_concat=unify_concat)
+    qmodel, used = insert_qdq(
+        model, plan, amax, per_channel=per_channel, unify_concat=unify_concat, int8_weights=int8_weights
+    )
     out = Path(output) if output is not None else default_output(mpath)
     options = {
         "head_policy": head_policy,
         "per_channel": per_channel,
         "unify_concat": unify_concat,
         "residual_add": residual_add,
+        "int8_weights": int8_weights,
         "exclude": list(exclude),
     }
     _set_metadata(qmodel, {"trtq_quantization": "int8-qdq", "trtq_algorithm": algo, "trtq_version": __version__})
@@ -433,6 +439,7 @@ def quantize(
     per_channel: bool = True,
     unify_concat: bool = True,
     residual_add: bool = True,
+    int8_weights: bool = False,
     histograms: Mapping[str, Any] | None = None,
     sensitivity_images: int = 16,
     max_steps: int = 12,
@@ -506,6 +513,7 @@ def quantize(
         "per_channel": per_channel,
         "unify_concat": unify_concat,
         "residual_add": residual_add,
+        "int8_weights": int8_weights,
         "calibration": calibration,
     }
     result = write_qdq(mpath, amax, **common)

@@ -44,7 +44,10 @@ def test_tiny_net_structure(tiny_conv_onnx: Path) -> None:
         data, weight = prod[conv.input[0]], prod[conv.input[1]]
         assert data.op_type == "DequantizeLinear" and prod[data.input[0]].op_type == "QuantizeLinear"
         assert weight.op_type == "DequantizeLinear"
-        assert inits[weight.input[0]].data_type == TensorProto.INT8
+        wq = prod[weight.input[0]]  # float weight -> QuantizeLinear (per channel) -> DequantizeLinear
+        assert wq.op_type == "QuantizeLinear" and inits[wq.input[0]].data_type == TensorProto.FLOAT
+        assert wq.input[1] == weight.input[1] and wq.input[2] == weight.input[2]
+        assert next(a.i for a in wq.attribute if a.name == "axis") == 0
         assert next(a.i for a in weight.attribute if a.name == "axis") == 0
         assert numpy_helper.to_array(inits[weight.input[2]]).dtype == np.int8
         assert not np.any(numpy_helper.to_array(inits[weight.input[2]]))
@@ -55,7 +58,7 @@ def test_tiny_net_structure(tiny_conv_onnx: Path) -> None:
     assert kinds == ["Conv", "DequantizeLinear"]  # shortcut quantized, the fused conv branch not
     assert plan.residual_adds == {"/model.1/Add": "a0"}
     # activation zero points are int8 0 and scales amax/127
-    for q in (n for n in qmodel.graph.node if n.op_type == "QuantizeLinear"):
+    for q in (n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits):
         scale = float(numpy_helper.to_array(inits[q.input[1]]))
         assert scale == pytest.approx(used[q.input[0]] / 127, rel=1e-6)
         assert numpy_helper.to_array(inits[q.input[2]]).dtype == np.int8
@@ -130,10 +133,13 @@ def test_weight_dq_in_model_matches_numpy(tiny_conv_onnx: Path) -> None:
     """The INT8 weights + DequantizeLinear written into the model dequantize (in ORT) within scale/2."""
     model = onnx.load(str(tiny_conv_onnx))
     plan = plan_qdq(model)
-    qmodel, _ = insert_qdq(model, plan, _fake_amax(plan.activation_tensors))
+    qmodel, _ = insert_qdq(model, plan, _fake_amax(plan.activation_tensors), int8_weights=True)
     orig = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     inits = {i.name: i for i in qmodel.graph.initializer}
-    for node in (n for n in qmodel.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits):
+    weight_dqs = [n for n in qmodel.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weight_dqs) == 3 and all(inits[n.input[0]].data_type == TensorProto.INT8 for n in weight_dqs)
+    assert not {"w0", "w1", "w2"} & set(inits)  # the float weights are gone
+    for node in weight_dqs:
         w_name = node.input[0].removesuffix("_quantized")
         sub = helper.make_graph(
             [node],
@@ -154,10 +160,21 @@ def test_per_tensor_weights_option(tiny_conv_onnx: Path) -> None:
     plan = plan_qdq(model)
     qmodel, _ = insert_qdq(model, plan, _fake_amax(plan.activation_tensors), per_channel=False)
     inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
-    for n in qmodel.graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4:
-            assert inits[n.input[1]].ndim == 0
-            assert not any(a.name == "axis" for a in n.attribute)
+    weight_qs = [n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
+    assert len(weight_qs) == 3
+    for n in weight_qs:
+        assert inits[n.input[1]].ndim == 0
+        assert not any(a.name == "axis" for a in n.attribute)
+
+
+def test_float_and_int8_weight_forms_give_identical_outputs(tiny_conv_onnx: Path) -> None:
+    model = onnx.load(str(tiny_conv_onnx))
+    plan = plan_qdq(model)
+    amax = _fake_amax(plan.activation_tensors)
+    a, _ = insert_qdq(model, plan, amax)
+    b, _ = insert_qdq(model, plan, amax, int8_weights=True)
+    x = np.random.default_rng(3).random((1, 3, 32, 32), dtype=np.float32)
+    np.testing.assert_allclose(_run(a, x), _run(b, x), rtol=1e-5, atol=1e-5)
 
 
 def test_opset_is_upgraded_to_13(tiny_conv_onnx: Path) -> None:

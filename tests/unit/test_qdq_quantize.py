@@ -122,3 +122,28 @@ def test_max_drop_keeps_sensitive_layers_until_within_target(
     assert len(md["steps"]) == len(md["kept_float"]) + 1
     assert all(name in {f["node"] for f in r.report["float_nodes"]} for name in md["kept_float"])
     assert "Accuracy-driven mixed precision" in r.table_path.read_text()
+
+
+def test_sensitivity_map_metric_ranks_by_drop(
+    tiny_hists: tuple[Path, dict[str, Any]], calib_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """metric='map' evaluates each layer alone; a stand-in metric makes /model.4/Conv the costliest."""
+    import trtq.evaluate
+    from trtq.quantize import activation_amax
+    from trtq.sensitivity import analyse
+
+    path, hists = tiny_hists
+
+    def fake_evaluate(model: Any, data: Any, **_: Any) -> dict[str, Any]:
+        m = onnx.load(str(model))
+        prod = {o: n for n in m.graph.node for o in n.output}
+        cost = {"/model.0/conv/Conv": 0.01, "/model.1/conv/Conv": 0.02, "/model.4/Conv": 0.05, "/model.1/Add": 0.0}
+        lost = sum(c for name, c in cost.items() for n in m.graph.node if n.name == name and any(i in prod and prod[i].op_type == "DequantizeLinear" for i in n.input))
+        return {"map50_95": 0.5 - lost, "images": 3}
+
+    monkeypatch.setattr(trtq.evaluate, "evaluate", fake_evaluate)
+    amax, _ = activation_amax(hists, ["images", "a0", "cat"], "percentile")
+    result = analyse(path, calib_dir, amax=amax, data="unused", metric="map", output=tmp_path / "s")
+    assert [c.layer for c in result.ranking][:3] == ["/model.4/Conv", "/model.1/conv/Conv", "/model.0/conv/Conv"]
+    assert result.ranking[0].cost == pytest.approx(5.0)
+    assert (tmp_path / "s.png").is_file() and "/model.4/Conv" in (tmp_path / "s.txt").read_text()

@@ -24,6 +24,7 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--no-head-policy", is_flag=True, help="Also quantize the YOLOv8 head's final convs (costs accuracy).")
 @click.option("--no-concat-unify", is_flag=True, help="Do not give the inputs of a Concat one shared scale.")
+@click.option("--int8-weights", is_flag=True, help="Store weights as INT8 (smaller file; TensorRT >= 10 and ONNX Runtime only).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Q/DQ ONNX path (default <model>.int8.qdq.onnx).")
 def command(
     model: Path,
@@ -39,6 +40,7 @@ def command(
     seed: int,
     no_head_policy: bool,
     no_concat_unify: bool,
+    int8_weights: bool,
     output: Path | None,
 ) -> None:
     """Write an explicit INT8 Q/DQ ONNX of MODEL (runs on ONNX Runtime CPU and TensorRT).
@@ -67,6 +69,7 @@ def command(
         table=table,
         head_policy=not no_head_policy,
         unify_concat=not no_concat_unify,
+        int8_weights=int8_weights,
         progress=True,
     )
     click.echo(result.summary())
