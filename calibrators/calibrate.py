@@ -14,7 +14,7 @@ from calibrators.collect import (
     calibration_tensors,
     collect_histograms,
 )
-from calibrators.ranges import ALGORITHMS, compute_amax
+from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE, compute_amax
 from calibrators.table import DEFAULT_TRT_VERSION, CalibrationTable, sidecar_path, trt_version_code
 from trtq.errors import TrtqError
 from trtq.fileio import default_output
@@ -47,7 +47,7 @@ class CalibrationResult:
 
 
 def amax_table(
-    histograms: dict[str, TensorHistogram], algo: str, *, percentile: float = 99.99
+    histograms: dict[str, TensorHistogram], algo: str, *, percentile: float = DEFAULT_PERCENTILE
 ) -> dict[str, float]:
     """Apply a range algorithm to every histogram (minmax uses the exact running max, not the bins)."""
     if algo not in ALGORITHMS:
@@ -65,8 +65,8 @@ def calibrate(
     model: str | Path,
     source: str | Path,
     *,
-    algo: str = "entropy",
-    percentile: float = 99.99,
+    algo: str = DEFAULT_ALGO,
+    percentile: float = DEFAULT_PERCENTILE,
     num_images: int | None = None,
     batch: int = 1,
     seed: int = 0,

@@ -55,6 +55,10 @@ QMAX = 127
 FALLBACK_AMAX = 1.0
 #: Default percentile of the ``percentile`` algorithm.
 DEFAULT_PERCENTILE = 99.99
+#: The algorithm trtq uses unless told otherwise (calibrate, quantize, build), chosen by measured mAP on
+#: YOLOv8n (benchmarks/results/accuracy.md): entropy clips the positive tail of SiLU outputs, whose |x|
+#: histogram peaks at 0.278 (the SiLU minimum), and loses several mAP points; percentile does not.
+DEFAULT_ALGO = "percentile"
 
 # Two KL divergences closer than this count as equal, so the larger threshold wins as TensorRT's does.
 # Rounding in the cumulative sums is ~1e-14 in KL; real differences between candidates are far larger.

@@ -25,15 +25,14 @@ import onnx
 from trtq import __version__
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, sha256_file, write_json, write_text
+from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
 from trtq.headpolicy import float_nodes as head_float_nodes
 from trtq.headpolicy import node_key
 from trtq.qdq import QMAX, QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALGO = "percentile"
 QUANTIZE_ALGOS = ("entropy", "minmax", "percentile", "mse", "auto")
-DEFAULT_PERCENTILE = 99.999  # clips only the rarest outliers; see benchmarks/results/accuracy.md
 # auto: the candidates compared per tensor
 AUTO_CANDIDATES = ("percentile", "mse", "entropy", "minmax")
 

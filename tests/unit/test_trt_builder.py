@@ -143,7 +143,7 @@ def test_int8_implicit_streams_images_and_writes_cache(version: str, tiny_dyn: P
                                                         tmp_path: Path) -> None:
     trt = make_fake_tensorrt(version)
     dev = FakeDevice()
-    r = _build(trt, tiny_dyn, tmp_path, int8=True, calib=images, mode="implicit", min_batch=1, opt_batch=2,
+    r = _build(trt, tiny_dyn, tmp_path, int8=True, calib=images, mode="implicit", algo="entropy", min_batch=1, opt_batch=2,
                max_batch=4, device=dev)
     info = plan_info(read_engine(r.engine_path)[0])
     assert {"FP16", "INT8"} <= set(info["flags"])  # INT8 always brings FP16
@@ -175,7 +175,7 @@ def test_int8_implicit_streams_images_and_writes_cache(version: str, tiny_dyn: P
 
 def test_valid_cache_is_reused_without_opening_an_image(tiny: Path, images: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    first = _build(make_fake_tensorrt("8.5.3"), tiny, tmp_path, "a.engine", int8=True, calib=images)
+    first = _build(make_fake_tensorrt("8.5.3"), tiny, tmp_path, "a.engine", int8=True, calib=images, algo="entropy")
     assert first.mode == "implicit" and first.calibration_batches == 8
 
     import trtq.images
@@ -190,14 +190,15 @@ def test_valid_cache_is_reused_without_opening_an_image(tiny: Path, images: Path
     assert trt.STATE.used_cache
     assert _calls(trt, "calibrator.get_batch") == []
     assert again.calibration_batches == 0 and "no images" in (again.metadata.calibrator or "")
+    assert again.metadata.algorithm == "entropy"  # without --algo, the cache keeps the algorithm it was made with
     # with --calib too, the default cache of the first build is still found and reused
     trt3 = make_fake_tensorrt("8.5.3")
-    _build(trt3, tiny, tmp_path, "a.engine", int8=True, calib=images)
+    _build(trt3, tiny, tmp_path, "a.engine", int8=True, calib=images, algo="entropy")
     assert trt3.STATE.used_cache
 
 
 def test_stale_cache_is_refused_with_what_differs(tiny: Path, images: Path, tmp_path: Path) -> None:
-    first = _build(make_fake_tensorrt("8.5.3"), tiny, tmp_path, "a.engine", int8=True, calib=images)
+    first = _build(make_fake_tensorrt("8.5.3"), tiny, tmp_path, "a.engine", int8=True, calib=images, algo="entropy")
     other = make_tiny_conv_onnx(tmp_path / "other.onnx", seed=1)  # another model (other weights)
     with pytest.raises(TrtqError) as exc:
         _build(make_fake_tensorrt("8.5.3"), other, tmp_path, "b.engine", int8=True, cache=first.cache_path)
@@ -245,7 +246,7 @@ def test_callback_exception_is_contained_then_raised_after_build(tiny: Path, ima
     trt = make_fake_tensorrt("8.5.3")
     dev = FakeDevice()
     with pytest.raises(RuntimeError, match="decoder crashed"):
-        _build(trt, tiny, tmp_path, int8=True, calib=images, device=dev)
+        _build(trt, tiny, tmp_path, int8=True, calib=images, algo="entropy", device=dev)
     assert len(trt.STATE.calibration_batches) == 1  # TensorRT saw one batch then end of data
     assert _calls(trt, "callback_exception") == []  # nothing reached the bindings' handler
     assert dev.live_buffers == []
@@ -402,7 +403,7 @@ def test_without_tensorrt_cpu_steps_then_exit_3(tiny: Path, images: Path, tmp_pa
                      progress=False)
     msg = str(exc.value)
     assert exc.value.exit_code == 3
-    cache = tmp_path / "engines" / "tiny.entropy.cache"
+    cache = tmp_path / "engines" / "tiny.percentile.cache"
     qdq = tmp_path / "engines" / "tiny.int8.onnx"
     assert cache.is_file() and sidecar_path(cache).is_file() and qdq.is_file()
     assert CalibrationTable.load(cache).num_images == 4
@@ -442,10 +443,10 @@ def test_real_head_policy_maps_and_pins_only_float_compute_layers(yolo_onnx: Pat
 
 def test_stale_default_cache_is_recalibrated_not_served(tmp_path: Path, images: Path) -> None:
     model = make_tiny_conv_onnx(tmp_path / "net.onnx", batch="N")
-    first = _build(make_fake_tensorrt("8.5.3"), model, tmp_path, int8=True, calib=images)
+    first = _build(make_fake_tensorrt("8.5.3"), model, tmp_path, int8=True, calib=images, algo="entropy")
     make_tiny_conv_onnx(model, batch="N", seed=7)  # the model changed under the same name
     trt = make_fake_tensorrt("8.5.3")
-    second = _build(trt, model, tmp_path, int8=True, calib=images)
+    second = _build(trt, model, tmp_path, int8=True, calib=images, algo="entropy")
     assert not trt.STATE.used_cache and second.calibration_batches == 8  # TensorRT recalibrated
     assert trt.STATE.cache_read is None  # the stale cache was never handed to TensorRT
     from trtq.fileio import sha256_file

@@ -35,7 +35,7 @@ def test_build_exits_3_with_finish_commands(tmp_path: Path, no_tensorrt: None, m
     assert "trtq: error: TensorRT is needed to build the engine" in text
     assert f"trtq build {tmp_path}/engines/tiny.int8.onnx" in text
     assert "--int8 --cache" in text and "Traceback" not in text
-    assert CalibrationTable.load(tmp_path / "engines" / "tiny.entropy.cache").num_images == 4
+    assert CalibrationTable.load(tmp_path / "engines" / "tiny.percentile.cache").num_images == 4
     assert not out.exists()
 
 
@@ -61,10 +61,10 @@ def test_build_pt_end_to_end_without_tensorrt(tmp_path: Path, yolo_pt: Path, cal
     res = CliRunner().invoke(main, ["build", str(yolo_pt), "--int8", "--calib", str(calib_dir), "--num-images", "4"])
     assert res.exit_code == EXIT_MISSING_TENSORRT, res.output
     engines = tmp_path / "engines"
-    cache = engines / "yolov8n-coco.entropy.cache"
+    cache = engines / "yolov8n-coco.percentile.cache"
     qdq = engines / "yolov8n-coco.int8.onnx"
     assert (engines / "yolov8n-coco.onnx").is_file() and cache.is_file() and qdq.is_file()
     table = CalibrationTable.load(cache)
-    assert table.num_images == 4 and table.algorithm == "entropy" and len(table.amax) > 100
+    assert table.num_images == 4 and table.algorithm == "percentile" and len(table.amax) > 100
     assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(qdq)).graph.node) > 50
     assert f"trtq build {Path('engines') / 'yolov8n-coco.int8.onnx'}" in res.output

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-ALGORITHMS = ("entropy", "minmax", "percentile", "mse")
+from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 
 
 @click.command(name="build")
@@ -15,9 +15,9 @@ ALGORITHMS = ("entropy", "minmax", "percentile", "mse")
 @click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Calibration cache to reuse (refused when stale) or to create.")
 @click.option("--force-cache", is_flag=True, help="Use --cache even if its record does not match this build.")
-@click.option("--algo", type=click.Choice(ALGORITHMS), default="entropy", show_default=True,
-              help="INT8 range algorithm.")
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --algo percentile.")
+@click.option("--algo", type=click.Choice(ALGORITHMS), default=None,
+              help=f"INT8 range algorithm [default: {DEFAULT_ALGO}, or the one a --cache was made with].")
+@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True, help="Percentile for --algo percentile.")
 @click.option("--mode", type=click.Choice(["auto", "implicit", "explicit"]), default="auto", show_default=True,
               help="INT8 mode: implicit (calibrator, TensorRT 8.5-10.x, DLA) or explicit (Q/DQ ONNX, TensorRT >= 10.1).")
 @click.option("--batch", type=int, default=None, help="Static batch size.")
@@ -46,7 +46,7 @@ def command(
     calib: str | None,
     cache: Path | None,
     force_cache: bool,
-    algo: str,
+    algo: str | None,
     percentile: float,
     mode: str,
     batch: int | None,
@@ -70,7 +70,7 @@ def command(
     \b
     Examples:
       trtq build yolov8n.pt --int8 --calib ./images
-      trtq build yolov8n.onnx --int8 --cache engines/yolov8n.entropy.cache
+      trtq build yolov8n.onnx --int8 --cache engines/yolov8n.percentile.cache
       trtq build yolov8n.int8.onnx                      # explicit INT8 from a Q/DQ ONNX
       trtq build yolov8n.onnx --fp16 --min-batch 1 --opt-batch 8 --max-batch 16
 

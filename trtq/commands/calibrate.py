@@ -4,14 +4,14 @@ from pathlib import Path
 
 import click
 
-from calibrators.ranges import ALGORITHMS
+from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 
 
 @click.command(name="calibrate")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--calib", "source", required=True, help="Images: a folder (recursive), a glob, a .txt list or a data yaml.")
-@click.option("--algo", type=click.Choice(ALGORITHMS), default="entropy", show_default=True, help="Range algorithm.")
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile for --algo percentile.")
+@click.option("--algo", type=click.Choice(ALGORITHMS), default=DEFAULT_ALGO, show_default=True, help="Range algorithm.")
+@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True, help="Percentile for --algo percentile.")
 @click.option("--num-images", type=int, default=None, help="Use N images of the (shuffled) set.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per inference batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")

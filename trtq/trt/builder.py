@@ -32,6 +32,7 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
+from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 from trtq.errors import MissingDependencyError, TrtqError
 from trtq.trt import compat
 
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("entropy", "minmax", "percentile", "mse")
 MODES = ("auto", "implicit", "explicit")
 DEFAULT_OUTPUT_DIR = Path("engines")
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -206,8 +206,8 @@ def build_engine(
     calib: str | Path | None = None,
     cache: str | Path | None = None,
     force_cache: bool = False,
-    algo: str = "entropy",
-    percentile: float = 99.99,
+    algo: str | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
     mode: str = "auto",
     batch: int | None = None,
     min_batch: int | None = None,
@@ -238,6 +238,8 @@ def build_engine(
     Raises :class:`MissingDependencyError` (exit code 3) after the CPU steps when TensorRT is absent.
     """
     t0 = time.perf_counter()
+    algo_given = algo is not None  # without --algo, a --cache FILE keeps the algorithm it was made with
+    algo = algo or DEFAULT_ALGO
     if algo not in ALGORITHMS:
         raise TrtqError(f"unknown calibration algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
     if mode not in MODES:
@@ -342,6 +344,7 @@ def build_engine(
             cache=cache,
             force_cache=force_cache,
             algo=algo,
+            algo_given=algo_given,
             percentile=percentile,
             num_images=num_images,
             seed=seed,
@@ -352,6 +355,8 @@ def build_engine(
             dla=dla_core is not None,
             progress=progress,
         )
+        if plan.table is not None and not algo_given and cache is not None:
+            algo = plan.table.algorithm  # the --cache's own algorithm
 
     finish_opts: dict[str, Any] = {
         "batch": batch,
@@ -456,6 +461,7 @@ def _prepare_int8(
     algo: str,
     percentile: float,
     num_images: int | None,
+    algo_given: bool = True,
     seed: int,
     workdir: Path,
     base: str,
@@ -484,11 +490,12 @@ def _prepare_int8(
             else:
                 log.info("ignoring %s (%s); recalibrating", cache_path, exc)
         if table is not None and plan.cache_bytes is None:
+            adopt = user_cache is not None and not algo_given
             diffs = table.differences(
                 model_sha256=info.sha256,
                 preprocessing=_expected_preprocessing(info, profile),
-                algorithm=algo,
-                percentile=percentile if algo == "percentile" else None,
+                algorithm=None if adopt else algo,
+                percentile=percentile if algo == "percentile" and not adopt else None,
             )
             if diffs and force_cache:
                 log.warning("calibration cache %s does not match this build (%s); using it anyway (--force-cache)",
@@ -575,7 +582,7 @@ def _finish_message(onnx_path: Path, precision: str, plan: _Int8Plan, opts: dict
         if plan.qdq_path is not None:
             lines.append("  " + _command_line(plan.qdq_path, opts) + "    # explicit INT8 (TensorRT >= 10.1; only way on 11)")
         if plan.cache_path is not None and plan.table is not None and plan.mode != "explicit":
-            implicit = {**opts, "int8": True, "cache": plan.cache_path, "algo": algo if algo != "entropy" else None,
+            implicit = {**opts, "int8": True, "cache": plan.cache_path, "algo": algo if algo != DEFAULT_ALGO else None,
                         "mode": "implicit"}
             lines.append("  " + _command_line(onnx_path, implicit) + "    # implicit INT8 (TensorRT 8.5-10.x, DLA)")
     lines.append("Install TensorRT there (JetPack ships it; desktop: pip install tensorrt) plus pycuda or cuda-python.")
