@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from calibrators.collect import (
     DEFAULT_MAX_POSITIONS,
     TensorHistogram,
@@ -53,11 +55,19 @@ def amax_table(
     if algo not in ALGORITHMS:
         raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
     out: dict[str, float] = {}
+    done: dict[bytes, float] = {}  # derived tensors share their source's histogram: compute each once
     for name, h in histograms.items():
+        if h.known_amax is not None:
+            out[name] = h.known_amax
+            continue
+        key = h.counts.tobytes() + h.edges[-1:].tobytes() + np.float64(h.max_abs).tobytes()
+        if key in done:
+            out[name] = done[key]
+            continue
         amax = compute_amax(h.counts, h.edges, algo, percentile=percentile, max_abs=h.max_abs)
         if h.max_abs > 0:
             amax = min(amax, h.max_abs)  # bin-based ranges are bin edges: never wider than the data
-        out[name] = float(amax)
+        out[name] = done[key] = float(amax)
     return out
 
 

@@ -24,6 +24,8 @@ number of images, plus the exact running max |x|:
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from trtq.errors import TrtqError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_POSITIONS = 1024  # spatial positions sampled per tensor and image (every channel at each)
+DEFAULT_MAX_POSITIONS = 256  # spatial positions sampled per tensor and image (every channel at each)
 _FLUSH = 1 << 20  # histogram pending values in chunks of about this many
 CAPACITY = 4096  # histogram bins: the data spans between CAPACITY/2 and CAPACITY of them
 
@@ -58,6 +60,19 @@ class TensorHistogram:
     count: int  # number of values histogrammed
     stride: int  # spatial sampling step (1 = every value)
     derived: str = ""  # how it was derived from measured tensors ("" = measured)
+    known_amax: float | None = None  # a range fixed by the graph (a SiLU's sigmoid: 1.0), whatever the algorithm
+
+
+_LOCAL = threading.local()
+
+
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's reusable float32 and int32 work buffers of length ``n``."""
+    f32: np.ndarray | None = getattr(_LOCAL, "f32", None)
+    if f32 is None or f32.size < n:
+        _LOCAL.f32 = np.empty(n, np.float32)
+        _LOCAL.i32 = np.empty(n, np.int32)
+    return _LOCAL.f32[:n], _LOCAL.i32[:n]
 
 
 class _Accumulator:
@@ -78,6 +93,7 @@ class _Accumulator:
         self.count = 0
         self.stride = stride
         self.derived = ""
+        self.known_amax: float | None = None
 
     @property
     def max_abs(self) -> float:
@@ -105,26 +121,32 @@ class _Accumulator:
 
     def update(self, values: np.ndarray, vmin: float, vmax: float) -> None:
         """Add one batch: ``values`` are (a sample of) |x|, ``vmin``/``vmax`` the exact signed range of x."""
+        v = values.reshape(-1)
+        if v.dtype != np.float32:
+            v = v.astype(np.float32)
         vmin, vmax = float(vmin), float(vmax)
         if not (np.isfinite(vmin) and np.isfinite(vmax)):
-            values = values[np.isfinite(values)]
-            finite = values[np.isfinite(values)]
-            vmin = min(vmin, 0.0) if not np.isfinite(vmin) else vmin
-            vmax = float(finite.max()) if finite.size and not np.isfinite(vmax) else vmax
-            logger.warning("non-finite activations were ignored in calibration")
+            v = v[np.isfinite(v)]
+            vmax = float(v.max()) if v.size else 0.0
+            vmin = -vmax
+            logger.warning("non-finite activations were left out of the calibration statistics")
         self.min_value = min(self.min_value, vmin)
         self.max_value = max(self.max_value, vmax)
-        v = np.abs(values.reshape(-1), dtype=np.float32) if values.dtype != np.float32 else values.reshape(-1)
         if v.size == 0:
             return
-        self._grow_to(max(abs(self.min_value), abs(self.max_value), float(v.max())))
+        self._grow_to(max(abs(self.min_value), abs(self.max_value)))  # the exact range covers every value
         self.count += v.size
         if self.k is None:
             self.zeros += v.size
             return
-        keys = np.ldexp(v, -self.k).astype(np.int32)  # exact scaling by a power of two, then floor
-        np.minimum(keys, CAPACITY - 1, out=keys)
-        self.counts += np.bincount(keys, minlength=CAPACITY)
+        # Scaling by a power of two is exact; the cast truncates: key = floor(|x| / 2**k).
+        scratch = _scratch(v.size)
+        np.multiply(v, np.float32(2.0**-self.k), out=scratch[0])
+        np.copyto(scratch[1], scratch[0], casting="unsafe")
+        hist = np.bincount(scratch[1], minlength=CAPACITY)
+        if hist.size > CAPACITY:  # only if a caller's values exceed the range it reported
+            hist[CAPACITY - 1] += hist[CAPACITY:].sum()
+        self.counts += hist[:CAPACITY]
 
     def add_point(self, value: float, count: int) -> None:
         """``count`` values all equal to ``value`` (>= 0)."""
@@ -172,7 +194,8 @@ class _Accumulator:
             counts[-1] += self.counts[n:].sum()
             edges = np.arange(n + 1, dtype=np.float64) * width
         return TensorHistogram(
-            name, counts, edges, max_abs, self.min_value, self.max_value, self.count, self.stride, self.derived
+            name, counts, edges, max_abs, self.min_value, self.max_value, self.count, self.stride, self.derived,
+            self.known_amax,
         )
 
 
@@ -431,11 +454,31 @@ def collect_histograms(
     output_names: list[str] = []
     accs: dict[str, _Accumulator] = {}
     first_shapes: dict[str, tuple[int, ...]] | None = None
+    # Histogram updates run in a worker thread, overlapping the next inference (ONNX Runtime releases
+    # the GIL while it runs). The queue is short, so memory stays bounded.
+    work: queue.Queue[dict[str, np.ndarray] | None] = queue.Queue(maxsize=2)
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        while (results := work.get()) is not None:
+            if failures:
+                continue  # keep draining so the producer never blocks
+            try:
+                assert graph is not None and plan is not None
+                for n in plan.measured:
+                    sample, mn, mx, _ = graph.outputs[n]
+                    accs[n].update(results[sample], results[mn], results[mx])
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                failures.append(exc)
+
+    thread = threading.Thread(target=worker, name="trtq-histograms", daemon=True)
+    thread.start()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="img", desc="calibrating", leave=False, dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (logs, CI, pipes)
+        bar = tqdm(total=total, unit="img", desc="calibrating", leave=False, dynamic_ncols=True, disable=None)
     try:
         for feed in batches:
             shapes = {k: tuple(v.shape) for k, v in feed.items()}
@@ -449,16 +492,19 @@ def collect_histograms(
                 accs = {n: _Accumulator(graph.outputs[n][3]) for n in plan.measured}
             elif any(v[1:] != first_shapes[k][1:] for k, v in shapes.items()):
                 raise TrtqError("calibration batches changed image size mid-stream")
-            assert graph is not None and plan is not None
             results = dict(zip(output_names, session.run(output_names, feed), strict=True))
-            for n in plan.measured:
-                sample, mn, mx, _ = graph.outputs[n]
-                accs[n].update(results[sample], results[mn], results[mx])
+            if failures:
+                break
+            work.put(results)
             if bar is not None:
                 bar.update(next(iter(shapes.values()))[0])
     finally:
+        work.put(None)
+        thread.join()
         if bar is not None:
             bar.close()
+    if failures:
+        raise failures[0]
     if plan is None:
         raise TrtqError("calibration received no batches")
     return {n: _resolve(n, plan, accs).finalize(n) for n in names}
@@ -482,6 +528,7 @@ def _resolve(name: str, plan: StatsPlan, accs: dict[str, _Accumulator]) -> _Accu
         # A point mass at 1: every range algorithm then gives amax 1, the sigmoid's full range.
         out.add_point(1.0, src.count)
         out.min_value = 0.0
+        out.known_amax = 1.0
         out.derived = f"sigmoid inside the SiLU of {source}: range [0, 1]"
     else:
         out.merge(src)

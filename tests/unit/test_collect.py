@@ -182,3 +182,14 @@ def test_all_zero_tensor_gets_a_positive_range() -> None:
     assert h.counts.sum() == 100 and h.max_abs == 0.0
     for algo in ("entropy", "percentile", "mse", "minmax"):
         assert compute_amax(h.counts, h.edges, algo) > 0
+
+
+def test_a_failure_in_the_histogram_worker_is_raised_not_hung(dyn_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from calibrators import collect
+
+    def boom(self: object, *args: object) -> None:
+        raise ValueError("histogram update failed")
+
+    monkeypatch.setattr(collect._Accumulator, "update", boom)
+    with pytest.raises(ValueError, match="histogram update failed"):
+        collect_histograms(dyn_model, _batches(8, 1), ["a0"])
