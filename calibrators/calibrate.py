@@ -132,7 +132,7 @@ def calibrate(
         tensorrt_version=trt_version,
         statistics={
             "max_positions": max_positions,
-            "sampled": {n: h.stride for n, h in histograms.items() if h.stride > 1 and not h.derived},
+            "sampled_positions": {n: h.positions for n, h in histograms.items() if h.positions and not h.derived},
             "derived": {n: h.derived for n, h in histograms.items() if h.derived},
         },
     )

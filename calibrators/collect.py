@@ -5,8 +5,8 @@ number of images, plus the exact running max |x|:
 
 - The model is extended *in the graph* with, per tensor, a ``ReduceMax`` and a ``ReduceMin`` (the exact
   signed range, computed by ONNX Runtime's parallel kernels and returned as scalars) and, for large
-  tensors, a strided spatial ``Slice`` that returns a fixed, evenly spread subset of the values (at most
-  ``max_samples`` per image). Small tensors are returned whole. So the costly part, copying tens of
+  tensors, a ``Gather`` of a fixed stratified subset of spatial positions (every channel at each; at most
+  ``max_positions`` per image; see :func:`_sample_positions`). Small tensors are returned whole. So the costly part, copying tens of
   millions of activations out of ONNX Runtime, is avoided, and each image contributes the same sample
   whatever the batch size (1 batch of 8 == 8 batches of 1, bit for bit).
 - The returned |x| values go into a linear histogram whose bin width is a power of two, 2**k, with k
@@ -18,7 +18,7 @@ number of images, plus the exact running max |x|:
   sum of its inputs' (same sampling density), a SiLU's Sigmoid output has range [0, 1], and a Conv output
   consumed only by its SiLU (fused into one layer by TensorRT) takes the SiLU output's range.
 
-``max_samples=None`` histograms every value (exact mode, slower).
+``max_positions=None`` histograms every value (exact mode, slower).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class TensorHistogram:
     min_value: float  # exact signed min
     max_value: float  # exact signed max
     count: int  # number of values histogrammed
-    stride: int  # spatial sampling step (1 = every value)
+    positions: int  # spatial positions sampled per image (every channel at each); 0 = every value
     derived: str = ""  # how it was derived from measured tensors ("" = measured)
     known_amax: float | None = None  # a range fixed by the graph (a SiLU's sigmoid: 1.0), whatever the algorithm
 
@@ -84,14 +84,14 @@ class _Accumulator:
     depends only on the multiset of values, not on how they were batched, and is exact at its width.
     """
 
-    def __init__(self, stride: int) -> None:
+    def __init__(self, positions: int) -> None:
         self.counts = np.zeros(CAPACITY, dtype=np.int64)
         self.k: int | None = None  # bin width 2**k; None while every value seen is 0
         self.zeros = 0  # values seen while k is None (all exactly 0)
         self.min_value = np.inf
         self.max_value = -np.inf
         self.count = 0
-        self.stride = stride
+        self.positions = positions
         self.derived = ""
         self.known_amax: float | None = None
 
@@ -194,7 +194,7 @@ class _Accumulator:
             counts[-1] += self.counts[n:].sum()
             edges = np.arange(n + 1, dtype=np.float64) * width
         return TensorHistogram(
-            name, counts, edges, max_abs, self.min_value, self.max_value, self.count, self.stride, self.derived,
+            name, counts, edges, max_abs, self.min_value, self.max_value, self.count, self.positions, self.derived,
             self.known_amax,
         )
 
@@ -266,22 +266,42 @@ def _shapes(model: Any, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, t
     return out
 
 
-def _spatial_step(shape: tuple[int, ...], max_positions: int | None) -> int:
-    """Smallest step s so that slicing every axis after the channel axis with [::s] keeps at most
-    ``max_positions`` positions per image (every channel at each): H x W for NCHW, L for (N, C, L).
-    It depends on the spatial size only, so tensors of the same spatial size (e.g. the inputs of one
-    Concat) are sampled at the same density."""
+def _sample_positions(shape: tuple[int, ...], max_positions: int | None) -> np.ndarray | None:
+    """The spatial positions (flat indices over the axes after the channel axis) sampled in every image,
+    or ``None`` for all of them.
+
+    A stratified (Latin hypercube) pseudo-random set: position i lies in the i-th of ``max_positions``
+    row strata and in a permuted column stratum, so every row and every column band is sampled at the
+    same rate. A regular grid would alias with image structure (e.g. the rows where letterbox padding
+    starts, which hold rare, large activations) and plain random sampling leaves whole rows out. The set
+    depends on the spatial shape only, so it is the same for every image and for every tensor of that
+    size (the inputs of one Concat are sampled alike).
+    """
     if max_positions is None or len(shape) < 3:
-        return 1
+        return None
     dims = shape[2:]
+    spatial = int(np.prod(dims))
+    if spatial <= max_positions:
+        return None
+    p = max_positions
+    rng = np.random.default_rng(spatial)  # deterministic
+    if len(dims) == 1:
+        idx = ((np.arange(p) + rng.random(p)) * dims[0] / p).astype(np.int64)
+    elif len(dims) == 2:
+        h, w = dims
+        rows = ((np.arange(p) + rng.random(p)) * h / p).astype(np.int64)
+        cols = ((rng.permutation(p) + rng.random(p)) * w / p).astype(np.int64)
+        idx = rows * w + cols
+    else:
+        idx = rng.choice(spatial, size=p, replace=False)
+    return np.unique(idx).astype(np.int64)
 
-    def positions(s: int) -> int:
-        return int(np.prod([-(-d // s) for d in dims]))
 
-    s = 1
-    while positions(s) > max_positions and s < min(dims):
-        s += 1
-    return s
+def _density(shape: tuple[int, ...] | None, max_positions: int | None) -> tuple[int, ...] | str | None:
+    """What decides a tensor's sampling: its spatial size when sampled, else "all" (None: unknown)."""
+    if shape is None:
+        return None
+    return "all" if _sample_positions(shape, max_positions) is None else tuple(shape[2:])
 
 
 @dataclass
@@ -345,8 +365,8 @@ def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, t
             return
         if node is not None and node.op_type == "Concat":
             ins = [i for i in node.input if i]
-            steps = {_spatial_step(shapes.get(i, ()), max_positions) for i in ins}
-            if ins and not any(i in constants for i in ins) and all(i in shapes for i in ins) and len(steps) == 1:
+            densities = {_density(shapes.get(i), max_positions) for i in ins}
+            if ins and not any(i in constants for i in ins) and None not in densities and len(densities) == 1:
                 concat[t] = ins
                 for i in ins:
                     want(i)
@@ -361,7 +381,7 @@ def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, t
 @dataclass
 class StatsGraph:
     model_bytes: bytes
-    # tensor -> (sample output, min output, max output, spatial step)
+    # tensor -> (sample output, min output, max output, sampled positions per image (0 = all))
     outputs: dict[str, tuple[str, str, str, int]]
 
 
@@ -370,7 +390,7 @@ def build_stats_graph(
 ) -> StatsGraph:
     """Extend ``model`` with exact range reductions and spatial sampling outputs for ``measured`` tensors."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -385,25 +405,22 @@ def build_stats_graph(
         # No axes: reduce over every axis (valid before and after opset 18, where axes became an input).
         g.node.append(helper.make_node("ReduceMin", [name], [mn], name=f"{tag}_ReduceMin", keepdims=0))
         g.node.append(helper.make_node("ReduceMax", [name], [mx], name=f"{tag}_ReduceMax", keepdims=0))
-        step = _spatial_step(shapes.get(name, ()), max_positions)
+        positions = _sample_positions(shapes.get(name, ()), max_positions)
         src = name
-        if step > 1:
-            start = step // 2  # the centre of each step x step cell: keeps clear of the zero-padded border
-            axes = list(range(2, len(shapes[name])))
-            inputs = [name]
-            for key, value in (("starts", start), ("ends", 2**62), ("axes", None), ("steps", step)):
-                vals = axes if value is None else [value] * len(axes)
-                cname = f"{tag}_{key}"
-                g.initializer.append(helper.make_tensor(cname, TensorProto.INT64, [len(axes)], vals))
-                inputs.append(cname)
-            src = f"{tag}_slice"
-            g.node.append(helper.make_node("Slice", inputs, [src], name=f"{tag}_Slice"))
+        if positions is not None:
+            if len(shapes[name]) > 3:  # NCHW -> N, C, H*W
+                g.initializer.append(helper.make_tensor(f"{tag}_shape", TensorProto.INT64, [3], [0, 0, -1]))
+                g.node.append(helper.make_node("Reshape", [name, f"{tag}_shape"], [f"{tag}_flat"], name=f"{tag}_Reshape"))
+                src = f"{tag}_flat"
+            g.initializer.append(numpy_helper.from_array(positions, f"{tag}_positions"))
+            g.node.append(helper.make_node("Gather", [src, f"{tag}_positions"], [f"{tag}_gather"], name=f"{tag}_Gather", axis=2))
+            src = f"{tag}_gather"
         sample = f"{tag}_abs"  # |x| of the sample, computed by ONNX Runtime
         g.node.append(helper.make_node("Abs", [src], [sample], name=f"{tag}_Abs"))
         g.output.append(helper.make_tensor_value_info(sample, TensorProto.FLOAT, None))
         g.output.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))
         g.output.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, []))
-        outputs[name] = (sample, mn, mx, step)
+        outputs[name] = (sample, mn, mx, 0 if positions is None else len(positions))
     return StatsGraph(m.SerializeToString(), outputs)
 
 
@@ -516,14 +533,14 @@ def _resolve(name: str, plan: StatsPlan, accs: dict[str, _Accumulator]) -> _Accu
         return accs[name]
     if name in plan.concat:
         parts = [_resolve(i, plan, accs) for i in plan.concat[name]]
-        out = _Accumulator(parts[0].stride)
+        out = _Accumulator(parts[0].positions)
         for p in parts:
             out.merge(p)
         out.derived = "concat of " + ", ".join(plan.concat[name])
         return out
     source, rule = plan.alias[name]
     src = _resolve(source, plan, accs)
-    out = _Accumulator(src.stride)
+    out = _Accumulator(src.positions)
     if rule == "sigmoid":
         # A point mass at 1: every range algorithm then gives amax 1, the sigmoid's full range.
         out.add_point(1.0, src.count)
