@@ -83,6 +83,7 @@ for feed in ImageBatcher.from_model(src, info, num_images=n):
 print("RESULT", time.perf_counter() - t)
 """
 
+# entropy, not the default percentile: the slowest range algorithm, and the one the ORT run uses
 TRTQ = """
 import time
 from calibrators.calibrate import calibrate

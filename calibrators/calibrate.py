@@ -120,7 +120,9 @@ def calibrate(
         total=len(batcher.selected),
     )
     if batcher.num_used == 0:
-        raise TrtqError(f"no usable calibration images in {source} ({len(batcher.skipped)} unreadable)")
+        raise TrtqError(
+            f"no usable calibration images in {source} ({len(batcher.skipped)} unreadable); pass --calib DIR with readable images"
+        )
     table = CalibrationTable(
         amax=amax_table(histograms, algo, percentile=percentile),
         algorithm=algo,

@@ -38,10 +38,9 @@ from trtq.errors import TrtqError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_POSITIONS = 256  # spatial positions sampled per tensor and image (every channel at each)
-_FLUSH = 1 << 20  # histogram pending values in chunks of about this many
 CAPACITY = 4096  # histogram bins: the data spans between CAPACITY/2 and CAPACITY of them
 
-# Ops whose float inputs/outputs TensorRT may run in INT8 (calibration-math.md §3).
+# Ops whose float inputs/outputs TensorRT may run in INT8 (all of them get a range in the cache).
 QUANTIZABLE_OPS = frozenset(
     {"Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Concat", "MaxPool", "Resize", "Sigmoid", "Mul", "Split"}
 )
@@ -484,7 +483,7 @@ def collect_histograms(
                 assert graph is not None and plan is not None
                 for n in plan.measured:
                     sample, mn, mx, _ = graph.outputs[n]
-                    accs[n].update(results[sample], results[mn], results[mx])
+                    accs[n].update(results[sample], float(results[mn]), float(results[mx]))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
                 failures.append(exc)
 

@@ -7,7 +7,7 @@ Every function here is a pure function of ``(counts, edges)``:
 
 and returns a finite ``amax > 0``. TensorRT quantises symmetrically with ``scale = amax / 127``.
 
-Algorithms (see the calibration-math reference, section 2):
+Algorithms:
 
 - ``minmax``: the largest ``|x|`` seen (the upper edge of the last non-empty bin, or ``max_abs``
   when the caller kept the exact running maximum).
@@ -118,6 +118,17 @@ def _degenerate(h: FloatArray, e: FloatArray) -> float | None:
         return _empty_amax(e)
     if _width(e) <= 0 or float(e[-1]) <= 0:
         return FALLBACK_AMAX
+    return None
+
+
+def _no_search_amax(h: FloatArray, e: FloatArray) -> float | None:
+    """entropy/mse: the amax when there is nothing to search (degenerate, fewer than 128 bins, or only bin 0
+    holds counts), else None."""
+    degenerate = _degenerate(h, e)
+    if degenerate is not None:
+        return degenerate
+    if h.size < NUM_LEVELS or not h[1:].any():
+        return _last_nonempty_upper_edge(h, e)
     return None
 
 
@@ -232,11 +243,9 @@ def mse_errors(counts: Any, edges: Any) -> tuple[IntArray, FloatArray]:
 def mse_amax(counts: Any, edges: Any) -> float:
     """The edge ``edges[i]``, ``i = 128 .. N``, minimising the squared error of quantising the bin centres."""
     h, e = _as_hist(counts, edges)
-    degenerate = _degenerate(h, e)
-    if degenerate is not None:
-        return degenerate
-    if h.size < NUM_LEVELS or not h[1:].any():
-        return _last_nonempty_upper_edge(h, e)
+    trivial = _no_search_amax(h, e)
+    if trivial is not None:
+        return trivial
     cands, err = mse_errors(h, e)
     best = int(cands[int(np.argmin(err))])
     return float(e[best])
@@ -363,11 +372,9 @@ def entropy_divergences(counts: Any, edges: Any) -> tuple[IntArray, FloatArray]:
 def entropy_amax(counts: Any, edges: Any) -> float:
     """TensorRT EntropyCalibration2-style threshold: the largest ``i`` with minimal KL, ``amax = edges[i]``."""
     h, e = _as_hist(counts, edges)
-    degenerate = _degenerate(h, e)
-    if degenerate is not None:
-        return degenerate
-    if h.size < NUM_LEVELS or not h[1:].any():
-        return _last_nonempty_upper_edge(h, e)
+    trivial = _no_search_amax(h, e)
+    if trivial is not None:
+        return trivial
     cands, kl = entropy_divergences(h, e)
     best_kl = float(kl.min())  # finite: i = N clips nothing
     tie = kl <= best_kl + _KL_TIE_ATOL + _KL_TIE_RTOL * best_kl

@@ -188,14 +188,6 @@ def rewrite_cache_header(data: bytes, trt_version: str, algorithm: str) -> bytes
     return raw[:start] + cache_header(trt_version, algorithm).encode("ascii") + raw[end:]
 
 
-def header_info(header: str) -> tuple[int, str]:
-    """``(version code, algorithm)`` of a cache header such as ``TRT-8601-EntropyCalibration2``."""
-    m = _HEADER_RE.match(header.strip())
-    if m is None:
-        raise TrtqError(f"calibration cache header {header!r} is not of the form TRT-<version>-<Algorithm>")
-    return int(m.group(1)), m.group(2)
-
-
 def sidecar_path(cache_path: str | Path) -> Path:
     """``CACHE.json``: where the record of what a cache was made from lives."""
     p = Path(cache_path)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: trtq algorithm -> TensorRT calibrator kind for streaming calibration (TensorRT computes the ranges)
+#: the trtq algorithms TensorRT's own calibrators compute while streaming the images
 STREAMING_KINDS = ("entropy", "minmax")
 #: TensorRT cache header algorithm of each streaming kind
 KIND_TO_CACHE_ALGORITHM = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}

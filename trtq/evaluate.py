@@ -168,10 +168,6 @@ def _yaml_split_images(yaml_path: Path, data: dict[str, Any], split: str) -> lis
     return images
 
 
-def _names_yaml_block(names: dict[int, str]) -> dict[int, str]:
-    return {int(k): str(v) for k, v in sorted(names.items())}
-
-
 def _write_yaml(path: Path, content: dict[str, Any]) -> None:
     import yaml
 

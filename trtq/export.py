@@ -39,7 +39,7 @@ def _load_yolo(model: str | Path):  # noqa: ANN202 - ultralytics type
         raise TrtqError(f"model not found: {model} (pass a path to a .pt file, or {_MODEL_NAME_HINT})") from None
     except Exception as exc:  # ultralytics raises many kinds for a bad or unreachable checkpoint
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise TrtqError(f"cannot load {model} with ultralytics: {msg}") from None
+        raise TrtqError(f"cannot load {model} with ultralytics: {msg.lstrip('❌⚠️ ')}") from None
     if getattr(yolo, "task", "detect") != "detect":
         raise TrtqError(f"{model} is a {yolo.task} model; trtq handles YOLOv8 detection models")
     return yolo

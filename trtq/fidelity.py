@@ -200,7 +200,7 @@ def _check_onnx(path: str | os.PathLike[str], role: str) -> Path:
         require_tensorrt(f"comparing the engine {p.name}")
         raise TrtqError(f"{p.name}: comparing TensorRT engines is not supported yet; compare the Q/DQ ONNX it was built from")
     if p.suffix.lower() != ".onnx":
-        raise TrtqError(f"{role} model {p} is not an ONNX file")
+        raise TrtqError(f"{role} model {p} is not an ONNX file; pass an .onnx (`trtq export` turns a .pt into one)")
     return p
 
 

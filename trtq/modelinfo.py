@@ -22,10 +22,6 @@ class TensorSpec:
     shape: tuple[int | None, ...]  # None for a dynamic dimension
     dtype: str  # numpy dtype name, e.g. "float32"
 
-    @property
-    def is_dynamic(self) -> bool:
-        return any(d is None for d in self.shape)
-
 
 @dataclass(frozen=True)
 class ModelInfo:

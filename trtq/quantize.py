@@ -22,17 +22,17 @@ from typing import Any
 import numpy as np
 import onnx
 
+from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 from trtq import __version__
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, sha256_file, write_json, write_text
-from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
 from trtq.headpolicy import float_nodes as head_float_nodes
 from trtq.headpolicy import node_key
 from trtq.qdq import QMAX, QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE_ALGOS = ("entropy", "minmax", "percentile", "mse", "auto")
+QUANTIZE_ALGOS = (*ALGORITHMS, "auto")
 # auto: the candidates compared per tensor
 AUTO_CANDIDATES = ("percentile", "mse", "entropy", "minmax")
 

@@ -29,7 +29,7 @@ def test_calibrate_shared_model(yolo_onnx: Path, calib_dir: Path, tmp_path: Path
     assert 0.5 < table.amax["images"] <= 1.0
     sig = [n.output[0] for n in graph.node if n.op_type == "Sigmoid" and n.output[0] in table.amax]
     assert sig and all(table.amax[s] == pytest.approx(1.0) for s in sig if res.histograms[s].derived)
-    # Entropy clips the tail: for most activations amax is below the observed max.
+    # The default percentile 99.99 clips the rare outliers: for most activations amax is below the observed max.
     clipped = [n for n, h in res.histograms.items() if not h.derived and table.amax[n] < 0.99 * h.max_abs]
     assert len(clipped) > 0.5 * sum(1 for h in res.histograms.values() if not h.derived)
     # Determinism: same images and settings -> byte-identical cache.

@@ -40,7 +40,7 @@ L = 128
 
 
 def brute_kl(counts: np.ndarray, candidates: list[int] | None = None) -> list[float]:
-    """KL divergence D_i for i = 128 .. N (or ``candidates``), literally as calibration-math.md section 2 says."""
+    """KL divergence D_i for i = 128 .. N (or ``candidates``), literally as ``entropy_divergences`` defines it."""
     h = [float(c) for c in counts]
     h[0] = h[1]
     n = len(h)

@@ -17,8 +17,6 @@ import numpy as np
 MIN_ITERATIONS = 20
 #: Coefficient of variation (std / mean) above which a run is flagged as noisy.
 MAX_CV = 0.10
-#: Runs shorter than this (total timed seconds) are flagged as too short.
-MIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
               help=f"INT8 range algorithm [default: {DEFAULT_ALGO}, or the one a --cache was made with].")
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True, help="Percentile for --algo percentile.")
 @click.option("--mode", type=click.Choice(["auto", "implicit", "explicit"]), default="auto", show_default=True,
-              help="INT8 mode: implicit (calibrator, TensorRT 8.5-10.x, DLA) or explicit (Q/DQ ONNX, TensorRT >= 10.1).")
+              help="INT8 mode: implicit (calibrator, TensorRT 8.5-10.x, DLA), explicit (Q/DQ ONNX, TensorRT >= 10.1) "
+                   "or auto (explicit where implicit INT8 is deprecated or removed).")
 @click.option("--batch", type=int, default=None, help="Static batch size.")
 @click.option("--min-batch", type=int, default=None, help="Dynamic batch: smallest batch of the profile.")
 @click.option("--opt-batch", type=int, default=None, help="Dynamic batch: batch TensorRT tunes for (and calibrates with).")
 @click.option("--max-batch", type=int, default=None, help="Dynamic batch: largest batch of the profile.")
-@click.option("--imgsz", type=int, multiple=True, help="Image size (one value, or two: H W) for .pt export / dynamic H, W.")
+@click.option("--imgsz", type=int, multiple=True, help="Image size for .pt export / dynamic H, W: --imgsz 640, or --imgsz H --imgsz W.")
 @click.option("--workspace", type=float, default=None, help="Builder workspace limit in GiB.")
 @click.option("--dla-core", type=int, default=None, help="Build for this DLA core (Jetson); needs a static batch.")
 @click.option("--no-gpu-fallback", is_flag=True, help="With --dla-core: fail instead of running layers on the GPU.")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from calibrators.collect import DEFAULT_MAX_POSITIONS
 from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 
 
@@ -16,7 +17,9 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per inference batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--trt-version", default="10.3.0", show_default=True, help="TensorRT version the cache header targets.")
-@click.option("--exact", is_flag=True, help="Histogram every activation value instead of a spatial sample.")
+@click.option("--exact", is_flag=True,
+              help=f"Histogram every activation value instead of at most {DEFAULT_MAX_POSITIONS} sampled spatial "
+                   "positions per tensor and image (slower; min and max are exact either way).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Cache path (default <model>.<algo>.cache).")
 def command(
     model: Path,
@@ -36,7 +39,6 @@ def command(
     can refuse a stale cache. Statistics stream: memory does not grow with the number of images.
     """
     from calibrators.calibrate import calibrate
-    from calibrators.collect import DEFAULT_MAX_POSITIONS
 
     result = calibrate(
         model,

@@ -12,13 +12,14 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--calib", "source", help="Calibration images: a folder (recursive), a glob, a .txt list or a data yaml.")
 @click.option("--algo", type=click.Choice(QUANTIZE_ALGOS), default=DEFAULT_ALGO, show_default=True,
               help="Activation range algorithm ('auto': per tensor, the candidate with the smallest histogram error).")
-@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True, help="Percentile for --algo percentile.")
+@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
+              help="Percentile for --algo percentile (and auto's percentile candidate).")
 @click.option("--exclude", multiple=True, metavar="NODE", help="Keep this node (name or pattern like '/model.22/*') in float; repeatable.")
 @click.option("--max-drop", type=float, default=None, metavar="POINTS",
               help="Keep the most sensitive layers in float until mAP50-95 is within POINTS of FP32 (needs --data).")
 @click.option("--data", default=None, help="Labelled data for --max-drop: a data yaml, a labelled image folder or a COCO JSON.")
 @click.option("--cache", "table", type=click.Path(path_type=Path), default=None,
-              help="Use the ranges of a calibration cache (from `trtq calibrate`) instead of calibrating.")
+              help="Use the ranges (and algorithm) of a calibration cache from `trtq calibrate` instead of calibrating.")
 @click.option("--num-images", type=int, default=None, help="Use N images of the (shuffled) calibration set.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per calibration batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")

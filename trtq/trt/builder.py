@@ -6,10 +6,12 @@ One call takes a ``.pt``, an FP32 ONNX or a Q/DQ ONNX to a self-describing Tenso
 2. precision and INT8 mode: a Q/DQ ONNX is explicit INT8; INT8 always enables FP16 so non-INT8 layers never
    fall back to FP32; ``auto`` picks explicit where implicit INT8 is deprecated (TensorRT >= 10.1) or removed
    (11) and implicit on 8.5 - 10.0 and for DLA before 11;
-3. INT8 ranges: a valid calibration cache is reused without opening an image (a stale or foreign one is
-   refused, ``force_cache`` overrides); otherwise TensorRT's own entropy/minmax calibrators stream the
-   images through device buffers, or trtq computes the ranges on the CPU (percentile, mse, or no TensorRT);
-   explicit mode writes the Q/DQ ONNX (``trtq.quantize.quantize``);
+3. INT8 ranges (``algo``, default ``calibrators.ranges.DEFAULT_ALGO``; a ``cache`` given without ``algo``
+   keeps the algorithm it was made with): a valid calibration cache is reused without opening an image (a
+   stale or foreign one is refused, ``force_cache`` overrides); otherwise, for entropy or minmax in implicit
+   mode, TensorRT's own calibrators stream the images through device buffers, and in every other case
+   (percentile, mse, explicit mode, or no TensorRT) trtq computes the ranges on the CPU; explicit mode writes
+   the Q/DQ ONNX (``trtq.quantize.quantize``);
 4. without TensorRT: stop after the CPU artefacts with :class:`MissingDependencyError` (exit code 3) that
    names what is missing and the exact command that finishes the job on the target;
 5. with TensorRT: network (EXPLICIT_BATCH on 8.x, STRONGLY_TYPED where chosen), optimization profile,
@@ -120,10 +122,6 @@ def default_engine_path(model: str | Path, precision: str, *, dla_core: int | No
 
 def is_qdq_model(model: onnx.ModelProto) -> bool:
     return any(n.op_type in _QDQ_OPS for n in model.graph.node)
-
-
-def _count_qdq(model: onnx.ModelProto) -> int:
-    return sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
 
 
 def _resolve_profile(
@@ -501,9 +499,12 @@ def _prepare_int8(
                 log.warning("calibration cache %s does not match this build (%s); using it anyway (--force-cache)",
                             cache_path, "; ".join(diffs))
             elif diffs and user_cache is not None:
+                only_algo = all(d.startswith(("algorithm differs", "percentile differs")) for d in diffs)
+                fix = ("Drop --algo/--percentile to build with the cache's own algorithm" if only_algo else
+                       "Recalibrate (pass --calib without this --cache, or delete it)")
                 raise TrtqError(
                     f"calibration cache {cache_path} was made for something else: {'; '.join(diffs)}. "
-                    "Recalibrate (pass --calib without this --cache, or delete it) or pass --force-cache to use it anyway"
+                    f"{fix} or pass --force-cache to use it anyway"
                 )
             elif diffs:
                 log.info("calibration cache %s is stale (%s); recalibrating", cache_path, "; ".join(diffs))
@@ -520,7 +521,9 @@ def _prepare_int8(
                 "INT8 needs calibration: pass --calib DIR (images like those the model will see; 500+ recommended) "
                 "or --cache FILE (from `trtq calibrate`)"
             )
-        if stream_available and plan.mode == "implicit" and algo in ("entropy", "minmax"):
+        from calibrators.trt import STREAMING_KINDS
+
+        if stream_available and plan.mode == "implicit" and algo in STREAMING_KINDS:
             plan.stream = True  # TensorRT calibrates from the images during the build and writes the cache
             if dla and algo == "minmax":
                 log.warning("DLA needs the entropy calibrator; calibrating with entropy instead of minmax")
@@ -908,7 +911,7 @@ def _build_with_tensorrt(
         precision=precision,
         mode=mode,
         strongly_typed=strongly,
-        algorithm=(algo if mode == "implicit" else _qdq_algorithm(graph, algo)) if int8 else None,
+        algorithm=(algo if mode == "implicit" else _qdq_algorithm(graph)) if int8 else None,
         calibrator=calibrator_label if int8 else None,
         cache_path=str(int8_plan.cache_path) if (int8 and mode == "implicit" and int8_plan.cache_path) else None,
         cache_sha256=cache_sha,
@@ -934,11 +937,12 @@ def _io_records(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
     return [{"name": s.name, "shape": [d if d is not None else -1 for d in s.shape], "dtype": s.dtype} for s in specs]
 
 
-def _qdq_algorithm(graph: onnx.ModelProto, default: str) -> str | None:
+def _qdq_algorithm(graph: onnx.ModelProto) -> str | None:
+    """The range algorithm a Q/DQ ONNX records in its metadata (None for one made elsewhere: unknown)."""
     for prop in graph.metadata_props:
         if prop.key in ("trtq_algorithm", "trtq.algorithm", "calibration_algorithm"):
             return prop.value
-    return default if _count_qdq(graph) else None
+    return None
 
 
 def _cache_writer(cache_path: Path, info: ModelInfo, batcher: Any, kind: str, trt_version: str) -> Any:

@@ -141,11 +141,6 @@ class Capabilities:
         return self.major_minor >= (10, 1)
 
     @property
-    def explicit_int8(self) -> bool:
-        """A Q/DQ ONNX builds to INT8 (TensorRT >= 8.0 parses Q/DQ; trtq asks for >= 8.5 anyway)."""
-        return True
-
-    @property
     def strongly_typed_only(self) -> bool:
         """TensorRT 11: weak typing (precision flags, layer precisions) is gone."""
         return not self.fp16_flag and not self.int8_flag

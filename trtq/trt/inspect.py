@@ -61,7 +61,7 @@ def layer_precisions(trt: ModuleType, plan: bytes, *, dla_core: int | None = Non
         raise TrtqError("TensorRT could not deserialize the engine (another TensorRT version or GPU?)")
     inspector = engine.create_engine_inspector()
     if inspector is None:
-        raise TrtqError("this TensorRT build has no engine inspector")
+        raise TrtqError("this TensorRT build has no engine inspector; pass --no-layers")
     rows: list[dict[str, Any]] = []
     for i in range(int(engine.num_layers)):
         raw = inspector.get_layer_information(i, t.LayerInformationFormat.JSON)
@@ -221,7 +221,7 @@ def inspect_path(path: str | Path, *, trt_module: ModuleType | None = None, laye
         target = p.with_name(p.name[: -len(".json")])
         if target.is_file():
             return inspect_path(target, trt_module=trt_module, layers=layers)
-        raise TrtqError(f"{p} is a record of {target.name}, which is not there")
+        raise TrtqError(f"{p} is a record of {target.name}, which is not there; put the engine next to it or inspect the engine")
     if suffix == ".onnx":
         return inspect_onnx(p)
     if suffix in (".engine", ".plan", ".trt"):
