@@ -1,3 +1,6 @@
+"""``python -m trtq``: the same as the ``trtq`` command."""
+
 from trtq.cli import main
 
-main()
+if __name__ == "__main__":
+    main()
