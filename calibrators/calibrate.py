@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +49,29 @@ class CalibrationResult:
 
 
 def amax_table(
-    histograms: dict[str, TensorHistogram], algo: str, *, percentile: float = DEFAULT_PERCENTILE
+    histograms: Mapping[str, TensorHistogram],
+    algo: str,
+    *,
+    percentile: float = DEFAULT_PERCENTILE,
+    graph_inputs: Iterable[str] = (),
 ) -> dict[str, float]:
-    """Apply a range algorithm to every histogram (minmax uses the exact running max, not the bins)."""
+    """Apply a range algorithm to every histogram: the one place where ranges are chosen.
+
+    minmax uses the exact running max, not the bins. Graph inputs (the image) always keep their exact
+    max: the image range is known ([0, 1]) and clipping bright pixels only loses information. A range
+    fixed by the graph (``known_amax``) is used as it is. Bin-based ranges never exceed the data's max.
+    """
     if algo not in ALGORITHMS:
         raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    inputs = set(graph_inputs)
     out: dict[str, float] = {}
     done: dict[bytes, float] = {}  # derived tensors share their source's histogram: compute each once
     for name, h in histograms.items():
         if h.known_amax is not None:
             out[name] = h.known_amax
+            continue
+        if name in inputs and h.max_abs > 0:
+            out[name] = float(h.max_abs)
             continue
         key = h.counts.tobytes() + h.edges[-1:].tobytes() + np.float64(h.max_abs).tobytes()
         if key in done:
@@ -124,7 +137,7 @@ def calibrate(
             f"no usable calibration images in {source} ({len(batcher.skipped)} unreadable); pass --calib DIR with readable images"
         )
     table = CalibrationTable(
-        amax=amax_table(histograms, algo, percentile=percentile),
+        amax=amax_table(histograms, algo, percentile=percentile, graph_inputs=[i.name for i in info.inputs]),
         algorithm=algo,
         percentile=percentile if algo == "percentile" else None,
         model_sha256=info.sha256,

@@ -116,21 +116,21 @@ def activation_amax(
     bright pixels only loses information. ``algo="auto"`` picks, per tensor, the candidate range with the
     smallest expected squared quantization error on that tensor's histogram, among the four algorithms.
     """
-    from calibrators.ranges import compute_amax
+    from calibrators.calibrate import amax_table
 
     inputs = set(graph_inputs)
+    names = list(tensors)
+    missing = [t for t in names if histograms.get(t) is None]
+    if missing:
+        raise TrtqError(f"no calibration statistics for tensor {missing[0]!r}; recalibrate")
+    if algo != "auto":
+        amax = amax_table({t: histograms[t] for t in names}, algo, percentile=percentile, graph_inputs=inputs)
+        return amax, {t: "minmax" if t in inputs or algo == "minmax" else algo for t in names}
     amax: dict[str, float] = {}
     chosen: dict[str, str] = {}
-    for t in tensors:
-        h = histograms.get(t)
-        if h is None:
-            raise TrtqError(f"no calibration statistics for tensor {t!r}; recalibrate")
-        if t in inputs or algo == "minmax":
-            a, how = float(h.max_abs), "minmax"
-        elif algo == "auto":
-            a, how = _auto_amax(h, percentile)
-        else:
-            a, how = float(compute_amax(h.counts, h.edges, algo, percentile=percentile)), algo
+    for t in names:
+        h = histograms[t]
+        a, how = (float(h.max_abs), "minmax") if t in inputs else _auto_amax(h, percentile)
         if not np.isfinite(a) or a <= 0:
             a = float(h.max_abs) if h.max_abs > 0 else 1.0
         amax[t] = a
