@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trtq demo: build failed (exit code {rc})", file=sys.stderr)
         return rc
     if rc == EXIT_MISSING_TENSORRT:
+        what = "INT8 accuracy" if data is not None else "INT8 fidelity (no labels here)"
         print("\ntrtq demo: TensorRT is not installed here, so no engine was built; the CPU steps above are done "
-              "and the INT8 accuracy below is measured for real on ONNX Runtime (CPU).")
+              f"and the {what} below is measured for real on ONNX Runtime (CPU).")
     fp32 = next(iter(sorted(out.glob(f"{stem}.onnx"))), None) or next(iter(sorted(Path(model).parent.glob(f"{stem}.onnx"))), None)
     int8 = next(iter(sorted(out.glob(f"{stem}*.int8.onnx"))), None) or next(iter(sorted(out.glob("*.int8.onnx"))), None)
     if fp32 is None or int8 is None:

@@ -258,7 +258,8 @@ def build_engine(
         hw = (sizes[0], sizes[1])
 
     src = Path(model)
-    if not src.is_file():
+    # A bare ultralytics model name (yolov8n.pt) is fetched by ultralytics during export.
+    if not src.is_file() and not (src.suffix.lower() == ".pt" and src.parent == Path(".")):
         raise TrtqError(f"model not found: {src}")
     suffix = src.suffix.lower()
     if suffix not in (".pt", ".onnx"):
