@@ -481,6 +481,9 @@ def quantize(
         for d in diffs:
             logger.warning("calibration table: %s", d)
         amax = {t: float(tab.amax[t]) for t in tensors}
+        if algo != tab.algorithm:
+            logger.warning("using the calibration table's %s ranges (algorithm %s applies only when calibrating "
+                           "from images)", tab.algorithm, algo)
         algo = tab.algorithm
         percentile = tab.percentile if tab.percentile is not None else percentile
         calibration = {"source": "calibration table", "num_images": tab.num_images, "images_sha256": tab.images_sha256}
