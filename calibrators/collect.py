@@ -199,7 +199,7 @@ class _Accumulator:
 
 
 def _float_types(model: Any) -> dict[str, int]:
-    import onnx
+    """ONNX element type of every tensor whose type shape inference can tell."""
     from onnx import shape_inference
 
     try:
@@ -209,7 +209,6 @@ def _float_types(model: Any) -> dict[str, int]:
     types: dict[str, int] = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         types[vi.name] = vi.type.tensor_type.elem_type
-    del onnx
     return types
 
 
@@ -423,15 +422,16 @@ def build_stats_graph(
     return StatsGraph(m.SerializeToString(), outputs)
 
 
-def make_session(model_bytes: bytes | str, providers: Sequence[str] | None = None) -> Any:
+def make_session(model: bytes | str | Path, providers: Sequence[str] | None = None) -> Any:
+    """An ONNX Runtime session for calibration: the CUDA provider where present, else the CPU."""
     import onnxruntime as ort
+
+    from trtq.runtime import ort_session
 
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=list(providers))
+    return ort_session(model if isinstance(model, bytes) else Path(model), providers)
 
 
 def collect_histograms(

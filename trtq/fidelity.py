@@ -27,12 +27,9 @@ DETECT_IOU = 0.7
 
 
 def _session(model: str | os.PathLike[str] | bytes) -> Any:
-    import onnxruntime as ort
+    from trtq.runtime import ort_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort_session(model if isinstance(model, bytes) else Path(model), ["CPUExecutionProvider"])
 
 
 def run_onnx(model: str | os.PathLike[str] | bytes, batches: Iterable[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:

@@ -25,7 +25,7 @@ import onnx
 from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 from trtq import __version__
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_path, sha256_file, write_json, write_text
+from trtq.fileio import atomic_path, default_output, sha256_file, write_json, write_text
 from trtq.headpolicy import float_nodes as head_float_nodes
 from trtq.headpolicy import node_key
 from trtq.qdq import QMAX, QdqPlan, insert_qdq, plan_qdq, qdq_summary
@@ -91,10 +91,6 @@ def _resolve_model(model: str | os.PathLike[str]) -> Path:
     if path.suffix.lower() != ".onnx":
         raise TrtqError(f"{path}: quantize takes an ONNX model (or an ultralytics .pt, exported first)")
     return path
-
-
-def default_output(model_path: Path) -> Path:
-    return model_path.with_name(f"{model_path.stem}.int8.qdq.onnx")
 
 
 def report_paths(output: Path) -> tuple[Path, Path]:
@@ -387,7 +383,7 @@ def write_qdq(
     qmodel, used = insert_qdq(
         model, plan, amax, per_channel=per_channel, unify_concat=unify_concat, int8_weights=int8_weights
     )
-    out = Path(output) if output is not None else default_output(mpath)
+    out = Path(output) if output is not None else default_output(mpath, ".int8.qdq.onnx")
     options = {
         "head_policy": head_policy,
         "per_channel": per_channel,
@@ -504,7 +500,7 @@ def quantize(
         else:
             calibration = {"source": str(source) if source is not None else "precomputed histograms"}
         amax, chosen = activation_amax(histograms, tensors, algo, percentile=percentile, graph_inputs=graph_inputs)
-    out = Path(output) if output is not None else default_output(mpath)
+    out = Path(output) if output is not None else default_output(mpath, ".int8.qdq.onnx")
     common = {
         "output": out,
         "algo": algo,

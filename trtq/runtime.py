@@ -111,8 +111,9 @@ class _Session(Protocol):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def ort_session(path: Path, providers: Sequence[str] | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session of ``path`` on ``providers`` (default CPU), quiet, with one clear error."""
+def ort_session(path: Path | bytes, providers: Sequence[str] | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session of ``path`` (or serialized model bytes) on ``providers`` (default CPU),
+    quiet, with one clear error."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -122,10 +123,11 @@ def ort_session(path: Path, providers: Sequence[str] | None = None) -> ort.Infer
         raise TrtqError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    what = "the model" if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=chosen)
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=opts, providers=chosen)
     except Exception as exc:
-        raise TrtqError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise TrtqError(f"ONNX Runtime cannot load {what}: {str(exc).splitlines()[0][:200]}") from None
 
 
 class OnnxSession:
