@@ -82,3 +82,25 @@ def make_tiny_conv_onnx(path: Path, *, hw: int = 32, batch: int | str = 1, seed:
 @pytest.fixture
 def tiny_conv_onnx(tmp_path: Path) -> Path:
     return make_tiny_conv_onnx(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def zoo_onnx(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a factory
+    """Factory: ``zoo_onnx("yolo11n-seg.yaml", weights=None, imgsz=320, **export_args)`` -> cached ONNX path.
+
+    Structures come from ultralytics' own yaml files (offline); pass ``weights=`` a COCO YOLOv8 ``.pt``
+    to transplant real weights where the structure allows. Each distinct call exports once per session.
+    """
+    pytest.importorskip("ultralytics")
+    from trtq.zoo import build_onnx
+
+    cache: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("zoo")
+
+    def make(cfg: str, **kwargs: object) -> Path:
+        key = cfg + repr(sorted(kwargs.items(), key=lambda kv: kv[0]))
+        if key not in cache:
+            cache[key] = build_onnx(cfg, root / f"{len(cache):02d}-{Path(cfg).stem}.onnx", **kwargs)  # type: ignore[arg-type]
+        return cache[key]
+
+    return make
