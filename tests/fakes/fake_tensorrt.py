@@ -71,6 +71,7 @@ DLA_UNSUPPORTED = {"SOFTMAX", "RESIZE", "SLICE", "SHUFFLE", "QUANTIZE", "DEQUANT
 
 def version_code(version: str) -> int:
     major, minor, patch = (list(int(x) for x in version.split(".")[:3]) + [0, 0, 0])[:3]
+    # 8.x and 9.x write MAJOR*1000 + MINOR*100 + PATCH (TRT-8601, TRT-9300); 10 and later MAJOR*10000 + ...
     return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
 
 
