@@ -101,6 +101,7 @@ def make_fake_tensorrt(
     mod.CALLS = calls
     mod.STATE = state
     mod.FAKE_LATENCY_MS = fake_latency_ms
+    mod.FAKE_DEVICE = "fake-gpu-0"  # the device a timing cache is made on (set_timing_cache checks it)
 
     def rec(*entry: Any) -> None:
         calls.append(entry)
@@ -109,6 +110,15 @@ def make_fake_tensorrt(
     def make_enum(name: str, members: Sequence[str]) -> type[enum.IntEnum]:
         e = enum.IntEnum(name, {m: i for i, m in enumerate(members)})
         return e
+
+    def _enum_arg(fn: str, value: Any, kind: type) -> Any:
+        """pybind11 enums do not convert from int: a plain int where an enum is expected is a TypeError."""
+        if not isinstance(value, kind):
+            raise TypeError(
+                f"{fn}(): incompatible function arguments. The following argument types are supported: "
+                f"tensorrt.{kind.__name__}; invoked with: {value!r} ({type(value).__name__})"
+            )
+        return value
 
     class DataType(enum.IntEnum):
         FLOAT = 0
@@ -170,7 +180,7 @@ def make_fake_tensorrt(
         INFO, VERBOSE = _Severity.INFO, _Severity.VERBOSE
 
         def __init__(self, min_severity: Any = _Severity.WARNING) -> None:
-            self.min_severity = min_severity
+            self.min_severity = _enum_arg("Logger.__init__", min_severity, _Severity)
             self.messages: list[tuple[int, str]] = []
 
         def log(self, severity: Any, msg: str) -> None:
@@ -252,11 +262,13 @@ def make_fake_tensorrt(
             def precision(self, dtype: Any) -> None:
                 if vt >= (10, 12, 0):
                     warnings.warn("ILayer.precision is deprecated", DeprecationWarning, stacklevel=2)
+                _enum_arg("ILayer.precision", dtype, DataType)
                 rec("layer.precision", self.name, DataType(int(dtype)).name)
                 self._precision = dtype
                 self.precision_is_set = True
 
             def set_output_type(self, i: int, dtype: Any) -> None:
+                _enum_arg("set_output_type", dtype, DataType)
                 rec("layer.set_output_type", self.name, i, DataType(int(dtype)).name)
                 self.output_types[i] = dtype
 
@@ -298,6 +310,7 @@ def make_fake_tensorrt(
             return self.outputs[i]
 
         def get_flag(self, flag: Any) -> bool:
+            _enum_arg("get_flag", flag, mod.NetworkDefinitionCreationFlag)
             return bool(self.flags & (1 << int(flag)))
 
     mod.INetworkDefinition = INetworkDefinition
@@ -422,20 +435,36 @@ def make_fake_tensorrt(
     mod.IOptimizationProfile = IOptimizationProfile
 
     class ITimingCache:
-        def __init__(self, blob: bytes) -> None:
-            self.entries = 0
-            self.origin = version
-            if blob:
-                info = json.loads(bytes(blob).decode())
-                self.entries = int(info["entries"])
-                self.origin = info["version"]
+        """A timing cache of this TensorRT version, made on device ``mod.FAKE_DEVICE``."""
+
+        def __init__(self, entries: int = 0, device: str | None = None) -> None:
+            self.entries = entries
+            self.device = device if device is not None else mod.FAKE_DEVICE
 
         def serialize(self) -> bytes:
-            return json.dumps({"version": self.origin, "entries": self.entries}).encode()
+            return json.dumps({"version": version, "device": self.device, "entries": self.entries}).encode()
 
         def combine(self, other: ITimingCache, ignore_mismatch: bool) -> bool:
+            if other.device != self.device and not ignore_mismatch:
+                return False
             self.entries += other.entries
             return True
+
+    def _timing_cache_from(blob: bytes) -> ITimingCache | None:
+        """``IBuilderConfig::createTimingCache``: nullptr (None in Python) for a blob it cannot read, which
+        includes a cache serialized by another TensorRT version (NVIDIA's samples check for it)."""
+        if not blob:
+            return ITimingCache()
+        try:
+            info = json.loads(bytes(blob).decode())
+            entries, origin, device = int(info["entries"]), str(info["version"]), str(info["device"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            _error("Error Code 1: Serialization (Serialization assertion failed: corrupt timing cache)")
+            return None
+        if origin != version:
+            _error(f"Error Code 1: Serialization (timing cache of TensorRT {origin}, this is {version})")
+            return None
+        return ITimingCache(entries, device)
 
     mod.ITimingCache = ITimingCache
 
@@ -444,8 +473,8 @@ def make_fake_tensorrt(
             self.flags: set[str] = set()
             self.pools: dict[str, int] = {}
             self.profiles: list[IOptimizationProfile] = []
-            self.profiling_verbosity = mod.ProfilingVerbosity.LAYER_NAMES_ONLY
-            self.default_device_type = mod.DeviceType.GPU
+            self._profiling_verbosity = mod.ProfilingVerbosity.LAYER_NAMES_ONLY
+            self._default_device_type = mod.DeviceType.GPU
             self.DLA_core = -1
             self.device_types: dict[str, Any] = {}
             self._timing_cache: ITimingCache | None = None
@@ -455,21 +484,42 @@ def make_fake_tensorrt(
             self._workspace = 0
             state.configs.append(self)
 
+        @property
+        def profiling_verbosity(self) -> Any:
+            return self._profiling_verbosity
+
+        @profiling_verbosity.setter
+        def profiling_verbosity(self, value: Any) -> None:
+            self._profiling_verbosity = _enum_arg("profiling_verbosity", value, mod.ProfilingVerbosity)
+
+        @property
+        def default_device_type(self) -> Any:
+            return self._default_device_type
+
+        @default_device_type.setter
+        def default_device_type(self, value: Any) -> None:
+            self._default_device_type = _enum_arg("default_device_type", value, mod.DeviceType)
+
         def set_flag(self, flag: Any) -> None:
+            _enum_arg("set_flag", flag, mod.BuilderFlag)
             rec("config.set_flag", mod.BuilderFlag(int(flag)).name)
             self.flags.add(mod.BuilderFlag(int(flag)).name)
 
         def clear_flag(self, flag: Any) -> None:
+            _enum_arg("clear_flag", flag, mod.BuilderFlag)
             self.flags.discard(mod.BuilderFlag(int(flag)).name)
 
         def get_flag(self, flag: Any) -> bool:
+            _enum_arg("get_flag", flag, mod.BuilderFlag)
             return mod.BuilderFlag(int(flag)).name in self.flags
 
         def set_memory_pool_limit(self, pool: Any, size: int) -> None:
+            _enum_arg("set_memory_pool_limit", pool, mod.MemoryPoolType)
             rec("config.set_memory_pool_limit", mod.MemoryPoolType(int(pool)).name, int(size))
             self.pools[mod.MemoryPoolType(int(pool)).name] = int(size)
 
         def get_memory_pool_limit(self, pool: Any) -> int:
+            _enum_arg("get_memory_pool_limit", pool, mod.MemoryPoolType)
             return self.pools.get(mod.MemoryPoolType(int(pool)).name, 0)
 
         def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
@@ -486,19 +536,22 @@ def make_fake_tensorrt(
             return layer.type.name not in DLA_UNSUPPORTED
 
         def set_device_type(self, layer: ILayer, device_type: Any) -> None:
+            _enum_arg("set_device_type", device_type, mod.DeviceType)
             rec("config.set_device_type", layer.name, mod.DeviceType(int(device_type)).name)
             self.device_types[layer.name] = device_type
 
         def get_device_type(self, layer: ILayer) -> Any:
             return self.device_types.get(layer.name, self.default_device_type)
 
-        def create_timing_cache(self, blob: Any) -> ITimingCache:
+        def create_timing_cache(self, blob: Any) -> ITimingCache | None:
             rec("config.create_timing_cache", len(bytes(blob)))
-            return ITimingCache(bytes(blob))
+            return _timing_cache_from(bytes(blob))
 
         def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+            if not isinstance(cache, ITimingCache):  # the binding takes a reference: None is a TypeError
+                raise TypeError(f"set_timing_cache(): incompatible function arguments; invoked with: {cache!r}")
             rec("config.set_timing_cache", cache.entries, ignore_mismatch)
-            if cache.origin != version and not ignore_mismatch:
+            if cache.device != mod.FAKE_DEVICE and not ignore_mismatch:  # made on another GPU
                 return False
             self._timing_cache = cache
             return True
@@ -915,10 +968,12 @@ def make_fake_tensorrt(
                     "TacticName": "fake", "Device": layer["device"]}
 
         def get_layer_information(self, index: int, fmt: Any) -> str:
+            _enum_arg("get_layer_information", fmt, mod.LayerInformationFormat)
             rec("inspector.get_layer_information", index)
             return json.dumps(self._layer(index))
 
         def get_engine_information(self, fmt: Any) -> str:
+            _enum_arg("get_engine_information", fmt, mod.LayerInformationFormat)
             return json.dumps({"Layers": [self._layer(i) for i in range(len(self.engine.plan["layers"]))]})
 
     mod.EngineInspector = EngineInspector

@@ -828,12 +828,7 @@ def _build_with_tensorrt(
     # timing cache
     tc_obj = None
     if timing_cache is not None:
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        tc_obj = config.create_timing_cache(blob)
-        if not config.set_timing_cache(tc_obj, False):
-            log.warning("timing cache %s was made by another TensorRT or GPU; starting a new one", timing_cache)
-            tc_obj = config.create_timing_cache(b"")
-            config.set_timing_cache(tc_obj, False)
+        tc_obj = _load_timing_cache(config, timing_cache, caps.version)
         builder_info["timing_cache"] = str(timing_cache)
 
     # calibrator (implicit INT8)
@@ -931,6 +926,26 @@ def _build_with_tensorrt(
         command=command,
     )
     return meta, plan_bytes, float_layers, batches
+
+
+def _load_timing_cache(config: Any, path: Path, trt_version: str) -> Any:
+    """The timing cache in ``path`` attached to ``config``; a new, empty one when it cannot be used.
+
+    ``create_timing_cache`` returns None (C++ nullptr) for a corrupt file or one written by another TensorRT
+    version, and ``set_timing_cache`` refuses a cache made on another GPU: both start a new cache, which
+    replaces the file after the build.
+    """
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob) if blob else None
+    if cache is not None and config.set_timing_cache(cache, False):
+        return cache
+    if blob:
+        why = "is corrupt or from another TensorRT version" if cache is None else "was made on another GPU"
+        log.warning("timing cache %s %s (this is TensorRT %s); starting a new one", path, why, trt_version)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise TrtqError(f"TensorRT {trt_version} could not create a timing cache; build without --timing-cache")
+    return cache
 
 
 def _io_records(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
