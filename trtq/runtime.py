@@ -269,8 +269,9 @@ class TensorRTSession:
                 logger.warning(
                     "%s has no metadata (no .json sidecar, no header): compatibility not checked", path
                 )
-            self._trt_logger = trt.Logger(trt.Logger.WARNING)
-            self.runtime = trt.Runtime(self._trt_logger)
+            from trtq.trt.compat import trt_logger
+
+            self.runtime = trt.Runtime(trt_logger(trt, "WARNING"))  # one logger per process (TensorRT keeps the first)
             if meta is not None and meta.dla_core is not None:
                 self.runtime.DLA_core = int(meta.dla_core)
             try:

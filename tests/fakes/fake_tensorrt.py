@@ -97,6 +97,7 @@ def make_fake_tensorrt(
     state = types.SimpleNamespace(
         builders=[], configs=[], networks=[], parsers=[], plans=[], engines=[], contexts=[], errors=[],
         calibration_batches=[], calibration_names=[], cache_written=None, cache_read=None, used_cache=False,
+        loggers=[], logger=None,
     )
     mod.CALLS = calls
     mod.STATE = state
@@ -182,6 +183,7 @@ def make_fake_tensorrt(
         def __init__(self, min_severity: Any = _Severity.WARNING) -> None:
             self.min_severity = _enum_arg("Logger.__init__", min_severity, _Severity)
             self.messages: list[tuple[int, str]] = []
+            state.loggers.append(self)
 
         def log(self, severity: Any, msg: str) -> None:
             self.messages.append((int(severity), msg))
@@ -189,9 +191,27 @@ def make_fake_tensorrt(
     mod.Logger = Logger
     mod.ILogger = Logger
 
+    def _log(severity: _Severity, msg: str) -> None:
+        """What TensorRT reports goes to the first logger it was given (INFO is the largest value)."""
+        logger = state.logger
+        if logger is not None and severity <= logger.min_severity:
+            logger.log(severity, msg)
+
+    def _use_logger(logger: Any, api: str) -> None:
+        """TensorRT keeps the first logger of the process; a different later one only draws a warning."""
+        if state.logger is None:
+            state.logger = logger
+        elif logger is not state.logger:
+            msg = (f"[TRT] The logger passed into {api} differs from one already provided for an existing builder, "
+                   "runtime, or refitter. Uses of the global logger, returned by nvinfer1::getLogger(), will return "
+                   "the existing value.")
+            rec("warning", msg)
+            _log(_Severity.WARNING, msg)
+
     def _error(msg: str) -> None:
         state.errors.append(msg)
         rec("error", msg)
+        _log(_Severity.ERROR, msg)
 
     mod.init_libnvinfer_plugins = lambda logger, namespace: rec("init_libnvinfer_plugins", namespace) or True
 
@@ -735,6 +755,7 @@ def make_fake_tensorrt(
     class Builder:
         def __init__(self, logger: Any) -> None:
             self.logger = logger
+            _use_logger(logger, "createInferBuilder")
             state.builders.append(self)
             rec("Builder")
 
@@ -1056,6 +1077,7 @@ def make_fake_tensorrt(
     class Runtime:
         def __init__(self, logger: Any) -> None:
             self.logger = logger
+            _use_logger(logger, "createInferRuntime")
             self.DLA_core = -1
             self.engine_host_code_allowed = False
             rec("Runtime")

@@ -105,3 +105,42 @@ def test_unusable_timing_cache_starts_a_new_one(
     assert saved["version"] == "10.3.0" and saved["device"] == "fake-gpu-0" and saved["entries"] > 0
     sets = [c for c in trt.CALLS if c[0] == "config.set_timing_cache"]
     assert sets and sets[-1][1] == 0  # the cache attached to the build is the fresh one
+
+
+# ------------------------------------------------------------------------------------------------------
+# one trt.Logger per process: TensorRT keeps the first one; later ones are ignored (with a warning)
+# ------------------------------------------------------------------------------------------------------
+def test_build_inspect_and_run_share_one_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fakes import fake_tensorrt
+    from trtq.engine_meta import read_engine
+    from trtq.runtime import TensorRTSession
+    from trtq.trt import compat
+    from trtq.trt.inspect import layer_precisions
+
+    trt: Any = fake_tensorrt.install(monkeypatch, "10.3.0")
+    dev = FakeDevice(compute_capability=(8, 7))
+    import trtq.device
+
+    monkeypatch.setattr(trtq.device, "get_device", lambda backend="auto", index=0: dev)
+    result = _build(trt, tmp_path, fp16=True)
+    layer_precisions(trt, read_engine(result.engine_path)[0])
+    monkeypatch.setattr("trtq.runtime.TensorRTSession._setup_io", lambda self, trt: None)  # I/O not needed here
+    TensorRTSession(result.engine_path).close()
+    assert len(trt.STATE.loggers) == 1, "a second trt.Logger was made; TensorRT ignores all but the first"
+    assert not [c for c in trt.CALLS if c[0] == "warning" and "differs from one already provided" in c[1]]
+    # the severity of the one logger is what changes
+    logger = compat.trt_logger(trt, "VERBOSE")
+    assert logger is trt.STATE.logger and logger.min_severity == trt.Logger.VERBOSE
+    assert compat.trt_logger(trt).min_severity == trt.Logger.WARNING
+    with pytest.raises(ValueError, match="unknown TensorRT log severity"):
+        compat.trt_logger(trt, "LOUD")
+
+
+def test_fake_keeps_the_first_logger_like_tensorrt() -> None:
+    trt: Any = make_fake_tensorrt("10.3.0")
+    first = trt.Logger(trt.Logger.ERROR)
+    trt.Builder(first)
+    trt.Runtime(trt.Logger(trt.Logger.VERBOSE))  # ignored: only a warning, sent to the first logger
+    assert trt.STATE.logger is first
+    assert [c for c in trt.CALLS if c[0] == "warning" and "differs from one already provided" in c[1]]
+    assert first.messages == []  # the warning is below the first logger's ERROR threshold

@@ -52,8 +52,7 @@ def layer_precisions(trt: ModuleType, plan: bytes, *, dla_core: int | None = Non
     ``dla_core``: the DLA core a DLA engine was built for (set on the runtime before deserializing).
     """
     t = compat.typed(trt)
-    logger = t.Logger(t.Logger.ERROR)
-    runtime = t.Runtime(logger)
+    runtime = t.Runtime(compat.trt_logger(trt, "ERROR"))
     if dla_core is not None:
         runtime.DLA_core = int(dla_core)
     engine = runtime.deserialize_cuda_engine(plan)
