@@ -158,6 +158,11 @@ def make_fake_tensorrt(
     mod.MemoryPoolType = make_enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM", "DLA_LOCAL_DRAM",
                                                       "DLA_GLOBAL_DRAM"])
     mod.DeviceType = make_enum("DeviceType", ["GPU", "DLA"])
+    if at_least_8_6:
+        mod.HardwareCompatibilityLevel = make_enum(
+            "HardwareCompatibilityLevel",
+            ["NONE", "AMPERE_PLUS", *(["SAME_COMPUTE_CAPABILITY"] if vt >= (10, 9, 0) else [])],
+        )
     mod.ProfilingVerbosity = make_enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
     mod.TensorIOMode = make_enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
     mod.LayerInformationFormat = make_enum("LayerInformationFormat", ["ONELINE", "JSON"])
@@ -582,6 +587,16 @@ def make_fake_tensorrt(
         if at_least_8_6:
 
             @property
+            def hardware_compatibility_level(self) -> Any:
+                return getattr(self, "_hw_level", mod.HardwareCompatibilityLevel.NONE)
+
+            @hardware_compatibility_level.setter
+            def hardware_compatibility_level(self, level: Any) -> None:
+                _enum_arg("hardware_compatibility_level", level, mod.HardwareCompatibilityLevel)
+                rec("config.hardware_compatibility_level", level.name)
+                self._hw_level = level
+
+            @property
             def builder_optimization_level(self) -> int:
                 return self._opt_level
 
@@ -867,6 +882,8 @@ def make_fake_tensorrt(
                 "dla_core": config.DLA_core if dla else None,
                 "profiling_verbosity": config.profiling_verbosity.name,
                 "calibrated": scales is not None,
+                "version_compatible": "VERSION_COMPATIBLE" in config.flags,
+                "hardware_compatibility": config.hardware_compatibility_level.name if at_least_8_6 else "NONE",
             }
             state.plans.append(plan)
             return IHostMemory(PLAN_MAGIC + json.dumps(plan).encode())
@@ -1093,9 +1110,17 @@ def make_fake_tensorrt(
                 _error("Serialization assertion failed: magic tag does not match (not a TensorRT plan)")
                 return None
             plan = json.loads(raw[len(PLAN_MAGIC):])
-            if plan["version"] != version:
+            built = tuple(int(x) for x in str(plan["version"]).split(".")[:3])
+            # a version-compatible plan (8.6+) also loads on later releases; it carries the lean runtime as host
+            # code, which the runtime refuses unless engine_host_code_allowed is set
+            newer_ok = bool(plan.get("version_compatible")) and at_least_8_6 and vt >= built
+            if plan["version"] != version and not newer_ok:
                 _error(f"The engine plan file is not compatible with this version of TensorRT, "
                        f"expecting library version {version} got {plan['version']}")
+                return None
+            if plan.get("version_compatible") and not self.engine_host_code_allowed:
+                _error("Cannot deserialize a version-compatible engine that contains host code: "
+                       "set IRuntime::setEngineHostCodeAllowed(true) for trusted plans")
                 return None
             return ICudaEngine(plan)
 

@@ -144,3 +144,205 @@ def test_fake_keeps_the_first_logger_like_tensorrt() -> None:
     assert trt.STATE.logger is first
     assert [c for c in trt.CALLS if c[0] == "warning" and "differs from one already provided" in c[1]]
     assert first.messages == []  # the warning is below the first logger's ERROR threshold
+
+
+# ------------------------------------------------------------------------------------------------------
+# the DLA core of an engine: trtq's record, else the ultralytics header's "dla"
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def fake_env(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, FakeDevice]:
+    from tests.fakes import fake_tensorrt
+
+    trt = fake_tensorrt.install(monkeypatch, "10.3.0", num_dla_cores=2)
+    dev = FakeDevice(compute_capability=(8, 7))
+    import trtq.device
+
+    monkeypatch.setattr(trtq.device, "get_device", lambda backend="auto", index=0: dev)
+    return trt, dev
+
+
+def _deserialize_calls(trt: Any) -> list[tuple[Any, ...]]:
+    return [c for c in trt.CALLS if c[0] == "runtime.deserialize_cuda_engine"]
+
+
+def test_runtime_uses_the_dla_core_of_an_ultralytics_header(tmp_path: Path, fake_env: tuple[Any, FakeDevice]) -> None:
+    from tests.unit.test_runtime_engine import fake_plan
+    from trtq.engine_meta import ultralytics_header
+    from trtq.runtime import TensorRTSession
+
+    trt, _ = fake_env
+    engine = tmp_path / "exported.engine"  # as ultralytics' exporter writes it for device=dla:1: no trtq record
+    header = {"stride": 32, "task": "detect", "batch": 1, "imgsz": [32, 32], "names": {"0": "cat", "1": "dog"},
+              "dla": "1"}
+    engine.write_bytes(ultralytics_header(header) + fake_plan())
+    session = TensorRTSession(engine)
+    try:
+        assert session.runtime.DLA_core == 1
+    finally:
+        session.close()
+    assert _deserialize_calls(trt)[-1][2] == 1  # the DLA core was set before deserializing
+
+
+def test_bad_dla_core_in_a_header_is_one_clear_error() -> None:
+    from trtq.engine_meta import engine_dla_core
+    from trtq.errors import TrtqError
+
+    assert engine_dla_core(None, {"dla": "0"}) == 0
+    assert engine_dla_core(None, {"names": {}}) is None
+    with pytest.raises(TrtqError, match="DLA core 'gpu'"):
+        engine_dla_core(None, {"dla": "gpu"})
+
+
+def test_eval_keeps_the_dla_core_of_a_trtq_engine(tmp_path: Path, fake_env: tuple[Any, FakeDevice],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import trtq.evaluate
+    from tests.unit.test_runtime_engine import fake_plan
+    from trtq.engine_meta import EngineMetadata, read_header, split_ultralytics_header, write_engine
+
+    plan = fake_plan()
+    meta = EngineMetadata(tensorrt_version="10.3.0", compute_capability=(8, 7), dla_core=1, precision="int8",
+                          names={0: "cat", 1: "dog"}, imgsz=(32, 32))
+    engine = write_engine(tmp_path / "m.int8.dla1.engine", plan, meta)  # sidecar only: no header by default
+    assert read_header(engine) is None
+    loaded: list[tuple[str, bytes]] = []
+
+    class FakeYOLO:
+        def __init__(self, path: str, task: str) -> None:
+            loaded.append((path, Path(path).read_bytes()))
+
+        def val(self, **kw: Any) -> Any:
+            box = types.SimpleNamespace(map=0.5, map50=0.7, mp=0.6, mr=0.4)
+            return types.SimpleNamespace(box=box, speed={"inference": 1.0}, names={0: "cat", 1: "dog"})
+
+    monkeypatch.setattr(trtq.evaluate, "_ultralytics", lambda: types.SimpleNamespace(YOLO=FakeYOLO))
+    monkeypatch.setattr(trtq.evaluate, "prepare_data", lambda data, workdir, names=None, images=None:
+                        types.SimpleNamespace(yaml=workdir / "data.yaml", images=1, instances=1, source="fake"))
+    result = trtq.evaluate.evaluate(engine, tmp_path / "data.yaml")
+    assert result["model"] == str(engine)
+    ((path, data),) = loaded
+    header, rest = split_ultralytics_header(data)
+    assert header is not None and header["dla"] == "1"  # what ultralytics sets runtime.DLA_core from
+    assert header["names"] == {"0": "cat", "1": "dog"}
+    assert rest == plan
+    # an engine whose header already names its core is evaluated in place
+    with_header = write_engine(tmp_path / "h.engine", plan, meta, ultralytics_header=True)
+    assert trtq.evaluate.engine_for_ultralytics(with_header, tmp_path) == with_header
+    plain = write_engine(tmp_path / "gpu.engine", plan, EngineMetadata(tensorrt_version="10.3.0"))
+    assert trtq.evaluate.engine_for_ultralytics(plain, tmp_path) == plain
+
+
+# ------------------------------------------------------------------------------------------------------
+# version / hardware compatibility: recorded at build time, honoured when loading
+# ------------------------------------------------------------------------------------------------------
+def test_version_compatible_engine_loads_on_a_later_tensorrt_with_host_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes import fake_tensorrt
+    from trtq.errors import TrtqError
+    from trtq.runtime import TensorRTSession
+
+    dev = FakeDevice(compute_capability=(8, 7))
+    import trtq.device
+
+    monkeypatch.setattr(trtq.device, "get_device", lambda backend="auto", index=0: dev)
+    built: Any = make_fake_tensorrt("10.3.0")
+    result = _build(built, tmp_path, "vc.engine", fp16=True, version_compatible=True)
+    assert "VERSION_COMPATIBLE" in built.STATE.configs[-1].flags
+    assert result.metadata.builder["version_compatible"] is True
+    assert "--version-compatible" in result.metadata.command
+    plain = _build(make_fake_tensorrt("10.3.0"), tmp_path, "plain.engine", fp16=True).engine_path
+
+    later = fake_tensorrt.install(monkeypatch, "10.4.0")
+    session = TensorRTSession(result.engine_path)
+    try:
+        assert session.runtime.engine_host_code_allowed is True
+    finally:
+        session.close()
+    with pytest.raises(TrtqError, match=r"built with TensorRT 10\.3\.0 .*this is TensorRT 10\.4\.0"):
+        TensorRTSession(plain)  # not version compatible: refused before TensorRT sees it
+    assert not [c for c in later.CALLS if c[0] == "error"]
+
+    fake_tensorrt.install(monkeypatch, "10.3.0")  # same release: plain engines never get host code
+    session = TensorRTSession(plain)
+    try:
+        assert session.runtime.engine_host_code_allowed is False
+    finally:
+        session.close()
+    fake_tensorrt.install(monkeypatch, "10.2.0")
+    with pytest.raises(TrtqError, match=r"version-compatible engine was built with TensorRT 10\.3\.0; it runs on "
+                                        r"that release or a later one"):
+        TensorRTSession(result.engine_path)
+
+
+def test_fake_refuses_a_version_compatible_plan_without_host_code() -> None:
+    trt: Any = make_fake_tensorrt("10.4.0")
+    import json
+
+    from tests.fakes.fake_tensorrt import PLAN_MAGIC
+    from tests.unit.test_runtime_engine import fake_plan
+
+    plan = json.loads(fake_plan("10.3.0")[len(PLAN_MAGIC):])
+    blob = PLAN_MAGIC + json.dumps({**plan, "version_compatible": True}).encode()
+    runtime = trt.Runtime(trt.Logger())
+    assert runtime.deserialize_cuda_engine(blob) is None
+    runtime.engine_host_code_allowed = True
+    assert runtime.deserialize_cuda_engine(blob) is not None
+    assert trt.Runtime(trt.Logger()).deserialize_cuda_engine(fake_plan("10.3.0")) is None  # not version compatible
+
+
+def test_version_compatibility_needs_tensorrt_8_6(tmp_path: Path) -> None:
+    from trtq.errors import TrtqError
+
+    with pytest.raises(TrtqError, match=r"TensorRT 8\.5\.3 cannot build version-compatible engines"):
+        _build(make_fake_tensorrt("8.5.3"), tmp_path, fp16=True, version_compatible=True)
+    with pytest.raises(TrtqError, match=r"TensorRT 8\.5\.3 cannot build hardware-compatible engines"):
+        _build(make_fake_tensorrt("8.5.3"), tmp_path, fp16=True, hardware_compatible=True)
+
+
+def test_hardware_compatible_engine_runs_on_other_ampere_gpus(tmp_path: Path) -> None:
+    from trtq.engine_meta import check_compatible
+    from trtq.errors import TrtqError
+
+    trt: Any = make_fake_tensorrt("10.3.0")
+    result = _build(trt, tmp_path, fp16=True, hardware_compatible=True, device=FakeDevice(compute_capability=(8, 6)))
+    assert trt.STATE.configs[-1].hardware_compatibility_level == trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    meta = result.metadata
+    assert meta.builder["hardware_compatible"] == "ampere_plus"
+    check_compatible(meta, tensorrt_version="10.3.0", compute_capability=(8, 9))  # another Ampere+ GPU
+    with pytest.raises(TrtqError, match=r"SM 8\.6 .*SM 7\.5"):
+        check_compatible(meta, tensorrt_version="10.3.0", compute_capability=(7, 5))  # Turing: not Ampere+
+    meta.builder.pop("hardware_compatible")
+    with pytest.raises(TrtqError, match=r"SM 8\.6 .*SM 8\.9"):
+        check_compatible(meta, tensorrt_version="10.3.0", compute_capability=(8, 9))
+    with pytest.raises(TrtqError, match="GPUs only"):
+        _build(make_fake_tensorrt("10.3.0", num_dla_cores=2), tmp_path, int8=False, fp16=True, batch=1,
+               dla_core=0, hardware_compatible=True)
+
+
+def test_cli_builds_version_compatible_and_its_rebuild_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import shlex
+
+    from click.testing import CliRunner
+
+    import trtq.device
+    from tests.fakes import fake_tensorrt
+    from trtq.cli import main
+
+    trt = fake_tensorrt.install(monkeypatch, "10.3.0")
+    monkeypatch.setattr(trtq.device, "get_device", lambda backend="auto", index=0: FakeDevice())
+    model = make_tiny_conv_onnx(tmp_path / "tiny.onnx")
+    out = tmp_path / "vc.engine"
+    res = CliRunner().invoke(main, ["build", str(model), "--fp16", "--version-compatible", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads(out.with_name("vc.engine.json").read_text())
+    assert record["builder"]["version_compatible"] is True
+    assert "VERSION_COMPATIBLE" in trt.STATE.plans[-1]["flags"]
+    rebuild = shlex.split(record["command"])
+    assert rebuild[:2] == ["trtq", "build"] and "--version-compatible" in rebuild
+    res = CliRunner().invoke(main, [*rebuild[1:], "-o", str(tmp_path / "again.engine")])
+    assert res.exit_code == 0, res.output

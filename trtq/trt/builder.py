@@ -218,6 +218,8 @@ def build_engine(
     timing_cache: str | Path | None = None,
     builder_opt_level: int | None = None,
     strongly_typed: bool | None = None,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
     ultralytics_header: bool = False,
     output: str | Path | None = None,
     num_images: int | None = None,
@@ -227,6 +229,12 @@ def build_engine(
     device: Device | None = None,
 ) -> BuildResult:
     """Build a TensorRT engine from ``model`` (.pt, FP32 ONNX or Q/DQ ONNX); see the module docstring.
+
+    ``version_compatible``: the engine also runs on later TensorRT releases (8.6+; it carries its own lean
+    runtime, so it may be slower; the runtime must allow host code, which ``trtq.runtime`` does for engines
+    recorded as version compatible). ``hardware_compatible``: the engine runs on every Ampere or newer
+    discrete GPU (8.6+, not for DLA; may be slower). Both are recorded in the engine's metadata, which is
+    what lets the runtime's compatibility check accept a newer TensorRT or another GPU.
 
     ``workspace`` is in GiB. ``strongly_typed=None`` picks: always on TensorRT 11; on 8.x/10.x a weakly
     typed network with INT8+FP16 flags (so layers outside the Q/DQ pairs run in FP16) unless the ONNX is
@@ -366,6 +374,8 @@ def build_engine(
         "dla_core": dla_core,
         "no_gpu_fallback": not gpu_fallback if dla_core is not None else None,
         "builder_opt_level": builder_opt_level,
+        "version_compatible": version_compatible,
+        "hardware_compatible": hardware_compatible,
         "ultralytics_header": ultralytics_header,
     }
     # -- 4. no TensorRT: stop here, saying how to finish ---------------------------------------------------
@@ -399,6 +409,8 @@ def build_engine(
         timing_cache=Path(timing_cache) if timing_cache is not None else None,
         builder_opt_level=builder_opt_level,
         strongly_typed=strongly_typed,
+        version_compatible=version_compatible,
+        hardware_compatible=hardware_compatible,
         fp16_onnx=fp16_onnx or model_info.input.dtype == "float16",
         device=device,
         command=command,
@@ -711,6 +723,8 @@ def _build_with_tensorrt(
     fp16_onnx: bool,
     device: Device | None,
     command: str,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
 ) -> tuple[EngineMetadata, bytes, dict[str, str], int]:
     from trtq.engine_meta import EngineMetadata
     from trtq.fileio import sha256_file, write_bytes
@@ -807,6 +821,19 @@ def _build_with_tensorrt(
                 "drop --no-gpu-fallback"
             )
         builder_info["dla_gpu_layers"] = len(gpu_layers)
+
+    # engines that load on later TensorRT releases / on other GPUs (recorded for the runtime's checks)
+    if version_compatible:
+        if not compat.set_builder_flag(trt, config, "VERSION_COMPATIBLE"):
+            raise TrtqError(f"TensorRT {caps.version} cannot build version-compatible engines (8.6 or newer can)")
+        flags.append("VERSION_COMPATIBLE")
+        builder_info["version_compatible"] = True
+    if hardware_compatible:
+        if dla_core is not None:
+            raise TrtqError("hardware-compatible engines run on GPUs only; drop --dla-core or the hardware compatibility")
+        if not compat.set_hardware_compatibility(trt, config):
+            raise TrtqError(f"TensorRT {caps.version} cannot build hardware-compatible engines (8.6 or newer can)")
+        builder_info["hardware_compatible"] = "ampere_plus"
 
     # YOLOv8 head policy (implicit INT8): pin the head to float with precision constraints
     float_layers: dict[str, str] = {}

@@ -256,6 +256,15 @@ def set_workspace(trt: ModuleType, config: Any, nbytes: int) -> None:
         config.max_workspace_size = int(nbytes)
 
 
+def set_hardware_compatibility(trt: ModuleType, config: Any) -> bool:
+    """``hardware_compatibility_level = AMPERE_PLUS`` (8.6+): the engine runs on any Ampere or newer GPU."""
+    level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), "AMPERE_PLUS", None)
+    if level is None or not hasattr(config, "hardware_compatibility_level"):
+        return False
+    config.hardware_compatibility_level = level
+    return True
+
+
 def set_optimization_level(config: Any, level: int) -> bool:
     """``builder_optimization_level`` (8.6+); False where this TensorRT has none."""
     if not hasattr(config, "builder_optimization_level"):
