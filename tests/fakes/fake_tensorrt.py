@@ -955,7 +955,15 @@ def make_fake_tensorrt(
             return self.addresses.get(name, 0)
 
         def execute_async_v3(self, stream_handle: int) -> bool:
-            rec("context.execute_async_v3", int(stream_handle))
+            handle = int(stream_handle)  # the binding converts the stream to its integer address
+            rec("context.execute_async_v3", handle)
+            captured = fake_device.CAPTURING.get(handle)
+            if captured is not None:  # the stream is being captured into a CUDA graph: record, run at launch
+                captured.append(self._execute)
+                return True
+            return self._execute()
+
+        def _execute(self) -> bool:
             eng = self.engine
             inputs = {}
             for spec in eng.plan["inputs"]:

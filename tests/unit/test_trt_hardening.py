@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import make_tiny_conv_onnx
@@ -346,3 +347,105 @@ def test_cli_builds_version_compatible_and_its_rebuild_command_runs(
     assert rebuild[:2] == ["trtq", "build"] and "--version-compatible" in rebuild
     res = CliRunner().invoke(main, [*rebuild[1:], "-o", str(tmp_path / "again.engine")])
     assert res.exit_code == 0, res.output
+
+
+# ------------------------------------------------------------------------------------------------------
+# cuda-python: CUDA graphs on CUDA 11 and 12, results valid after close, native handles
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def cuda_python(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The fake tensorrt plus a fake cuda-python; pycuda is hidden, so get_device('auto') picks cuda-python."""
+    from tests.fakes import fake_tensorrt
+
+    def setup(cuda_version: str, latency_ms: float = 2.0) -> tuple[Any, Any]:
+        from tests.fakes import fake_cudart
+
+        trt = fake_tensorrt.install(monkeypatch, "10.3.0", fake_latency_ms=latency_ms)
+        rt = fake_cudart.install(monkeypatch, cuda_version)
+        return trt, rt
+
+    return setup
+
+
+@pytest.mark.parametrize("cuda_version", ["11.8", "12.0", "12.9", "13.0"])
+def test_cuda_graph_is_captured_and_replayed_through_cuda_python(
+    cuda_version: str, tmp_path: Path, cuda_python: Any
+) -> None:
+    from tests.unit.test_runtime_engine import write_fake_engine
+    from trtq.bench.backends import TensorRTBackend
+    from trtq.bench.harness import run_benchmark
+
+    trt, rt = cuda_python(cuda_version)
+    engine = write_fake_engine(tmp_path / "e.engine", batch=(1, 4))
+    backend = TensorRTBackend(engine)
+    assert backend.session.device.backend == "cuda-python"
+    runner = backend.prepare(2, transfers=True, cuda_graph=True)
+    assert "CUDA graph replay" in runner.notes, runner.notes
+    context = trt.STATE.contexts[-1]
+    before = context.executions
+    samples = [runner.run() for _ in range(3)]
+    assert context.executions == before + 3  # every launch replayed the captured execute_async_v3
+    launches = [c for c in rt.CALLS if c[0] == "cudaGraphLaunch"]
+    assert len(launches) == 3 and all(c[2] == backend.session.stream.handle for c in launches)
+    assert [c[0] for c in rt.CALLS if c[0].startswith("cudaGraphInstantiate")] == ["cudaGraphInstantiateWithFlags"]
+    assert all(s.compute == pytest.approx(2.0) for s in samples)  # the graph's work lies between e1 and e2
+    out = backend.session.tensors[backend.session.output_name].host_view(backend.session.shape_of("output0"))
+    assert np.isfinite(out).all()  # outputs were copied back after the replayed work
+    runner.close()
+    assert [c[0] for c in rt.CALLS if c[0] in ("cudaGraphExecDestroy", "cudaGraphDestroy")] == [
+        "cudaGraphExecDestroy", "cudaGraphDestroy"]
+    backend.close()
+    result = run_benchmark([engine], iterations=3, warmup=1, cuda_graph=True, batches=[1])
+    assert result.ok_rows and "CUDA graph replay" in result.ok_rows[0].notes
+
+
+def test_cuda_graph_without_instantiate_with_flags_falls_back_with_a_note(
+    tmp_path: Path, cuda_python: Any
+) -> None:
+    from tests.unit.test_runtime_engine import write_fake_engine
+    from trtq.bench.backends import TensorRTBackend
+
+    _, rt = cuda_python("11.2")  # before CUDA 11.4: no cudaGraphInstantiateWithFlags
+    backend = TensorRTBackend(write_fake_engine(tmp_path / "e.engine"))
+    runner = backend.prepare(1, transfers=True, cuda_graph=True)
+    assert any("CUDA graph not used" in n and "11.4" in n for n in runner.notes), runner.notes
+    assert runner.run().compute == pytest.approx(2.0)
+    runner.close()
+    backend.close()
+
+
+def test_cuda_python_results_stay_valid_after_close(tmp_path: Path, cuda_python: Any) -> None:
+    from tests.unit.test_runtime_engine import write_fake_engine
+    from trtq.runtime import TensorRTSession
+
+    trt, rt = cuda_python("12.9")
+    session = TensorRTSession(write_fake_engine(tmp_path / "e.engine", batch=(1, 2)))
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    session.input_buffer(2)[...] = x
+    out = session.run(2)
+    expected = np.broadcast_to(x.reshape(2, -1).mean(axis=1)[:, None, None], out.shape).copy()
+    np.testing.assert_allclose(out, expected, rtol=1e-6)  # the fake engine's output: mean of each image
+    session.close()
+    assert [c for c in rt.CALLS if c[0] == "cudaStreamDestroy"]  # the device itself is closed
+    np.testing.assert_allclose(out, expected, rtol=1e-6)  # still the results, not freed memory
+    live = len(rt.PINNED)
+    assert live >= 1  # the block under `out` is kept alive by it ...
+    del out
+    import gc
+
+    gc.collect()
+    assert len(rt.PINNED) == 0  # ... and released with it
+
+
+def test_cuda_python_stream_handle_uses_get_cuda_native_handle(cuda_python: Any) -> None:
+    from trtq.device import get_device, native_handle
+
+    for version, via_int in (("12.9", False), ("12.6", True), ("11.8", True)):
+        _, rt = cuda_python(version)
+        before = rt.int_calls()
+        with get_device("cuda-python") as dev:
+            stream = dev.stream()
+            assert stream.handle == rt.handle_of(stream.raw)  # type: ignore[attr-defined]
+            assert stream.handle == stream.handle
+        assert (rt.int_calls() > before) is via_int, version  # int(cudaStream_t) only where no getter exists
+    assert native_handle(1234) == 1234
