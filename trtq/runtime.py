@@ -271,7 +271,7 @@ class TensorRTSession:
                 )
             from trtq.trt.compat import trt_logger
 
-            self.runtime = trt.Runtime(trt_logger(trt, "WARNING"))  # one logger per process (TensorRT keeps the first)
+            self.runtime = trt.Runtime(trt_logger(trt))  # one logger per process (TensorRT keeps the first)
             configure_runtime(self.runtime, meta, header)  # DLA core (record or ultralytics header), host code
             try:
                 engine = self.runtime.deserialize_cuda_engine(plan)

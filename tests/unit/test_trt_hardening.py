@@ -133,6 +133,14 @@ def test_build_inspect_and_run_share_one_logger(tmp_path: Path, monkeypatch: pyt
     logger = compat.trt_logger(trt, "VERBOSE")
     assert logger is trt.STATE.logger and logger.min_severity == trt.Logger.VERBOSE
     assert compat.trt_logger(trt).min_severity == trt.Logger.WARNING
+    import logging
+
+    previous = logging.getLogger("trtq").level
+    logging.getLogger("trtq").setLevel(logging.DEBUG)  # trtq -vv
+    try:
+        assert compat.trt_logger(trt).min_severity == trt.Logger.INFO
+    finally:
+        logging.getLogger("trtq").setLevel(previous)
     with pytest.raises(ValueError, match="unknown TensorRT log severity"):
         compat.trt_logger(trt, "LOUD")
 

@@ -751,7 +751,7 @@ def _build_with_tensorrt(
             "TensorRT %s); the metadata records this", caps.version,
         )
 
-    logger = compat.trt_logger(trt, "WARNING")
+    logger = compat.trt_logger(trt)
     builder = t.Builder(logger)
     if dla_core is not None:
         cores = int(builder.num_DLA_cores)

@@ -90,14 +90,18 @@ _LOGGERS: weakref.WeakKeyDictionary[ModuleType, Any] = weakref.WeakKeyDictionary
 SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
 
 
-def trt_logger(trt: ModuleType, severity: str = "WARNING") -> Any:
+def trt_logger(trt: ModuleType, severity: str | None = None) -> Any:
     """The process-wide ``trt.Logger``, its minimum severity set to ``severity``.
+
+    ``severity=None``: ``INFO`` when trtq logs at DEBUG (``trtq -vv``), else ``WARNING``.
 
     TensorRT keeps the first logger given to a builder, runtime or refitter for the whole process: a later,
     different logger only draws a warning ("The logger passed into ... differs from one already provided")
     and its severity is ignored. So trtq makes exactly one per TensorRT module and changes its
     ``min_severity`` (a read-write property of ``trt.Logger`` in every version from 8.5 to 11).
     """
+    if severity is None:
+        severity = "INFO" if logging.getLogger("trtq").isEnabledFor(logging.DEBUG) else "WARNING"
     if severity not in SEVERITIES:
         raise ValueError(f"unknown TensorRT log severity {severity!r}; expected one of {', '.join(SEVERITIES)}")
     t = typed(trt)
