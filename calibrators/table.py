@@ -4,8 +4,8 @@ A :class:`CalibrationTable` maps tensor names to ``amax`` and records what it wa
 images, preprocessing, algorithm). It is written as a TensorRT calibration cache plus a JSON sidecar:
 
 - ``CACHE``: the text format TensorRT's calibrators read and write. First line ``TRT-<code>-<Algorithm>``
-  (``code`` = ``major*1000 + minor*100 + patch`` for TensorRT 8.x and older, ``major*10000 + minor*100 +
-  patch`` from 9 on), then one ``<tensor name>: <8 hex digits>`` line per tensor, the hex digits being
+  (``code`` = ``major*1000 + minor*100 + patch`` for TensorRT 9.x and older, ``major*10000 + minor*100 +
+  patch`` from 10 on), then one ``<tensor name>: <8 hex digits>`` line per tensor, the hex digits being
   the big-endian IEEE-754 float32 ``scale = amax / 127``. Lines end with ``\\n``; tensor order is kept.
 - ``CACHE.json``: the exact ``amax`` values and the record of what the cache was made from, so a stale
   cache (another model, other preprocessing, another algorithm) is refused instead of silently used.
@@ -67,18 +67,22 @@ _HEX_RE = re.compile(r"^[0-9a-fA-F]{1,8}$")
 
 
 def trt_version_code(version: str) -> int:
-    """The number TensorRT writes in a cache header: 8.6.1 -> 8601, 10.3.0 -> 100300, 10.13.0.35 -> 101300."""
+    """The number TensorRT writes in a cache header: 8.6.1 -> 8601, 9.3.0 -> 9300, 10.3.0 -> 100300, 10.13.0.35 -> 101300.
+
+    8.x and 9.x write ``MAJOR*1000 + MINOR*100 + PATCH`` (the 9.1 and 9.3 headers read ``TRT-9100``, ``TRT-9300``);
+    only 10 and later write ``MAJOR*10000 + MINOR*100 + PATCH``.
+    """
     m = _VERSION_RE.match(str(version))
     if m is None:
         raise TrtqError(
             f"invalid TensorRT version {version!r}; give it as MAJOR.MINOR.PATCH, e.g. 10.3.0 or 8.6.1"
         )
     major, minor, patch = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-    if major < 1 or patch > 99 or minor > (9 if major < 9 else 99):
+    if major < 1 or patch > 99 or minor > (9 if major < 10 else 99):
         raise TrtqError(
             f"invalid TensorRT version {version!r}; give it as MAJOR.MINOR.PATCH, e.g. 10.3.0 or 8.6.1"
         )
-    if major < 9:
+    if major < 10:
         return major * 1000 + minor * 100 + patch
     return major * 10000 + minor * 100 + patch
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import weakref
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
@@ -368,6 +369,24 @@ def load_cudart(purpose: str = "the cuda-python device backend") -> Any:
     raise MissingDependencyError(f"{purpose} needs cuda-python, which is not installed; pip install cuda-python")
 
 
+def native_handle(obj: Any) -> int:
+    """The address behind a cuda-python handle object (``cudaStream_t``, ``cudaEvent_t``, ...) as an int.
+
+    cuda-bindings deprecates ``int(obj)`` for this in favour of ``cuda.bindings.utils.get_cuda_native_handle``
+    (12.9 and later); older bindings (JetPack 5's cuda-python 11.x) only have ``int()``. Plain ints pass through.
+    """
+    if isinstance(obj, int):
+        return obj
+    try:
+        utils = importlib.import_module("cuda.bindings.utils")
+    except ImportError:
+        utils = None
+    getter = getattr(utils, "get_cuda_native_handle", None)
+    if getter is not None:
+        return int(getter(obj))
+    return int(obj)
+
+
 def cuda_check(result: Any, what: str = "CUDA call") -> Any:
     """Unpack a cuda-python ``(err, *values)`` result: None, the one value or a tuple; raise on a CUDA error."""
     if isinstance(result, tuple):
@@ -395,10 +414,11 @@ class _CudaPythonStream:
     def __init__(self, rt: Any) -> None:
         self._rt = rt
         self.raw: Any = cuda_check(rt.cudaStreamCreate(), "cudaStreamCreate")
+        self._handle = native_handle(self.raw)
 
     @property
     def handle(self) -> int:
-        return int(self.raw)
+        return self._handle
 
     def synchronize(self) -> None:
         cuda_check(self._rt.cudaStreamSynchronize(self.raw), "cudaStreamSynchronize")
@@ -423,8 +443,33 @@ class _CudaPythonEvent:
         return float(cuda_check(self._rt.cudaEventElapsedTime(self.raw, end.raw), "cudaEventElapsedTime"))
 
 
+def _free_host(rt: Any, ptr: int) -> None:
+    try:
+        cuda_check(rt.cudaFreeHost(ptr), "cudaFreeHost")
+    except Exception as exc:  # a finalizer must not raise (e.g. CUDA already torn down at interpreter exit)
+        log.debug("cudaFreeHost(%#x) failed: %s", ptr, exc)
+
+
+class _PinnedHost:
+    """``nbytes`` of page-locked host memory (``cudaMallocHost``), seen by numpy as a uint8 array.
+
+    Every array made from it keeps this object alive (numpy's ``base`` chain), and ``cudaFreeHost`` runs when
+    the last of them is gone, so an array returned to a caller stays valid after the device is closed.
+    """
+
+    def __init__(self, rt: Any, nbytes: int) -> None:
+        self.ptr = int(cuda_check(rt.cudaMallocHost(nbytes), "cudaMallocHost"))
+        self.nbytes = nbytes
+        self.__array_interface__ = {"data": (self.ptr, False), "shape": (nbytes,), "typestr": "|u1", "version": 3}
+        self._finalizer = weakref.finalize(self, _free_host, rt, self.ptr)
+
+
 class CudaPythonDevice(_BufferedDevice):
-    """cuda-python runtime API on the primary context (no push/pop needed)."""
+    """cuda-python runtime API on the primary context (no push/pop needed).
+
+    Page-locked host arrays (:meth:`pinned_empty`) own their memory: it is released when the last array
+    viewing it is garbage collected, not by :meth:`close`, so results read from them outlive the device.
+    """
 
     backend = "cuda-python"
 
@@ -442,7 +487,6 @@ class CudaPythonDevice(_BufferedDevice):
         raw_name = getattr(props, "name", b"")
         self.name = raw_name.decode(errors="replace").rstrip("\x00") if isinstance(raw_name, bytes) else str(raw_name)
         self.compute_capability = (int(props.major), int(props.minor))
-        self._pinned: list[int] = []
         self._streams: list[_CudaPythonStream] = []
         self._events: list[_CudaPythonEvent] = []
 
@@ -454,11 +498,7 @@ class CudaPythonDevice(_BufferedDevice):
         dt = np.dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         nbytes = max(count * dt.itemsize, 1)
-        ptr = int(cuda_check(self._rt.cudaMallocHost(nbytes), "cudaMallocHost"))
-        self._pinned.append(ptr)
-        import ctypes
-
-        raw = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
+        raw = np.asarray(_PinnedHost(self._rt, nbytes))  # raw.base is the owner: freed with the last view
         return raw[: count * dt.itemsize].view(dt).reshape(shape)
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: Any, stream: Stream | None) -> None:
@@ -496,9 +536,7 @@ class CudaPythonDevice(_BufferedDevice):
         for stream in self._streams:
             cuda_check(self._rt.cudaStreamDestroy(stream.raw), "cudaStreamDestroy")
         self._streams.clear()
-        for ptr in self._pinned:
-            cuda_check(self._rt.cudaFreeHost(ptr), "cudaFreeHost")
-        self._pinned.clear()
+        # page-locked host memory is released by its arrays' owner (_PinnedHost), when the last view is gone
 
 
 def get_device(backend: str = "auto", index: int = 0) -> Device:

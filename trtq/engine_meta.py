@@ -258,6 +258,54 @@ def _short_version(version: str) -> str:
     return ".".join(version.split(".")[:3])
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in version.split(".")[:4]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+#: Compute capability of the oldest GPU a hardware-compatible (AMPERE_PLUS) engine runs on.
+HARDWARE_COMPATIBLE_MIN_CC = (8, 0)
+
+
+def engine_dla_core(meta: EngineMetadata | None, header: dict[str, Any] | None) -> int | None:
+    """The DLA core an engine was built for: trtq's record first, else the Ultralytics header's ``"dla"``.
+
+    Ultralytics writes the core as a string (``"dla": "0"``) and sets ``runtime.DLA_core`` from it before
+    deserializing; an engine it exported for DLA carries nothing else that says so.
+    """
+    if meta is not None and meta.dla_core is not None:
+        return int(meta.dla_core)
+    value = (header or {}).get("dla")
+    if value is None or value == "":
+        return None
+    try:
+        core = int(str(value).strip().removeprefix("dla:"))
+    except ValueError:
+        core = -1
+    if core < 0:
+        raise TrtqError(f"the engine header names DLA core {value!r}; expected a core number such as 0 or 1")
+    return core
+
+
+def configure_runtime(runtime: Any, meta: EngineMetadata | None, header: dict[str, Any] | None) -> int | None:
+    """Tell a ``trt.Runtime`` what this engine needs before ``deserialize_cuda_engine``; returns the DLA core.
+
+    - ``DLA_core``: the core the engine was built for (:func:`engine_dla_core`);
+    - ``engine_host_code_allowed``: only for an engine trtq recorded as version compatible. Such a plan
+      carries TensorRT's lean runtime as host code and does not deserialize without it; the flag is left off
+      for every other engine.
+    """
+    core = engine_dla_core(meta, header)
+    if core is not None:
+        runtime.DLA_core = core
+    if meta is not None and meta.builder.get("version_compatible", False):
+        runtime.engine_host_code_allowed = True
+    return core
+
+
 def check_compatible(
     meta: EngineMetadata,
     *,
@@ -276,16 +324,29 @@ def check_compatible(
     version_differs = bool(built_v) and built_full[:common] != here_full[:common]
     if version_differs and built_v == here_v:  # only the build number differs: show it
         built_v, here_v = ".".join(built_full[:4]), ".".join(here_full[:4])
-    if version_differs and not meta.builder.get("version_compatible", False):
+    # a version-compatible engine (8.6+) also loads on later releases, never on earlier ones
+    newer_ok = bool(meta.builder.get("version_compatible", False)) and (
+        _version_key(tensorrt_version) >= _version_key(meta.tensorrt_version)
+    )
+    if version_differs and not newer_ok:
         problems.append("version")
     cc_differs = meta.compute_capability is not None and tuple(meta.compute_capability) != tuple(compute_capability)
-    if cc_differs and not meta.builder.get("hardware_compatible", False):
+    # a hardware-compatible engine (AMPERE_PLUS) runs on any GPU of compute capability 8.0 or newer
+    any_ampere = bool(meta.builder.get("hardware_compatible", False)) and (
+        tuple(compute_capability) >= HARDWARE_COMPATIBLE_MIN_CC
+    )
+    if cc_differs and not any_ampere:
         problems.append("gpu")
     if meta.dla_core is not None and dla_core is not None and meta.dla_core != dla_core:
         problems.append("dla")
     if not problems:
         return
     rebuild = meta.command or "trtq build MODEL.onnx ..."
+    if problems == ["version"] and meta.builder.get("version_compatible", False):
+        raise TrtqError(
+            f"this version-compatible engine was built with TensorRT {built_v}; it runs on that release or a later "
+            f"one, and this is TensorRT {here_v}: rebuild it here with `{rebuild}`"
+        )
     built = f"built with TensorRT {built_v or '?'} for {sm_label(meta.compute_capability)}"
     here = f"this is TensorRT {here_v} on {sm_label(compute_capability)}"
     if problems == ["dla"]:

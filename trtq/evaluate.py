@@ -333,6 +333,32 @@ def _check_model(model: str | os.PathLike[str]) -> Path:
     return path
 
 
+def engine_for_ultralytics(path: Path, workdir: Path) -> Path:
+    """The engine file ultralytics' validator should load for ``path``.
+
+    Ultralytics learns an engine's DLA core only from the ``"dla"`` key of its header and sets
+    ``runtime.DLA_core`` from it. A trtq engine records the core in its ``.json`` sidecar and has no header
+    unless built with ``--ultralytics-header``, so for a DLA engine whose header does not name its core this
+    writes a copy into ``workdir`` with the header completed from trtq's record (the plan bytes unchanged).
+    Every other engine is returned as it is.
+    """
+    from trtq.engine_meta import engine_dla_core, read_engine, read_header, ultralytics_header
+
+    header = read_header(path)
+    plan, meta = read_engine(path)
+    core = engine_dla_core(meta, header)
+    if core is None or (header is not None and header.get("dla") is not None):
+        return path
+    fields = dict(header) if header is not None else (meta.ultralytics_metadata() if meta is not None else {})
+    fields["dla"] = str(core)
+    copy = workdir / path.name
+    with open(copy, "wb") as fh:
+        fh.write(ultralytics_header(fields))
+        fh.write(plan)
+    logger.debug("evaluating %s through a copy whose header names DLA core %d", path, core)
+    return copy
+
+
 @contextlib.contextmanager
 def _quiet_ultralytics() -> Iterator[None]:
     log = logging.getLogger("ultralytics")
@@ -369,10 +395,11 @@ def evaluate(
     with tempfile.TemporaryDirectory(prefix="trtq-eval-") as tmp:
         spec = prepare_data(data, Path(tmp), names=_model_names(path), images=images)
         ul = _ultralytics()
+        load = engine_for_ultralytics(path, Path(tmp)) if path.suffix.lower() == ".engine" else path
         t0 = time.perf_counter()
         with _quiet_ultralytics():
             try:
-                yolo = ul.YOLO(str(path), task="detect")
+                yolo = ul.YOLO(str(load), task="detect")
                 metrics = yolo.val(
                     data=str(spec.yaml),
                     imgsz=imgsz,

@@ -249,7 +249,7 @@ class TensorRTSession:
         import tensorrt as trt
 
         from trtq.device import get_device
-        from trtq.engine_meta import check_compatible
+        from trtq.engine_meta import check_compatible, configure_runtime
 
         plan, meta, header = _read_engine_checked(path)
         self.path = path
@@ -269,10 +269,10 @@ class TensorRTSession:
                 logger.warning(
                     "%s has no metadata (no .json sidecar, no header): compatibility not checked", path
                 )
-            self._trt_logger = trt.Logger(trt.Logger.WARNING)
-            self.runtime = trt.Runtime(self._trt_logger)
-            if meta is not None and meta.dla_core is not None:
-                self.runtime.DLA_core = int(meta.dla_core)
+            from trtq.trt.compat import trt_logger
+
+            self.runtime = trt.Runtime(trt_logger(trt))  # one logger per process (TensorRT keeps the first)
+            configure_runtime(self.runtime, meta, header)  # DLA core (record or ultralytics header), host code
             try:
                 engine = self.runtime.deserialize_cuda_engine(plan)
             except Exception as exc:  # some bindings raise instead of returning None

@@ -16,6 +16,8 @@ import numpy as np
 
 #: ptr -> uint8 array of the allocation (live allocations only)
 MEMORY: dict[int, np.ndarray] = {}
+#: stream handle -> work recorded while the stream is being captured into a CUDA graph (``fake_cudart``)
+CAPTURING: dict[int, list[Any]] = {}
 _NEXT = itertools.count(1)
 
 

@@ -71,6 +71,7 @@ DLA_UNSUPPORTED = {"SOFTMAX", "RESIZE", "SLICE", "SHUFFLE", "QUANTIZE", "DEQUANT
 
 def version_code(version: str) -> int:
     major, minor, patch = (list(int(x) for x in version.split(".")[:3]) + [0, 0, 0])[:3]
+    # 8.x and 9.x write MAJOR*1000 + MINOR*100 + PATCH (TRT-8601, TRT-9300); 10 and later MAJOR*10000 + ...
     return major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
 
 
@@ -96,10 +97,12 @@ def make_fake_tensorrt(
     state = types.SimpleNamespace(
         builders=[], configs=[], networks=[], parsers=[], plans=[], engines=[], contexts=[], errors=[],
         calibration_batches=[], calibration_names=[], cache_written=None, cache_read=None, used_cache=False,
+        loggers=[], logger=None,
     )
     mod.CALLS = calls
     mod.STATE = state
     mod.FAKE_LATENCY_MS = fake_latency_ms
+    mod.FAKE_DEVICE = "fake-gpu-0"  # the device a timing cache is made on (set_timing_cache checks it)
 
     def rec(*entry: Any) -> None:
         calls.append(entry)
@@ -108,6 +111,15 @@ def make_fake_tensorrt(
     def make_enum(name: str, members: Sequence[str]) -> type[enum.IntEnum]:
         e = enum.IntEnum(name, {m: i for i, m in enumerate(members)})
         return e
+
+    def _enum_arg(fn: str, value: Any, kind: type) -> Any:
+        """pybind11 enums do not convert from int: a plain int where an enum is expected is a TypeError."""
+        if not isinstance(value, kind):
+            raise TypeError(
+                f"{fn}(): incompatible function arguments. The following argument types are supported: "
+                f"tensorrt.{kind.__name__}; invoked with: {value!r} ({type(value).__name__})"
+            )
+        return value
 
     class DataType(enum.IntEnum):
         FLOAT = 0
@@ -146,6 +158,11 @@ def make_fake_tensorrt(
     mod.MemoryPoolType = make_enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM", "DLA_LOCAL_DRAM",
                                                       "DLA_GLOBAL_DRAM"])
     mod.DeviceType = make_enum("DeviceType", ["GPU", "DLA"])
+    if at_least_8_6:
+        mod.HardwareCompatibilityLevel = make_enum(
+            "HardwareCompatibilityLevel",
+            ["NONE", "AMPERE_PLUS", *(["SAME_COMPUTE_CAPABILITY"] if vt >= (10, 9, 0) else [])],
+        )
     mod.ProfilingVerbosity = make_enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
     mod.TensorIOMode = make_enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
     mod.LayerInformationFormat = make_enum("LayerInformationFormat", ["ONELINE", "JSON"])
@@ -169,8 +186,9 @@ def make_fake_tensorrt(
         INFO, VERBOSE = _Severity.INFO, _Severity.VERBOSE
 
         def __init__(self, min_severity: Any = _Severity.WARNING) -> None:
-            self.min_severity = min_severity
+            self.min_severity = _enum_arg("Logger.__init__", min_severity, _Severity)
             self.messages: list[tuple[int, str]] = []
+            state.loggers.append(self)
 
         def log(self, severity: Any, msg: str) -> None:
             self.messages.append((int(severity), msg))
@@ -178,9 +196,27 @@ def make_fake_tensorrt(
     mod.Logger = Logger
     mod.ILogger = Logger
 
+    def _log(severity: _Severity, msg: str) -> None:
+        """What TensorRT reports goes to the first logger it was given (INFO is the largest value)."""
+        logger = state.logger
+        if logger is not None and severity <= logger.min_severity:
+            logger.log(severity, msg)
+
+    def _use_logger(logger: Any, api: str) -> None:
+        """TensorRT keeps the first logger of the process; a different later one only draws a warning."""
+        if state.logger is None:
+            state.logger = logger
+        elif logger is not state.logger:
+            msg = (f"[TRT] The logger passed into {api} differs from one already provided for an existing builder, "
+                   "runtime, or refitter. Uses of the global logger, returned by nvinfer1::getLogger(), will return "
+                   "the existing value.")
+            rec("warning", msg)
+            _log(_Severity.WARNING, msg)
+
     def _error(msg: str) -> None:
         state.errors.append(msg)
         rec("error", msg)
+        _log(_Severity.ERROR, msg)
 
     mod.init_libnvinfer_plugins = lambda logger, namespace: rec("init_libnvinfer_plugins", namespace) or True
 
@@ -251,11 +287,13 @@ def make_fake_tensorrt(
             def precision(self, dtype: Any) -> None:
                 if vt >= (10, 12, 0):
                     warnings.warn("ILayer.precision is deprecated", DeprecationWarning, stacklevel=2)
+                _enum_arg("ILayer.precision", dtype, DataType)
                 rec("layer.precision", self.name, DataType(int(dtype)).name)
                 self._precision = dtype
                 self.precision_is_set = True
 
             def set_output_type(self, i: int, dtype: Any) -> None:
+                _enum_arg("set_output_type", dtype, DataType)
                 rec("layer.set_output_type", self.name, i, DataType(int(dtype)).name)
                 self.output_types[i] = dtype
 
@@ -297,6 +335,7 @@ def make_fake_tensorrt(
             return self.outputs[i]
 
         def get_flag(self, flag: Any) -> bool:
+            _enum_arg("get_flag", flag, mod.NetworkDefinitionCreationFlag)
             return bool(self.flags & (1 << int(flag)))
 
     mod.INetworkDefinition = INetworkDefinition
@@ -421,20 +460,36 @@ def make_fake_tensorrt(
     mod.IOptimizationProfile = IOptimizationProfile
 
     class ITimingCache:
-        def __init__(self, blob: bytes) -> None:
-            self.entries = 0
-            self.origin = version
-            if blob:
-                info = json.loads(bytes(blob).decode())
-                self.entries = int(info["entries"])
-                self.origin = info["version"]
+        """A timing cache of this TensorRT version, made on device ``mod.FAKE_DEVICE``."""
+
+        def __init__(self, entries: int = 0, device: str | None = None) -> None:
+            self.entries = entries
+            self.device = device if device is not None else mod.FAKE_DEVICE
 
         def serialize(self) -> bytes:
-            return json.dumps({"version": self.origin, "entries": self.entries}).encode()
+            return json.dumps({"version": version, "device": self.device, "entries": self.entries}).encode()
 
         def combine(self, other: ITimingCache, ignore_mismatch: bool) -> bool:
+            if other.device != self.device and not ignore_mismatch:
+                return False
             self.entries += other.entries
             return True
+
+    def _timing_cache_from(blob: bytes) -> ITimingCache | None:
+        """``IBuilderConfig::createTimingCache``: nullptr (None in Python) for a blob it cannot read, which
+        includes a cache serialized by another TensorRT version (NVIDIA's samples check for it)."""
+        if not blob:
+            return ITimingCache()
+        try:
+            info = json.loads(bytes(blob).decode())
+            entries, origin, device = int(info["entries"]), str(info["version"]), str(info["device"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            _error("Error Code 1: Serialization (Serialization assertion failed: corrupt timing cache)")
+            return None
+        if origin != version:
+            _error(f"Error Code 1: Serialization (timing cache of TensorRT {origin}, this is {version})")
+            return None
+        return ITimingCache(entries, device)
 
     mod.ITimingCache = ITimingCache
 
@@ -443,8 +498,8 @@ def make_fake_tensorrt(
             self.flags: set[str] = set()
             self.pools: dict[str, int] = {}
             self.profiles: list[IOptimizationProfile] = []
-            self.profiling_verbosity = mod.ProfilingVerbosity.LAYER_NAMES_ONLY
-            self.default_device_type = mod.DeviceType.GPU
+            self._profiling_verbosity = mod.ProfilingVerbosity.LAYER_NAMES_ONLY
+            self._default_device_type = mod.DeviceType.GPU
             self.DLA_core = -1
             self.device_types: dict[str, Any] = {}
             self._timing_cache: ITimingCache | None = None
@@ -454,21 +509,42 @@ def make_fake_tensorrt(
             self._workspace = 0
             state.configs.append(self)
 
+        @property
+        def profiling_verbosity(self) -> Any:
+            return self._profiling_verbosity
+
+        @profiling_verbosity.setter
+        def profiling_verbosity(self, value: Any) -> None:
+            self._profiling_verbosity = _enum_arg("profiling_verbosity", value, mod.ProfilingVerbosity)
+
+        @property
+        def default_device_type(self) -> Any:
+            return self._default_device_type
+
+        @default_device_type.setter
+        def default_device_type(self, value: Any) -> None:
+            self._default_device_type = _enum_arg("default_device_type", value, mod.DeviceType)
+
         def set_flag(self, flag: Any) -> None:
+            _enum_arg("set_flag", flag, mod.BuilderFlag)
             rec("config.set_flag", mod.BuilderFlag(int(flag)).name)
             self.flags.add(mod.BuilderFlag(int(flag)).name)
 
         def clear_flag(self, flag: Any) -> None:
+            _enum_arg("clear_flag", flag, mod.BuilderFlag)
             self.flags.discard(mod.BuilderFlag(int(flag)).name)
 
         def get_flag(self, flag: Any) -> bool:
+            _enum_arg("get_flag", flag, mod.BuilderFlag)
             return mod.BuilderFlag(int(flag)).name in self.flags
 
         def set_memory_pool_limit(self, pool: Any, size: int) -> None:
+            _enum_arg("set_memory_pool_limit", pool, mod.MemoryPoolType)
             rec("config.set_memory_pool_limit", mod.MemoryPoolType(int(pool)).name, int(size))
             self.pools[mod.MemoryPoolType(int(pool)).name] = int(size)
 
         def get_memory_pool_limit(self, pool: Any) -> int:
+            _enum_arg("get_memory_pool_limit", pool, mod.MemoryPoolType)
             return self.pools.get(mod.MemoryPoolType(int(pool)).name, 0)
 
         def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
@@ -485,19 +561,22 @@ def make_fake_tensorrt(
             return layer.type.name not in DLA_UNSUPPORTED
 
         def set_device_type(self, layer: ILayer, device_type: Any) -> None:
+            _enum_arg("set_device_type", device_type, mod.DeviceType)
             rec("config.set_device_type", layer.name, mod.DeviceType(int(device_type)).name)
             self.device_types[layer.name] = device_type
 
         def get_device_type(self, layer: ILayer) -> Any:
             return self.device_types.get(layer.name, self.default_device_type)
 
-        def create_timing_cache(self, blob: Any) -> ITimingCache:
+        def create_timing_cache(self, blob: Any) -> ITimingCache | None:
             rec("config.create_timing_cache", len(bytes(blob)))
-            return ITimingCache(bytes(blob))
+            return _timing_cache_from(bytes(blob))
 
         def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+            if not isinstance(cache, ITimingCache):  # the binding takes a reference: None is a TypeError
+                raise TypeError(f"set_timing_cache(): incompatible function arguments; invoked with: {cache!r}")
             rec("config.set_timing_cache", cache.entries, ignore_mismatch)
-            if cache.origin != version and not ignore_mismatch:
+            if cache.device != mod.FAKE_DEVICE and not ignore_mismatch:  # made on another GPU
                 return False
             self._timing_cache = cache
             return True
@@ -506,6 +585,16 @@ def make_fake_tensorrt(
             return self._timing_cache
 
         if at_least_8_6:
+
+            @property
+            def hardware_compatibility_level(self) -> Any:
+                return getattr(self, "_hw_level", mod.HardwareCompatibilityLevel.NONE)
+
+            @hardware_compatibility_level.setter
+            def hardware_compatibility_level(self, level: Any) -> None:
+                _enum_arg("hardware_compatibility_level", level, mod.HardwareCompatibilityLevel)
+                rec("config.hardware_compatibility_level", level.name)
+                self._hw_level = level
 
             @property
             def builder_optimization_level(self) -> int:
@@ -681,6 +770,7 @@ def make_fake_tensorrt(
     class Builder:
         def __init__(self, logger: Any) -> None:
             self.logger = logger
+            _use_logger(logger, "createInferBuilder")
             state.builders.append(self)
             rec("Builder")
 
@@ -792,6 +882,8 @@ def make_fake_tensorrt(
                 "dla_core": config.DLA_core if dla else None,
                 "profiling_verbosity": config.profiling_verbosity.name,
                 "calibrated": scales is not None,
+                "version_compatible": "VERSION_COMPATIBLE" in config.flags,
+                "hardware_compatibility": config.hardware_compatibility_level.name if at_least_8_6 else "NONE",
             }
             state.plans.append(plan)
             return IHostMemory(PLAN_MAGIC + json.dumps(plan).encode())
@@ -863,7 +955,15 @@ def make_fake_tensorrt(
             return self.addresses.get(name, 0)
 
         def execute_async_v3(self, stream_handle: int) -> bool:
-            rec("context.execute_async_v3", int(stream_handle))
+            handle = int(stream_handle)  # the binding converts the stream to its integer address
+            rec("context.execute_async_v3", handle)
+            captured = fake_device.CAPTURING.get(handle)
+            if captured is not None:  # the stream is being captured into a CUDA graph: record, run at launch
+                captured.append(self._execute)
+                return True
+            return self._execute()
+
+        def _execute(self) -> bool:
             eng = self.engine
             inputs = {}
             for spec in eng.plan["inputs"]:
@@ -914,10 +1014,12 @@ def make_fake_tensorrt(
                     "TacticName": "fake", "Device": layer["device"]}
 
         def get_layer_information(self, index: int, fmt: Any) -> str:
+            _enum_arg("get_layer_information", fmt, mod.LayerInformationFormat)
             rec("inspector.get_layer_information", index)
             return json.dumps(self._layer(index))
 
         def get_engine_information(self, fmt: Any) -> str:
+            _enum_arg("get_engine_information", fmt, mod.LayerInformationFormat)
             return json.dumps({"Layers": [self._layer(i) for i in range(len(self.engine.plan["layers"]))]})
 
     mod.EngineInspector = EngineInspector
@@ -1000,6 +1102,7 @@ def make_fake_tensorrt(
     class Runtime:
         def __init__(self, logger: Any) -> None:
             self.logger = logger
+            _use_logger(logger, "createInferRuntime")
             self.DLA_core = -1
             self.engine_host_code_allowed = False
             rec("Runtime")
@@ -1015,9 +1118,17 @@ def make_fake_tensorrt(
                 _error("Serialization assertion failed: magic tag does not match (not a TensorRT plan)")
                 return None
             plan = json.loads(raw[len(PLAN_MAGIC):])
-            if plan["version"] != version:
+            built = tuple(int(x) for x in str(plan["version"]).split(".")[:3])
+            # a version-compatible plan (8.6+) also loads on later releases; it carries the lean runtime as host
+            # code, which the runtime refuses unless engine_host_code_allowed is set
+            newer_ok = bool(plan.get("version_compatible")) and at_least_8_6 and vt >= built
+            if plan["version"] != version and not newer_ok:
                 _error(f"The engine plan file is not compatible with this version of TensorRT, "
                        f"expecting library version {version} got {plan['version']}")
+                return None
+            if plan.get("version_compatible") and not self.engine_host_code_allowed:
+                _error("Cannot deserialize a version-compatible engine that contains host code: "
+                       "set IRuntime::setEngineHostCodeAllowed(true) for trusted plans")
                 return None
             return ICudaEngine(plan)
 

@@ -96,7 +96,11 @@ def test_not_little_endian() -> None:
     [
         ("8.6.1", 8601),
         ("8.5.2", 8502),
+        ("9.1.0", 9100),  # 9.x headers keep the MAJOR*1000 form: TRT-9100, TRT-9300
+        ("9.3.0", 9300),
+        ("9.2.0.5", 9200),
         ("10.3.0", 100300),
+        ("10.13.0", 101300),
         ("10.13.0.35", 101300),
         ("10.7.0", 100700),
         ("11.0.0", 110000),
@@ -120,6 +124,7 @@ def test_trt_version_code_rejects_garbage(bad: str) -> None:
     [
         ("8.6.1", "entropy", "TRT-8601-EntropyCalibration2"),
         ("10.3.0", "percentile", "TRT-100300-EntropyCalibration2"),
+        ("9.3.0", "entropy", "TRT-9300-EntropyCalibration2"),
         ("10.13.0.35", "mse", "TRT-101300-EntropyCalibration2"),
         ("11.0.0", "minmax", "TRT-110000-MinMaxCalibration"),
     ],

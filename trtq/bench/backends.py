@@ -146,20 +146,34 @@ class OnnxRuntimeBackend:
 
 
 class CudaGraph:
-    """A CUDA graph captured from one ``enqueue`` on a stream, replayed with :meth:`launch` (cuda-python)."""
+    """A CUDA graph captured from one ``enqueue`` on a stream, replayed with :meth:`launch` (cuda-python).
+
+    Instantiated with ``cudaGraphInstantiateWithFlags(graph, 0)``, which has the same form from CUDA 11.4 on
+    (JetPack 5's CUDA 11 included); ``cudaGraphInstantiate`` itself changed between CUDA 11 (error node and
+    log buffer) and 12 (flags).
+    """
 
     def __init__(self, stream: Stream, enqueue: Callable[[], None]) -> None:
         rt = load_cudart("--cuda-graph")
         self._rt = rt
-        self._stream = rt.cudaStream_t(init_value=int(stream.handle))
+        instantiate = getattr(rt, "cudaGraphInstantiateWithFlags", None)
+        if instantiate is None:
+            raise TrtqError("CUDA graphs need cudaGraphInstantiateWithFlags (CUDA 11.4 or newer cuda-python)")
+        raw = getattr(stream, "raw", None)  # the cuda-python device's own cudaStream_t
+        self._stream = raw if isinstance(raw, rt.cudaStream_t) else rt.cudaStream_t(init_value=int(stream.handle))
+        self._graph: Any = None
+        self._exec: Any = None
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         cuda_check(rt.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
         try:
             enqueue()
         finally:
-            graph = cuda_check(rt.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
-        self._graph: Any = graph
-        self._exec: Any = cuda_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            self._graph = cuda_check(rt.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+        try:
+            self._exec = cuda_check(instantiate(self._graph, 0), "cudaGraphInstantiateWithFlags")
+        except BaseException:
+            self.close()
+            raise
 
     def launch(self) -> None:
         cuda_check(self._rt.cudaGraphLaunch(self._exec, self._stream), "cudaGraphLaunch")
@@ -167,8 +181,10 @@ class CudaGraph:
     def close(self) -> None:
         if self._exec is not None:
             self._rt.cudaGraphExecDestroy(self._exec)
-            self._rt.cudaGraphDestroy(self._graph)
             self._exec = None
+        if self._graph is not None:
+            self._rt.cudaGraphDestroy(self._graph)
+            self._graph = None
 
 
 #: Replaced in tests by a fake; makes the graph used by ``--cuda-graph``.

@@ -34,6 +34,10 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--builder-opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimization level 0-5.")
 @click.option("--strongly-typed/--weakly-typed", default=None,
               help="Network typing (default: strongly typed on TensorRT 11, weakly typed with FP16 fallback before).")
+@click.option("--version-compatible", is_flag=True,
+              help="Engine that also runs on later TensorRT releases (8.6+; may be slower).")
+@click.option("--hardware-compatible", is_flag=True,
+              help="Engine that runs on any Ampere or newer GPU (8.6+, not DLA; may be slower).")
 @click.option("--num-images", type=int, default=None, help="Calibrate on N images of the (shuffled) set.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--ultralytics-header", is_flag=True,
@@ -61,6 +65,8 @@ def command(
     timing_cache: Path | None,
     builder_opt_level: int | None,
     strongly_typed: bool | None,
+    version_compatible: bool,
+    hardware_compatible: bool,
     num_images: int | None,
     seed: int,
     ultralytics_header: bool,
@@ -102,6 +108,8 @@ def command(
         timing_cache=timing_cache,
         builder_opt_level=builder_opt_level,
         strongly_typed=strongly_typed,
+        version_compatible=version_compatible,
+        hardware_compatible=hardware_compatible,
         ultralytics_header=ultralytics_header,
         output=output,
         num_images=num_images,

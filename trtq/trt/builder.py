@@ -218,6 +218,8 @@ def build_engine(
     timing_cache: str | Path | None = None,
     builder_opt_level: int | None = None,
     strongly_typed: bool | None = None,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
     ultralytics_header: bool = False,
     output: str | Path | None = None,
     num_images: int | None = None,
@@ -227,6 +229,12 @@ def build_engine(
     device: Device | None = None,
 ) -> BuildResult:
     """Build a TensorRT engine from ``model`` (.pt, FP32 ONNX or Q/DQ ONNX); see the module docstring.
+
+    ``version_compatible``: the engine also runs on later TensorRT releases (8.6+; it carries its own lean
+    runtime, so it may be slower; the runtime must allow host code, which ``trtq.runtime`` does for engines
+    recorded as version compatible). ``hardware_compatible``: the engine runs on every Ampere or newer
+    discrete GPU (8.6+, not for DLA; may be slower). Both are recorded in the engine's metadata, which is
+    what lets the runtime's compatibility check accept a newer TensorRT or another GPU.
 
     ``workspace`` is in GiB. ``strongly_typed=None`` picks: always on TensorRT 11; on 8.x/10.x a weakly
     typed network with INT8+FP16 flags (so layers outside the Q/DQ pairs run in FP16) unless the ONNX is
@@ -366,6 +374,8 @@ def build_engine(
         "dla_core": dla_core,
         "no_gpu_fallback": not gpu_fallback if dla_core is not None else None,
         "builder_opt_level": builder_opt_level,
+        "version_compatible": version_compatible,
+        "hardware_compatible": hardware_compatible,
         "ultralytics_header": ultralytics_header,
     }
     # -- 4. no TensorRT: stop here, saying how to finish ---------------------------------------------------
@@ -399,6 +409,8 @@ def build_engine(
         timing_cache=Path(timing_cache) if timing_cache is not None else None,
         builder_opt_level=builder_opt_level,
         strongly_typed=strongly_typed,
+        version_compatible=version_compatible,
+        hardware_compatible=hardware_compatible,
         fp16_onnx=fp16_onnx or model_info.input.dtype == "float16",
         device=device,
         command=command,
@@ -711,6 +723,8 @@ def _build_with_tensorrt(
     fp16_onnx: bool,
     device: Device | None,
     command: str,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
 ) -> tuple[EngineMetadata, bytes, dict[str, str], int]:
     from trtq.engine_meta import EngineMetadata
     from trtq.fileio import sha256_file, write_bytes
@@ -737,7 +751,7 @@ def _build_with_tensorrt(
             "TensorRT %s); the metadata records this", caps.version,
         )
 
-    logger = t.Logger(t.Logger.WARNING)
+    logger = compat.trt_logger(trt)
     builder = t.Builder(logger)
     if dla_core is not None:
         cores = int(builder.num_DLA_cores)
@@ -808,6 +822,19 @@ def _build_with_tensorrt(
             )
         builder_info["dla_gpu_layers"] = len(gpu_layers)
 
+    # engines that load on later TensorRT releases / on other GPUs (recorded for the runtime's checks)
+    if version_compatible:
+        if not compat.set_builder_flag(trt, config, "VERSION_COMPATIBLE"):
+            raise TrtqError(f"TensorRT {caps.version} cannot build version-compatible engines (8.6 or newer can)")
+        flags.append("VERSION_COMPATIBLE")
+        builder_info["version_compatible"] = True
+    if hardware_compatible:
+        if dla_core is not None:
+            raise TrtqError("hardware-compatible engines run on GPUs only; drop --dla-core or the hardware compatibility")
+        if not compat.set_hardware_compatibility(trt, config):
+            raise TrtqError(f"TensorRT {caps.version} cannot build hardware-compatible engines (8.6 or newer can)")
+        builder_info["hardware_compatible"] = "ampere_plus"
+
     # YOLOv8 head policy (implicit INT8): pin the head to float with precision constraints
     float_layers: dict[str, str] = {}
     if int8 and mode == "implicit":
@@ -828,12 +855,7 @@ def _build_with_tensorrt(
     # timing cache
     tc_obj = None
     if timing_cache is not None:
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        tc_obj = config.create_timing_cache(blob)
-        if not config.set_timing_cache(tc_obj, False):
-            log.warning("timing cache %s was made by another TensorRT or GPU; starting a new one", timing_cache)
-            tc_obj = config.create_timing_cache(b"")
-            config.set_timing_cache(tc_obj, False)
+        tc_obj = _load_timing_cache(config, timing_cache, caps.version)
         builder_info["timing_cache"] = str(timing_cache)
 
     # calibrator (implicit INT8)
@@ -931,6 +953,26 @@ def _build_with_tensorrt(
         command=command,
     )
     return meta, plan_bytes, float_layers, batches
+
+
+def _load_timing_cache(config: Any, path: Path, trt_version: str) -> Any:
+    """The timing cache in ``path`` attached to ``config``; a new, empty one when it cannot be used.
+
+    ``create_timing_cache`` returns None (C++ nullptr) for a corrupt file or one written by another TensorRT
+    version, and ``set_timing_cache`` refuses a cache made on another GPU: both start a new cache, which
+    replaces the file after the build.
+    """
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob) if blob else None
+    if cache is not None and config.set_timing_cache(cache, False):
+        return cache
+    if blob:
+        why = "is corrupt or from another TensorRT version" if cache is None else "was made on another GPU"
+        log.warning("timing cache %s %s (this is TensorRT %s); starting a new one", path, why, trt_version)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise TrtqError(f"TensorRT {trt_version} could not create a timing cache; build without --timing-cache")
+    return cache
 
 
 def _io_records(specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import logging
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -82,6 +83,36 @@ def trt_version(module: ModuleType | None = None) -> str | None:
     if mod is None or not is_real_tensorrt(mod):
         return None
     return str(mod.__version__)
+
+
+#: The one TensorRT logger of each TensorRT module (in practice: of the process).
+_LOGGERS: weakref.WeakKeyDictionary[ModuleType, Any] = weakref.WeakKeyDictionary()
+SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
+
+
+def trt_logger(trt: ModuleType, severity: str | None = None) -> Any:
+    """The process-wide ``trt.Logger``, its minimum severity set to ``severity``.
+
+    ``severity=None``: ``INFO`` when trtq logs at DEBUG (``trtq -vv``), else ``WARNING``.
+
+    TensorRT keeps the first logger given to a builder, runtime or refitter for the whole process: a later,
+    different logger only draws a warning ("The logger passed into ... differs from one already provided")
+    and its severity is ignored. So trtq makes exactly one per TensorRT module and changes its
+    ``min_severity`` (a read-write property of ``trt.Logger`` in every version from 8.5 to 11).
+    """
+    if severity is None:
+        severity = "INFO" if logging.getLogger("trtq").isEnabledFor(logging.DEBUG) else "WARNING"
+    if severity not in SEVERITIES:
+        raise ValueError(f"unknown TensorRT log severity {severity!r}; expected one of {', '.join(SEVERITIES)}")
+    t = typed(trt)
+    level = getattr(t.Logger.Severity, severity)
+    logger = _LOGGERS.get(trt)
+    if logger is None:
+        logger = t.Logger(level)
+        _LOGGERS[trt] = logger
+    else:
+        logger.min_severity = level
+    return logger
 
 
 def typed(module: ModuleType):  # noqa: ANN201 - the return type is the stub module, inferred by the checker
@@ -227,6 +258,15 @@ def set_workspace(trt: ModuleType, config: Any, nbytes: int) -> None:
         return
     with quiet_deprecations():
         config.max_workspace_size = int(nbytes)
+
+
+def set_hardware_compatibility(trt: ModuleType, config: Any) -> bool:
+    """``hardware_compatibility_level = AMPERE_PLUS`` (8.6+): the engine runs on any Ampere or newer GPU."""
+    level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), "AMPERE_PLUS", None)
+    if level is None or not hasattr(config, "hardware_compatibility_level"):
+        return False
+    config.hardware_compatibility_level = level
+    return True
 
 
 def set_optimization_level(config: Any, level: int) -> bool:

@@ -46,16 +46,20 @@ def _precision_of(tensor: dict[str, Any]) -> str:
     return fmt or "?"
 
 
-def layer_precisions(trt: ModuleType, plan: bytes, *, dla_core: int | None = None) -> list[dict[str, Any]]:
+def layer_precisions(
+    trt: ModuleType, plan: bytes, *, dla_core: int | None = None, host_code: bool = False
+) -> list[dict[str, Any]]:
     """Per-layer name, type and output precision of a plan, read with TensorRT's engine inspector.
 
     ``dla_core``: the DLA core a DLA engine was built for (set on the runtime before deserializing).
+    ``host_code``: allow the lean runtime a version-compatible plan carries.
     """
     t = compat.typed(trt)
-    logger = t.Logger(t.Logger.ERROR)
-    runtime = t.Runtime(logger)
+    runtime = t.Runtime(compat.trt_logger(trt, "ERROR"))
     if dla_core is not None:
         runtime.DLA_core = int(dla_core)
+    if host_code:
+        runtime.engine_host_code_allowed = True
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise TrtqError("TensorRT could not deserialize the engine (another TensorRT version or GPU?)")
@@ -84,7 +88,7 @@ def layer_precisions(trt: ModuleType, plan: bytes, *, dla_core: int | None = Non
 
 
 def inspect_engine(path: Path, trt_module: ModuleType | None = None, *, layers: bool = True) -> Inspection:
-    from trtq.engine_meta import read_engine, read_header
+    from trtq.engine_meta import engine_dla_core, read_engine, read_header
 
     plan, meta = read_engine(path)
     out = Inspection("engine", path)
@@ -129,7 +133,8 @@ def inspect_engine(path: Path, trt_module: ModuleType | None = None, *, layers: 
             out.lines.append(f"  layers         per-layer precisions need TensorRT ({compat.missing_tensorrt_reason()})")
         else:
             try:
-                rows = layer_precisions(trt, plan, dla_core=meta.dla_core if meta is not None else None)
+                rows = layer_precisions(trt, plan, dla_core=engine_dla_core(meta, header),
+                                        host_code=meta is not None and bool(meta.builder.get("version_compatible")))
             except TrtqError as exc:
                 out.lines.append(f"  layers         {exc}")
             else:
