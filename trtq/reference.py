@@ -331,15 +331,24 @@ def build_references(
     seed: int,
     num_images: int = DEFAULT_REFERENCE_IMAGES,
     reuse: bool = False,
+    load_cache: bool = False,
 ) -> dict[str, Reference]:
     """The references of a ``trtq build``: ``{"explicit" | "implicit" | "float": Reference}``.
 
     Written from ``calib`` when it is given, except that INT8 references already on disk are kept when
     ``reuse`` says the ranges came from a valid cache (no image is opened then); without ``calib``
-    references already on disk (from ``trtq quantize`` or an earlier build) are used as they are. Explicit: beside the Q/DQ ONNX (the engine's folder when that is
+    references already on disk (from ``trtq quantize`` or an earlier build) are used as they are.
+    ``load_cache`` reads the ranges from ``cache_path`` when no ``table`` is given. Explicit: beside the Q/DQ ONNX (the engine's folder when that is
     read-only); implicit: ``<cache stem>.ref-*.json`` in the engine's folder; FP32/FP16: named after the engine.
     """
     workdir = engine_path.parent
+    if load_cache and table is None and cache_path is not None and cache_path.is_file():
+        from calibrators.table import CalibrationTable  # e.g. the cache TensorRT's calibrator just wrote
+
+        try:
+            table = CalibrationTable.load(cache_path)
+        except TrtqError as exc:
+            log.warning("no implicit INT8 reference: %s", exc)
     jobs: dict[str, tuple[Path, Reference, CalibrationTable | None]] = {}
     if precision == "int8":
         if qdq_path is not None and mode in ("explicit", None):

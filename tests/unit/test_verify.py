@@ -367,3 +367,27 @@ def test_build_without_tensorrt_leaves_references_and_prints_the_polygraphy_comm
     assert f"--load-inputs {explicit.inputs_path} --load-outputs {explicit.outputs_path}" in msg
     cmd = next(line.strip() for line in msg.splitlines() if line.strip().startswith("polygraphy run"))
     _polygraphy_parse(cmd)
+
+
+def test_implicit_build_is_verified_against_the_simulated_ranges(tiny: Path, images: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from trtq.trt.builder import build_engine
+
+    trt = fake_tensorrt.install(monkeypatch, "8.5.3")
+    dev = FakeDevice(compute_capability=(8, 7))
+    import trtq.device
+
+    monkeypatch.setattr(trtq.device, "get_device", lambda backend="auto", index=0: dev)
+    env = _Env(trt, dev)
+    env.compute_with(monkeypatch, tiny)  # an engine that computes the FP32 model: INT8 noise only in the reference
+    out = tmp_path / "engines" / "tiny.int8.engine"
+    result = build_engine(tiny, int8=True, calib=images, algo="entropy", mode="implicit", trt_module=trt, output=out,
+                          device=dev, progress=False, reference_images=4)
+    assert result.mode == "implicit" and result.calibration_batches > 0  # TensorRT calibrated from the images
+    ref = result.references["implicit"]
+    assert ref.outputs_path == tmp_path / "engines" / "tiny.entropy.ref-outputs.json"
+    assert "simulated" in ref.source
+    record = json.loads(sidecar_path(out).read_text())["verification"]
+    assert record["status"] == "passed" and record["reference"]["outputs"] == str(ref.outputs_path)
+    sqnr = record["outputs"]["output0"]["sqnr_db"]
+    assert DEFAULT_TOLERANCE.snr_db < sqnr < float("inf")  # the simulation is INT8, the fake engine FP32

@@ -81,4 +81,4 @@ def command(
         from trtq.reference import write_reference
 
         ref = write_reference(result.path, source, num_images=ref_images, batch=batch, seed=seed)
-        click.echo(f"reference inputs {ref.inputs_path} and outputs {ref.outputs_path} (`trtq verify {result.path}`)")
+        click.echo(f"reference {ref.outputs_path.name}: check an engine built from it with `trtq verify ENGINE`")

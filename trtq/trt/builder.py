@@ -386,8 +386,8 @@ def build_engine(
     if trt is None or caps is None:
         from trtq.verify import finish_lines
 
-        raise MissingDependencyError("\n".join([_finish_message(onnx_path, precision, plan, finish_opts, algo),
-                                                *finish_lines(refs, plan.qdq_path, precision)]))
+        *done, install = _finish_message(onnx_path, precision, plan, finish_opts, algo).splitlines()
+        raise MissingDependencyError("\n".join([*done, *finish_lines(refs, plan.qdq_path, precision), install]))
 
     # -- 5. TensorRT -------------------------------------------------------------------------------------------
     build_path = plan.qdq_path if (int8 and plan.mode == "explicit") else onnx_path
@@ -428,13 +428,10 @@ def build_engine(
         from trtq.verify import verify_built_engine
 
         kind = "float" if precision != "int8" else plan.mode or "explicit"
-        if kind not in refs and kind == "implicit" and plan.stream and calib is not None and reference_images:
-            from calibrators.table import CalibrationTable  # the cache TensorRT's calibrator just wrote
-
+        if kind not in refs and kind == "implicit" and plan.stream and reference_images:  # ranges TensorRT made
             refs = build_references(onnx_path=onnx_path, engine_path=engine_path, precision=precision, mode=kind,
-                                    qdq_path=None, table=CalibrationTable.load(plan.cache_path), calib=calib,
-                                    cache_path=plan.cache_path, batch=profile.min, seed=seed,
-                                    num_images=reference_images) if plan.cache_path and plan.cache_path.is_file() else refs
+                                    qdq_path=None, table=None, cache_path=plan.cache_path, calib=calib,
+                                    batch=profile.min, seed=seed, num_images=reference_images, load_cache=True)
         ref = refs.get(kind)
         verification = verify_built_engine(engine_path, ref, onnx_path=build_path, precision=precision,
                                            cache=plan.cache_path if plan.mode == "implicit" else None)
