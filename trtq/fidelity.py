@@ -182,7 +182,8 @@ def _check_onnx(path: str | os.PathLike[str], role: str) -> Path:
         from trtq.trt.compat import require_tensorrt
 
         require_tensorrt(f"comparing the engine {p.name}")
-        raise TrtqError(f"{p.name}: comparing TensorRT engines is not supported yet; compare the Q/DQ ONNX it was built from")
+        raise TrtqError(f"{p.name}: trtq compare takes ONNX models; check an engine against the reference outputs "
+                        f"of its build with `trtq verify {p}`")
     if p.suffix.lower() != ".onnx":
         raise TrtqError(f"{role} model {p} is not an ONNX file; pass an .onnx (`trtq export` turns a .pt into one)")
     return p
