@@ -2,7 +2,8 @@
 
 Passing side: the Q/DQ ONNX against its own reference and against the FP32 ONNX's reference, and the
 implicit-INT8 simulation against the FP32 reference. Failing side: copies of the Q/DQ ONNX with the
-weights of one or three backbone convs set to zero, against the Q/DQ reference.
+weights of one or three backbone convs set to zero, and of one conv inside a residual bottleneck (the
+shortcut keeps most of the signal), against the Q/DQ and FP32 references.
 
     PYTHONPATH=. YOLO_OFFLINE=1 .venv/bin/python -m benchmarks.verify_tolerance [--work DIR] [--calib-images N]
 
@@ -27,6 +28,8 @@ CALIB = ASSETS / "coco128" / "images" / "train2017"
 # backbone convs whose weights are zeroed (the stem conv and two C2f convs)
 TAMPER_1 = ["/model.2/cv1/conv/Conv"]
 TAMPER_3 = ["/model.1/conv/Conv", "/model.4/cv1/conv/Conv", "/model.6/cv2/conv/Conv"]
+# one conv inside a residual bottleneck: the shortcut keeps most of the signal (the subtle case)
+TAMPER_RESIDUAL = ["/model.6/m.1/cv2/conv/Conv"]
 
 
 def tamper(src: Path, dst: Path, convs: list[str]) -> Path:
@@ -95,6 +98,7 @@ def main() -> None:
     ref_sim = write_reference(MODEL, str(CALIB), artifact=cache, folder=work, table=table, **kw)
     t1 = tamper(qdq, work / "yolov8n.int8.tampered1.onnx", TAMPER_1)
     t3 = tamper(qdq, work / "yolov8n.int8.tampered3.onnx", TAMPER_3)
+    tr = tamper(qdq, work / "yolov8n.int8.tampered-residual.onnx", TAMPER_RESIDUAL)
 
     feeds = load_inputs(ref_qdq.inputs_path)
     qdq_ref, _ = load_outputs(ref_qdq.outputs_path)
@@ -102,6 +106,7 @@ def main() -> None:
     sim_ref, _ = load_outputs(ref_sim.outputs_path)
     t1_out, _ = run_artifact(t1, feeds)
     t3_out, _ = run_artifact(t3, feeds)
+    tr_out, _ = run_artifact(tr, feeds)
     qdq_out, _ = run_artifact(qdq, feeds)
     rows = [
         _row("Q/DQ ONNX vs its own reference", compare_outputs(qdq_ref, qdq_out)),
@@ -112,6 +117,7 @@ def main() -> None:
         _row("Q/DQ, 3 backbone convs zeroed vs Q/DQ ref", compare_outputs(qdq_ref, t3_out)),
         _row("Q/DQ, 1 backbone conv zeroed vs FP32 ref", compare_outputs(fp32_ref, t1_out)),
         _row("Q/DQ, 3 backbone convs zeroed vs FP32 ref", compare_outputs(fp32_ref, t3_out)),
+        _row("Q/DQ, 1 residual bottleneck conv zeroed", compare_outputs(qdq_ref, tr_out)),
     ]
     tol = DEFAULT_TOLERANCE
     print(f"{'case':44s} {'cosine':>9s} {'SQNR dB':>8s} {'max|err|':>9s} {'recall':>7s} {'prec':>6s} {'IoU':>6s} verdict")

@@ -54,17 +54,21 @@ class Tolerance:
     implicit simulation vs the FP32 reference       0.99905   27.16    0.800   0.966
     Q/DQ ONNX, 1 backbone conv zeroed               0.98755   15.88    0.000   (none)
     Q/DQ ONNX, 3 backbone convs zeroed              0.98143   14.31    0.000   (none)
+    Q/DQ ONNX, 1 residual bottleneck conv zeroed    0.99599   20.94    0.562   0.947
     ==============================================  ========  =======  ======  =========
 
     ``python -m benchmarks.verify_tolerance`` reproduces it (``benchmarks/results/verify_tolerance.json``).
-    The defaults sit between the two groups: SQNR 20 dB (6.9 dB above the worst passing case, 4.1 dB below
-    the best failing one), cosine 0.995 (0.004 / 0.0075), recall 0.5 (0.30 / 0.50). A zeroed backbone conv
-    leaves the candidate with no detection at all, so precision (0.5) only catches spurious detections.
+    SQNR 20 dB sits 6.9 dB below the worst passing case and 4.1 dB above the zeroed backbone convs; cosine
+    0.995 has margins 0.004 / 0.0075. Damage the residual shortcut hides (last row) keeps SQNR and cosine
+    at the threshold; recall catches it (0.6: 0.2 below the worst passing case, only 0.04 above that row on
+    these 8 images, 0.22 on 16 other images), so verification is a check for broken engines, not a
+    guarantee against every small error. A zeroed backbone conv leaves no detection at all, so precision
+    (0.5) only catches spurious detections.
     """
 
     cosine: float = 0.995
     snr_db: float = 20.0
-    recall: float = 0.5
+    recall: float = 0.6
     precision: float = 0.5
     conf: float = DETECT_CONF
     match_iou: float = MATCH_IOU
