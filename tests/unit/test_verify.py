@@ -344,6 +344,7 @@ def test_build_writes_references_and_verifies_the_engine(env: _Env, tiny: Path, 
     skipped = build_engine(qdq, calib=images, trt_module=env.trt, output=out, device=env.device, progress=False,
                            verify=False)
     assert skipped.verification is None
+    assert json.loads(sidecar_path(out).read_text())["verification"]["status"] == "skipped"
 
 
 def test_build_without_tensorrt_leaves_references_and_prints_the_polygraphy_command(

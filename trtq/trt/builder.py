@@ -422,6 +422,8 @@ def build_engine(
     )
     from trtq.engine_meta import write_engine
 
+    if not verify:
+        meta.verification = {"status": "skipped", "verified": False, "reason": "built with --no-verify"}
     write_engine(engine_path, plan_bytes, meta, ultralytics_header=ultralytics_header, onnx_metadata=info.metadata)
     verification = None
     if verify:  # trtq.verify: the engine against the CPU's reference; raises VerificationFailed (engine kept)
