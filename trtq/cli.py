@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("trtq.commands.evaluate", "Measure mAP50-95 / mAP50 of a .pt, ONNX, Q/DQ ONNX or engine."),
     "compare": ("trtq.commands.compare", "Fidelity of a quantized model against FP32 on unlabelled images."),
     "sensitivity": ("trtq.commands.sensitivity", "Rank layers by the output error (or mAP drop) each costs in INT8."),
+    "verify": ("trtq.commands.verify", "Check an engine or ONNX against its reference outputs (exit 1 if outside tolerance)."),
     "build": ("trtq.commands.build", "Build a TensorRT engine (FP32/FP16/INT8, implicit or explicit)."),
     "inspect": ("trtq.commands.inspect", "Show what an engine, cache or ONNX is and how it was made."),
     "bench": ("trtq.commands.bench", "Benchmark engines and ONNX models side by side."),

@@ -72,6 +72,7 @@ class EngineMetadata:
     float_layers: dict[str, str] = field(default_factory=dict)  # layer -> why it was kept out of INT8
     builder: dict[str, Any] = field(default_factory=dict)  # workspace, optimization level, timing cache, flags
     command: str = ""  # the trtq build command that rebuilds this engine
+    verification: dict[str, Any] = field(default_factory=dict)  # trtq.verify: status, reference, metrics
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property

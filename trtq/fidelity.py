@@ -115,19 +115,23 @@ def fidelity_metrics(
     conf: float = DETECT_CONF,
     iou: float = MATCH_IOU,
 ) -> dict[str, Any]:
-    """SQNR / cosine per output over all batches, and detection agreement for YOLOv8 outputs."""
-    from trtq.postprocess import decode
+    """SQNR / cosine per output over all batches, and detection agreement for YOLOv8 outputs.
 
+    The comparison itself is ``trtq.verify.compare_outputs`` (one way to compare outputs in trtq); this adds
+    the separate SQNR of boxes and scores used to rank layers.
+    """
+    from dataclasses import replace
+
+    from trtq.verify import DEFAULT_TOLERANCE, compare_outputs
+
+    ref_runs = [{name: np.asarray(b[k]) for k, name in enumerate(names)} for b in reference]
+    cand_runs = [{name: np.asarray(b[k]) for k, name in enumerate(names)} for b in candidate]
+    compared = compare_outputs(ref_runs, cand_runs, names=names,
+                               tolerance=replace(DEFAULT_TOLERANCE, conf=conf, match_iou=iou))
     outputs: dict[str, Any] = {}
-    det_tot = {"reference": 0, "candidate": 0, "matched": 0, "same_class": 0, "iou_sum": 0.0}
     for k, name in enumerate(names):
-        ref = np.concatenate([np.asarray(b[k]).reshape(np.asarray(b[k]).shape[0], -1) for b in reference])
-        cand = np.concatenate([np.asarray(b[k]).reshape(np.asarray(b[k]).shape[0], -1) for b in candidate])
-        entry: dict[str, Any] = {
-            "sqnr_db": sqnr_db(ref, cand),
-            "cosine": cosine(ref, cand),
-            "max_abs_error": float(np.max(np.abs(ref.astype(np.float64) - cand))) if ref.size else 0.0,
-        }
+        e = compared["outputs"][name]
+        entry: dict[str, Any] = {"sqnr_db": e["sqnr_db"], "cosine": e["cosine"], "max_abs_error": e["max_abs_error"]}
         shape = np.asarray(reference[0][k]).shape
         if is_yolo_output(shape):
             rb = np.concatenate([np.asarray(b[k])[:, :4] for b in reference])
@@ -137,28 +141,11 @@ def fidelity_metrics(
             entry["boxes_sqnr_db"] = sqnr_db(rb, cb)
             entry["scores_sqnr_db"] = sqnr_db(rs, cs)
             entry["scores_cosine"] = cosine(rs, cs)
-            for rbatch, cbatch in zip(reference, candidate, strict=True):
-                rdets = decode(np.asarray(rbatch[k], dtype=np.float32), conf=conf, iou=DETECT_IOU)
-                cdets = decode(np.asarray(cbatch[k], dtype=np.float32), conf=conf, iou=DETECT_IOU)
-                for rd, cd in zip(rdets, cdets, strict=True):
-                    m = match_detections(rd, cd, iou)
-                    for key in det_tot:
-                        det_tot[key] += m[key]
         outputs[name] = entry
     result: dict[str, Any] = {"outputs": outputs}
-    if det_tot["reference"] or det_tot["candidate"]:
-        matched = det_tot["matched"]
-        result["detections"] = {
-            "conf": conf,
-            "match_iou": iou,
-            "reference": det_tot["reference"],
-            "candidate": det_tot["candidate"],
-            "matched": matched,
-            "recall": matched / det_tot["reference"] if det_tot["reference"] else 1.0,
-            "precision": matched / det_tot["candidate"] if det_tot["candidate"] else 1.0,
-            "class_agreement": det_tot["same_class"] / matched if matched else 1.0,
-            "mean_iou": det_tot["iou_sum"] / matched if matched else 0.0,
-        }
+    d = compared.get("detections")
+    if d and (d["reference"] or d["candidate"]):
+        result["detections"] = {k: v for k, v in d.items() if k != "passed"}
     return result
 
 
@@ -195,7 +182,8 @@ def _check_onnx(path: str | os.PathLike[str], role: str) -> Path:
         from trtq.trt.compat import require_tensorrt
 
         require_tensorrt(f"comparing the engine {p.name}")
-        raise TrtqError(f"{p.name}: comparing TensorRT engines is not supported yet; compare the Q/DQ ONNX it was built from")
+        raise TrtqError(f"{p.name}: trtq compare takes ONNX models; check an engine against the reference outputs "
+                        f"of its build with `trtq verify {p}`")
     if p.suffix.lower() != ".onnx":
         raise TrtqError(f"{role} model {p} is not an ONNX file; pass an .onnx (`trtq export` turns a .pt into one)")
     return p

@@ -42,6 +42,9 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--ultralytics-header", is_flag=True,
               help='Also prefix the engine with the metadata header ultralytics.YOLO("X.engine") reads.')
+@click.option("--no-verify", is_flag=True, help="Do not check the built engine against the reference outputs.")
+@click.option("--ref-images", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Images in the reference inputs/outputs written for `trtq verify` (0: none).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Engine path (default engines/<model>.<precision>.engine).")
 def command(
@@ -70,6 +73,8 @@ def command(
     num_images: int | None,
     seed: int,
     ultralytics_header: bool,
+    no_verify: bool,
+    ref_images: int,
     output: Path | None,
 ) -> None:
     """Build a TensorRT engine from MODEL (.pt, FP32 .onnx or Q/DQ .onnx).
@@ -81,7 +86,9 @@ def command(
       trtq build yolov8n.int8.onnx                      # explicit INT8 from a Q/DQ ONNX
       trtq build yolov8n.onnx --fp16 --min-batch 1 --opt-batch 8 --max-batch 16
 
-    Writes X.engine and X.engine.json (what the engine is and how it was made). Without TensorRT the CPU
+    Writes X.engine and X.engine.json (what the engine is and how it was made). With --calib, reference
+    inputs/outputs (Polygraphy JSON) are written too, and the engine is checked against them (exit 1 and the
+    Polygraphy debugging commands when it does not match; --no-verify skips the check). Without TensorRT the CPU
     steps (export, calibration cache, Q/DQ ONNX) still run, then it exits with code 3 and the command
     that finishes the build on the target.
     """
@@ -114,6 +121,8 @@ def command(
         output=output,
         num_images=num_images,
         seed=seed,
+        verify=not no_verify,
+        reference_images=ref_images,
     )
     meta = result.metadata
     mode_txt = f" ({result.mode} INT8)" if result.mode else ""
@@ -124,3 +133,6 @@ def command(
         click.echo(f"  {len(result.float_layers)} head layers kept in float (see the .json record)")
     if result.calibration_batches:
         click.echo(f"  calibrated on {result.calibration_batches} batches; cache {result.cache_path}")
+    if result.verification is not None:  # trtq.verify (a failing engine raised VerificationFailed)
+        v = result.verification
+        click.echo(f"  verification: {v.get('status')}" + (f" ({v['reason']})" if v.get("reason") else ""))

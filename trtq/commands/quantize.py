@@ -26,6 +26,8 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--no-head-policy", is_flag=True, help="Also quantize the YOLOv8 head's final convs (costs accuracy).")
 @click.option("--no-concat-unify", is_flag=True, help="Do not give the inputs of a Concat one shared scale.")
 @click.option("--int8-weights", is_flag=True, help="Store weights as INT8 (smaller file; TensorRT >= 10 and ONNX Runtime only).")
+@click.option("--ref-images", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Images in the reference inputs/outputs written for `trtq verify` (0: none; needs --calib).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Q/DQ ONNX path (default <model>.int8.qdq.onnx).")
 def command(
     model: Path,
@@ -42,6 +44,7 @@ def command(
     no_head_policy: bool,
     no_concat_unify: bool,
     int8_weights: bool,
+    ref_images: int,
     output: Path | None,
 ) -> None:
     """Write an explicit INT8 Q/DQ ONNX of MODEL (runs on ONNX Runtime CPU and TensorRT).
@@ -74,3 +77,8 @@ def command(
         progress=True,
     )
     click.echo(result.summary())
+    if ref_images and source is not None:  # reference I/O for `trtq verify` (trtq.reference)
+        from trtq.reference import write_reference
+
+        ref = write_reference(result.path, source, num_images=ref_images, batch=batch, seed=seed)
+        click.echo(f"reference {ref.outputs_path.name}: check an engine built from it with `trtq verify ENGINE`")

@@ -69,6 +69,8 @@ class BuildResult:
     float_layers: dict[str, str] = field(default_factory=dict)
     calibration_batches: int = 0
     seconds: float = 0.0
+    verification: dict[str, Any] | None = None  # trtq.verify record (also in the engine's .json)
+    references: dict[str, Any] = field(default_factory=dict)  # kind -> trtq.reference.Reference
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,8 @@ def build_engine(
     progress: bool = True,
     trt_module: ModuleType | None = None,
     device: Device | None = None,
+    verify: bool = True,
+    reference_images: int = 8,
 ) -> BuildResult:
     """Build a TensorRT engine from ``model`` (.pt, FP32 ONNX or Q/DQ ONNX); see the module docstring.
 
@@ -242,6 +246,8 @@ def build_engine(
     ``device`` the CUDA device for calibration buffers (default: ``trtq.device.get_device()``).
 
     Raises :class:`MissingDependencyError` (exit code 3) after the CPU steps when TensorRT is absent.
+    With ``calib``, reference inputs/outputs for ``trtq verify`` are written (``trtq.reference``); with
+    ``verify`` the built engine is checked against them (:class:`trtq.verify.VerificationFailed` if it fails).
     """
     t0 = time.perf_counter()
     algo_given = algo is not None  # without --algo, a --cache FILE keeps the algorithm it was made with
@@ -378,9 +384,20 @@ def build_engine(
         "hardware_compatible": hardware_compatible,
         "ultralytics_header": ultralytics_header,
     }
+    # -- reference inputs/outputs for verification (trtq.reference) ---------------------------------------
+    from trtq.reference import build_references
+
+    refs = build_references(onnx_path=onnx_path, engine_path=engine_path, precision=precision, mode=plan.mode,
+                            qdq_path=plan.qdq_path, table=plan.table, cache_path=plan.cache_path, calib=calib,
+                            batch=profile.min, seed=seed, num_images=reference_images,
+                            reuse=not plan.stream and plan.histograms is None) if reference_images else {}
+
     # -- 4. no TensorRT: stop here, saying how to finish ---------------------------------------------------
     if trt is None or caps is None:
-        raise MissingDependencyError(_finish_message(onnx_path, precision, plan, finish_opts, algo))
+        from trtq.verify import finish_lines
+
+        *done, install = _finish_message(onnx_path, precision, plan, finish_opts, algo).splitlines()
+        raise MissingDependencyError("\n".join([*done, *finish_lines(refs, plan.qdq_path, precision), install]))
 
     # -- 5. TensorRT -------------------------------------------------------------------------------------------
     build_path = plan.qdq_path if (int8 and plan.mode == "explicit") else onnx_path
@@ -417,7 +434,21 @@ def build_engine(
     )
     from trtq.engine_meta import write_engine
 
+    if not verify:
+        meta.verification = {"status": "skipped", "verified": False, "reason": "built with --no-verify"}
     write_engine(engine_path, plan_bytes, meta, ultralytics_header=ultralytics_header, onnx_metadata=info.metadata)
+    verification = None
+    if verify:  # trtq.verify: the engine against the CPU's reference; raises VerificationFailed (engine kept)
+        from trtq.verify import verify_built_engine
+
+        kind = "float" if precision != "int8" else plan.mode or "explicit"
+        if kind not in refs and kind == "implicit" and plan.stream and reference_images:  # ranges TensorRT made
+            refs = build_references(onnx_path=onnx_path, engine_path=engine_path, precision=precision, mode=kind,
+                                    qdq_path=None, table=None, cache_path=plan.cache_path, calib=calib,
+                                    batch=profile.min, seed=seed, num_images=reference_images, load_cache=True)
+        ref = refs.get(kind)
+        verification = verify_built_engine(engine_path, ref, onnx_path=build_path, precision=precision,
+                                           cache=plan.cache_path if plan.mode == "implicit" else None)
     return BuildResult(
         engine_path=engine_path,
         metadata=meta,
@@ -430,6 +461,8 @@ def build_engine(
         float_layers=float_layers,
         calibration_batches=batches,
         seconds=time.perf_counter() - t0,
+        verification=verification,
+        references=refs,
     )
 
 

@@ -1,0 +1,554 @@
+"""Does an engine (or ONNX) keep the CPU's promise? Compare it with the reference outputs.
+
+One comparison path for the whole project (``trtq verify``, the check after ``trtq build``, and
+``trtq compare`` through :func:`compare_outputs`):
+
+* per output: cosine similarity and SQNR computed by Polygraphy's comparators
+  (``polygraphy.comparator.CosineSimilarityCompareFunc`` / ``SnrCompareFunc`` over all images at once),
+  and the largest absolute error;
+* detection agreement for YOLOv8 outputs: both sides decoded (``trtq.postprocess.decode``: confidence
+  filter + class-aware NMS), reference detections matched one-to-one to candidate detections of any class
+  at IoU >= 0.5 (highest IoU first), reported as precision, recall, class agreement and mean IoU.
+
+A model passes when every output reaches :class:`Tolerance`'s cosine and SQNR and the detections reach its
+recall and precision. The defaults were measured on YOLOv8n (COCO, 8 coco128 images): see
+:class:`Tolerance`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtq.errors import TrtqError
+from trtq.fidelity import DETECT_CONF, DETECT_IOU, MATCH_IOU, is_yolo_output, match_detections
+from trtq.reference import Reference, load_inputs, load_outputs, reference_paths
+
+log = logging.getLogger(__name__)
+
+EXIT_VERIFY_FAILED = 1
+STATUS_PASSED = "passed"
+STATUS_FAILED = "failed"
+STATUS_NOT_RUN = "not run"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass thresholds, measured on the shared YOLOv8n (COCO) with 8 coco128 images on ONNX Runtime (CPU),
+    ranges from 64 images (percentile):
+
+    ==============================================  ========  =======  ======  =========
+    candidate vs reference                          cosine    SQNR dB  recall  precision
+    ==============================================  ========  =======  ======  =========
+    Q/DQ ONNX vs its own reference                  1.0       inf      1.000   1.000
+    Q/DQ ONNX vs the FP32 ONNX's reference          0.99900   26.93    0.886   0.969
+    implicit simulation vs the FP32 reference       0.99905   27.16    0.800   0.966
+    Q/DQ ONNX, 1 backbone conv zeroed               0.98755   15.88    0.000   (none)
+    Q/DQ ONNX, 3 backbone convs zeroed              0.98143   14.31    0.000   (none)
+    Q/DQ ONNX, 1 residual bottleneck conv zeroed    0.99599   20.94    0.562   0.947
+    ==============================================  ========  =======  ======  =========
+
+    ``python -m benchmarks.verify_tolerance`` reproduces it (``benchmarks/results/verify_tolerance.json``).
+    SQNR 20 dB sits 6.9 dB below the worst passing case and 4.1 dB above the zeroed backbone convs; cosine
+    0.995 has margins 0.004 / 0.0075. Damage the residual shortcut hides (last row) keeps SQNR and cosine
+    at the threshold; recall catches it (0.6: 0.2 below the worst passing case, only 0.04 above that row on
+    these 8 images, 0.22 on 16 other images), so verification is a check for broken engines, not a
+    guarantee against every small error. A zeroed backbone conv leaves no detection at all, so precision
+    (0.5) only catches spurious detections.
+    """
+
+    cosine: float = 0.995
+    snr_db: float = 20.0
+    recall: float = 0.6
+    precision: float = 0.5
+    conf: float = DETECT_CONF
+    match_iou: float = MATCH_IOU
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+DEFAULT_TOLERANCE = Tolerance()
+
+
+def parse_tolerance(items: Sequence[str]) -> Tolerance:
+    """``["snr_db=25", "recall=0.7"]`` -> :class:`Tolerance` with those thresholds changed."""
+    values: dict[str, float] = {}
+    known = list(DEFAULT_TOLERANCE.to_dict())
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise TrtqError(f"--tolerance {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+        try:
+            values[key] = float(raw)
+        except ValueError:
+            raise TrtqError(f"--tolerance {item!r}: {raw!r} is not a number") from None
+    return replace(DEFAULT_TOLERANCE, **values)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the comparison (shared with `trtq compare`)
+# ---------------------------------------------------------------------------------------------------------------
+def _stack(runs: Sequence[Mapping[str, np.ndarray]], name: str) -> np.ndarray:
+    arrays = [np.asarray(r[name]) for r in runs]
+    if arrays and arrays[0].ndim == 0:
+        return np.stack(arrays)
+    return np.concatenate([a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1) for a in arrays])
+
+
+def _polygraphy_metrics(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> dict[str, Any]:
+    """Cosine and SQNR from Polygraphy's comparators (one iteration holding every image)."""
+    from polygraphy.comparator import CosineSimilarityCompareFunc, IterationResult, SnrCompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    r = IterationResult({name: ref}, runner_name="reference")
+    c = IterationResult({name: cand}, runner_name="candidate")
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # Polygraphy prints to stdout; trtq reports itself
+        cos = CosineSimilarityCompareFunc(cosine_similarity_threshold=tol.cosine)(r, c)[name]
+        snr = SnrCompareFunc(snr_threshold=tol.snr_db)(r, c)[name]
+    if isinstance(cos, bool) or isinstance(snr, bool):  # shapes could not be aligned
+        raise TrtqError(f"output {name!r}: shapes differ ({list(ref.shape)} vs {list(cand.shape)})")
+    diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
+    return {
+        "cosine": float(cos.cosine_similarity),
+        "sqnr_db": float(snr.snr),
+        "max_abs_error": float(np.max(diff)) if diff.size else 0.0,
+        "passed": bool(cos) and bool(snr),
+    }
+
+
+def detection_agreement(
+    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, conf: float = DETECT_CONF,
+    iou: float = MATCH_IOU,
+) -> dict[str, Any]:
+    """Decoded detections of each reference batch matched to the candidate's (see the module docstring)."""
+    from trtq.postprocess import decode
+
+    tot = {"reference": 0, "candidate": 0, "matched": 0, "same_class": 0, "iou_sum": 0.0}
+    for rb, cb in zip(reference, candidate, strict=True):
+        rdets = decode(np.asarray(rb, dtype=np.float32), conf=conf, iou=DETECT_IOU)
+        cdets = decode(np.asarray(cb, dtype=np.float32), conf=conf, iou=DETECT_IOU)
+        for rd, cd in zip(rdets, cdets, strict=True):
+            m = match_detections(rd, cd, iou)
+            for key in tot:
+                tot[key] += m[key]
+    matched = int(tot["matched"])
+    return {
+        "conf": conf,
+        "match_iou": iou,
+        "reference": int(tot["reference"]),
+        "candidate": int(tot["candidate"]),
+        "matched": matched,
+        "recall": matched / tot["reference"] if tot["reference"] else 1.0,
+        "precision": matched / tot["candidate"] if tot["candidate"] else 1.0,
+        "class_agreement": tot["same_class"] / matched if matched else 1.0,
+        "mean_iou": tot["iou_sum"] / matched if matched else 0.0,
+    }
+
+
+def compare_outputs(
+    reference: Sequence[Mapping[str, np.ndarray]],
+    candidate: Sequence[Mapping[str, np.ndarray]],
+    *,
+    names: Sequence[str] | None = None,
+    tolerance: Tolerance | None = None,
+) -> dict[str, Any]:
+    """Compare per-iteration outputs ``[{name: array}]`` of a candidate with a reference.
+
+    Returns ``{"outputs": {name: {cosine, sqnr_db, max_abs_error, passed}}, "detections": {...} (YOLOv8
+    outputs only), "passed": bool}``.
+    """
+    tol = tolerance or DEFAULT_TOLERANCE
+    if len(reference) != len(candidate):
+        raise TrtqError(f"{len(reference)} reference iterations but {len(candidate)} candidate iterations")
+    if not reference:
+        raise TrtqError("nothing to compare: the reference holds no iteration")
+    out_names = list(names) if names is not None else list(reference[0])
+    missing = [n for n in out_names if n not in candidate[0]]
+    if missing:
+        raise TrtqError(f"the candidate has no output {missing[0]!r} (it has {list(candidate[0])}); "
+                        "compare a model with its own reference")
+    outputs: dict[str, Any] = {}
+    detections: dict[str, Any] | None = None
+    det_passed = True
+    for name in out_names:
+        ref, cand = _stack(reference, name), _stack(candidate, name)
+        if ref.shape != cand.shape:
+            raise TrtqError(f"output {name!r}: reference shape {list(ref.shape)} vs candidate {list(cand.shape)}")
+        outputs[name] = _polygraphy_metrics(name, ref, cand, tol)
+        shape = np.asarray(reference[0][name]).shape
+        if detections is None and is_yolo_output(shape):
+            detections = detection_agreement([r[name] for r in reference], [c[name] for c in candidate],
+                                             conf=tol.conf, iou=tol.match_iou)
+            if detections["reference"]:
+                det_passed = detections["recall"] >= tol.recall and detections["precision"] >= tol.precision
+            else:
+                det_passed = detections["candidate"] == 0 or detections["precision"] >= tol.precision
+            detections["passed"] = det_passed
+    result: dict[str, Any] = {"outputs": outputs}
+    if detections is not None:
+        result["detections"] = detections
+    result["passed"] = all(o["passed"] for o in outputs.values()) and det_passed
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# running an artefact
+# ---------------------------------------------------------------------------------------------------------------
+def _run_onnx(path: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    from trtq.runtime import ort_session
+
+    sess = ort_session(path, ["CPUExecutionProvider"])
+    types = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
+    inputs = {i.name: types.get(i.type) for i in sess.get_inputs()}
+    names = [o.name for o in sess.get_outputs()]
+    results = []
+    for feed in feeds:
+        missing = [n for n in inputs if n not in feed]
+        if missing:
+            raise TrtqError(f"the reference inputs have no {missing[0]!r} (they have {list(feed)}); "
+                            f"they were made for another model than {path.name}")
+        f = {n: np.asarray(feed[n], dtype=dt) if dt is not None else np.asarray(feed[n]) for n, dt in inputs.items()}
+        try:
+            outs = sess.run(names, f)
+        except Exception as exc:
+            raise TrtqError(f"ONNX Runtime cannot run {path.name} on the reference inputs: "
+                            f"{str(exc).splitlines()[0][:200]}") from None
+        results.append({n: np.asarray(o) for n, o in zip(names, outs, strict=True)})
+    return results
+
+
+def _run_engine(path: Path, feeds: Sequence[Mapping[str, np.ndarray]], device: int) -> list[dict[str, np.ndarray]]:
+    from trtq.runtime import TensorRTSession
+
+    sess = TensorRTSession(path, device=device)
+    try:
+        results = []
+        for feed in feeds:
+            if sess.input_name not in feed:
+                raise TrtqError(f"the reference inputs have no {sess.input_name!r} (they have {list(feed)}); "
+                                f"they were made for another model than {path.name}")
+            x = np.asarray(feed[sess.input_name])
+            n = int(x.shape[0])
+            buf = sess.input_buffer(n)
+            if buf.shape != x.shape:
+                raise TrtqError(f"reference input shape {list(x.shape)} does not fit {path.name} "
+                                f"(input {list(buf.shape)})")
+            buf[...] = x.astype(buf.dtype, copy=False)
+            sess.run(n)
+            results.append({
+                name: np.array(sess.tensors[name].host_view(sess.shape_of(name))[:n], dtype=np.float32)
+                for name in sess.output_names
+            })
+        return results
+    finally:
+        sess.close()
+
+
+def run_artifact(
+    path: str | os.PathLike[str], feeds: Sequence[Mapping[str, np.ndarray]], *, device: int = 0
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Outputs of an engine (TensorRT) or ONNX (ONNX Runtime, CPU) for each feed dict, and the backend."""
+    from trtq.runtime import model_kind
+
+    p, kind = model_kind(Path(path))
+    if kind == "onnx":
+        return _run_onnx(p, feeds), "onnxruntime"
+    return _run_engine(p, feeds, device), "tensorrt"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# verification
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Verification:
+    """The verdict of one artefact against its reference."""
+
+    artifact: Path
+    reference: Reference
+    backend: str
+    tolerance: Tolerance
+    outputs: dict[str, Any] = field(default_factory=dict)
+    detections: dict[str, Any] | None = None
+    passed: bool = False
+    images: int = 0
+    reference_runner: str = ""
+
+    @property
+    def status(self) -> str:
+        return STATUS_PASSED if self.passed else STATUS_FAILED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "checked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "backend": self.backend,
+            "reference": {**self.reference.to_dict(), "runner": self.reference_runner, "images": self.images},
+            "tolerance": self.tolerance.to_dict(),
+            "outputs": self.outputs,
+            "detections": self.detections,
+        }
+
+    def table(self) -> str:
+        return verification_table(self.to_dict(), artifact=str(self.artifact))
+
+
+def _fmt_db(v: float) -> str:
+    return "inf" if math.isinf(v) and v > 0 else f"{v:.2f}"
+
+
+def verification_table(record: Mapping[str, Any], *, artifact: str = "") -> str:
+    """The per-output table (and detection agreement) of a verification record."""
+    tol = record.get("tolerance") or {}
+    ref = record.get("reference") or {}
+    lines = []
+    if artifact:
+        lines.append(f"{artifact} ({record.get('backend', '?')}) vs {ref.get('outputs', '?')}")
+    lines.append(f"{'output':16s} {'cosine':>9s} {'SQNR dB':>8s} {'max|err|':>10s}  result")
+    for name, e in (record.get("outputs") or {}).items():
+        lines.append(f"{name[:16]:16s} {e['cosine']:9.6f} {_fmt_db(e['sqnr_db']):>8s} {e['max_abs_error']:10.4g}  "
+                     f"{'ok' if e['passed'] else 'FAIL'}")
+    d = record.get("detections")
+    if d:
+        lines.append(
+            f"detections (conf > {d['conf']}, IoU >= {d['match_iou']}): reference {d['reference']}, candidate "
+            f"{d['candidate']}, matched {d['matched']}; precision {d['precision']:.3f} recall {d['recall']:.3f} "
+            f"mean IoU {d['mean_iou']:.3f} class agreement {d['class_agreement']:.3f}  {'ok' if d['passed'] else 'FAIL'}"
+        )
+    if tol:
+        lines.append(f"tolerance: cosine >= {tol['cosine']}, SQNR >= {tol['snr_db']} dB, recall >= {tol['recall']}, "
+                     f"precision >= {tol['precision']}")
+    return "\n".join(lines)
+
+
+def _engine_record(path: Path) -> dict[str, Any] | None:
+    from trtq.engine_meta import read_engine
+
+    try:
+        _, meta = read_engine(path)
+    except TrtqError:
+        return None
+    if meta is None:
+        return None
+    return {"verification": dict(getattr(meta, "verification", {}) or {}), "model_path": meta.model_path}
+
+
+def find_reference(artifact: str | os.PathLike[str]) -> Reference:
+    """The references recorded for ``artifact``: in an engine's record, beside the artefact, or beside the
+    ONNX the engine was built from."""
+    p = Path(artifact)
+    candidates: list[Reference] = []
+    if p.suffix.lower() in (".engine", ".plan", ".trt") and p.is_file():
+        record = _engine_record(p)
+        if record is not None:
+            recorded = (record["verification"] or {}).get("reference") or {}
+            if recorded.get("inputs") and recorded.get("outputs"):
+                ri, ro = Path(recorded["inputs"]), Path(recorded["outputs"])
+                candidates.append(Reference(ri, ro))
+                candidates.append(Reference(p.parent / ri.name, p.parent / ro.name))  # copied next to the engine
+        candidates.append(reference_paths(p))
+        if record is not None and record.get("model_path"):
+            candidates.append(reference_paths(record["model_path"]))
+    else:
+        candidates.append(reference_paths(p))
+    for ref in candidates:
+        if ref.exists():
+            return ref
+    tried = candidates[0] if candidates else reference_paths(p)
+    raise TrtqError(
+        f"no reference recorded for {p.name} (looked for {tried.inputs_path.name} and {tried.outputs_path.name}); "
+        "`trtq build` and `trtq quantize` write them beside their artefacts: pass --inputs FILE --outputs FILE"
+    )
+
+
+def _pair(inputs: str | os.PathLike[str] | None, outputs: str | os.PathLike[str] | None) -> Reference | None:
+    from trtq.reference import INPUTS_SUFFIX, OUTPUTS_SUFFIX
+
+    if inputs is None and outputs is None:
+        return None
+    if inputs is not None and outputs is not None:
+        return Reference(Path(inputs), Path(outputs))
+    given = Path(inputs or outputs or "")
+    swap = (INPUTS_SUFFIX, OUTPUTS_SUFFIX) if inputs is not None else (OUTPUTS_SUFFIX, INPUTS_SUFFIX)
+    if given.name.endswith(swap[0]):
+        other = given.with_name(given.name[: -len(swap[0])] + swap[1])
+        return Reference(given, other) if inputs is not None else Reference(other, given)
+    raise TrtqError("pass both --inputs and --outputs (or files named *.ref-inputs.json / *.ref-outputs.json)")
+
+
+def verify(
+    artifact: str | os.PathLike[str],
+    *,
+    inputs: str | os.PathLike[str] | None = None,
+    outputs: str | os.PathLike[str] | None = None,
+    tolerance: Tolerance | None = None,
+    device: int = 0,
+) -> Verification:
+    """Run ``artifact`` (engine: TensorRT; ONNX / Q/DQ ONNX: ONNX Runtime CPU) on the reference inputs and
+    compare with the reference outputs (found as :func:`find_reference` says unless given)."""
+    p = Path(artifact)
+    if not p.is_file():
+        raise TrtqError(f"artefact not found: {p}")
+    ref = _pair(inputs, outputs) or find_reference(p)
+    tol = tolerance or DEFAULT_TOLERANCE
+    feeds = load_inputs(ref.inputs_path)
+    expected, runner = load_outputs(ref.outputs_path)
+    if len(expected) != len(feeds):
+        raise TrtqError(f"{ref.outputs_path.name} holds {len(expected)} iterations but {ref.inputs_path.name} "
+                        f"{len(feeds)} feed dicts; pass the outputs recorded for these inputs")
+    got, backend = run_artifact(p, feeds, device=device)
+    names = [n for n in expected[0] if n in got[0]] or list(expected[0])
+    result = compare_outputs(expected, got, names=names, tolerance=tol)
+    images = sum(int(np.asarray(next(iter(f.values()))).shape[0]) for f in feeds)
+    return Verification(
+        artifact=p,
+        reference=ref,
+        backend=backend,
+        tolerance=tol,
+        outputs=result["outputs"],
+        detections=result.get("detections"),
+        passed=bool(result["passed"]),
+        images=images,
+        reference_runner=runner,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# engines: the record and the next debugging step
+# ---------------------------------------------------------------------------------------------------------------
+def record_verification(engine: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Store a verification record (``Verification.to_dict()`` or a "not run" record) in ``X.engine.json``."""
+    from trtq.engine_meta import read_engine, sidecar_path
+    from trtq.fileio import write_json
+
+    path = Path(engine)
+    _, meta = read_engine(path)
+    if meta is None:
+        raise TrtqError(f"{path} has no record to update (no .json sidecar)")
+    meta.verification = dict(record)
+    write_json(sidecar_path(path), meta.to_dict())
+
+
+def _compare_args(tol: Tolerance) -> list[str]:
+    return ["--compare", "cosine_similarity", "snr", "--cosine-similarity-threshold", f"{tol.cosine:g}",
+            "--snr-threshold", f"{tol.snr_db:g}", "--check-average"]
+
+
+def polygraphy_run_engine_command(engine: str | os.PathLike[str], ref: Reference, tol: Tolerance | None = None) -> str:
+    """``polygraphy run X.engine --model-type engine --trt --load-inputs ... --load-outputs ...``."""
+    args = ["polygraphy", "run", str(engine), "--model-type", "engine", "--trt",
+            "--load-inputs", str(ref.inputs_path), "--load-outputs", str(ref.outputs_path),
+            *_compare_args(tol or DEFAULT_TOLERANCE)]
+    return shlex.join(args)
+
+
+def polygraphy_debug_commands(
+    onnx_path: str | os.PathLike[str],
+    ref: Reference,
+    *,
+    precision: str = "int8",
+    cache: str | os.PathLike[str] | None = None,
+    tol: Tolerance | None = None,
+) -> list[str]:
+    """The next debugging steps for a failing engine: TensorRT against ONNX Runtime on the same ONNX, then
+    ``polygraphy debug precision`` (which layers must leave INT8/FP16 for the engine to match)."""
+    t = tol or DEFAULT_TOLERANCE
+    prec = ["--fp16"] if precision in ("fp16", "int8") else []
+    if precision == "int8":
+        prec.append("--int8")
+        if cache is not None:
+            prec += ["--calibration-cache", str(cache)]
+    run_both = ["polygraphy", "run", str(onnx_path), "--trt", "--onnxrt", *prec,
+                "--load-inputs", str(ref.inputs_path), *_compare_args(t)]
+    debug = ["polygraphy", "debug", "precision", str(onnx_path), *prec, "--load-inputs", str(ref.inputs_path),
+             "--check", "polygraphy", "run", "polygraphy_debug.engine", "--trt",
+             "--load-inputs", str(ref.inputs_path), "--load-outputs", str(ref.outputs_path), *_compare_args(t)]
+    return [shlex.join(run_both), shlex.join(debug)]
+
+
+class VerificationFailed(TrtqError):
+    """An engine or model outside the tolerance (exit code 1)."""
+
+    exit_code = EXIT_VERIFY_FAILED
+
+
+def verify_built_engine(
+    engine: Path,
+    ref: Reference | None,
+    *,
+    onnx_path: Path,
+    precision: str,
+    cache: Path | None = None,
+    tolerance: Tolerance | None = None,
+    device: int = 0,
+) -> dict[str, Any]:
+    """``trtq build``'s check: verify ``engine`` against ``ref`` and record the verdict in ``X.engine.json``.
+
+    Returns the record. A failing engine is kept, recorded as unverified, and :class:`VerificationFailed`
+    carries the table and the Polygraphy commands that debug it. When the check cannot run (no reference,
+    no GPU runtime) the record says why and the build stands.
+    """
+    from trtq.errors import MissingDependencyError
+
+    tol = tolerance or DEFAULT_TOLERANCE
+    if ref is None:
+        record: dict[str, Any] = {"status": STATUS_NOT_RUN, "verified": False,
+                                  "reason": "no reference outputs (build with --calib to write them)"}
+        record_verification(engine, record)
+        return record
+    try:
+        result = verify(engine, inputs=ref.inputs_path, outputs=ref.outputs_path, tolerance=tol, device=device)
+    except (MissingDependencyError, TrtqError) as exc:
+        if isinstance(exc, VerificationFailed):
+            raise
+        log.warning("the engine was not verified: %s", exc)
+        record = {"status": STATUS_NOT_RUN, "verified": False, "reason": str(exc).splitlines()[0],
+                  "reference": ref.to_dict()}
+        record_verification(engine, record)
+        return record
+    record = {**result.to_dict(), "verified": result.passed}
+    record_verification(engine, record)
+    if not result.passed:
+        lines = [
+            f"{engine} does not match its reference: kept, recorded as unverified in {engine.name}.json",
+            *result.table().splitlines(),
+            "Next: compare TensorRT with ONNX Runtime on the same model, then find the layers that must leave INT8/FP16:",
+            "  " + polygraphy_run_engine_command(engine, ref, tol),
+            *("  " + c for c in polygraphy_debug_commands(onnx_path, ref, precision=precision, cache=cache, tol=tol)),
+        ]
+        raise VerificationFailed("\n".join(lines))
+    log.info("verified %s against %s: passed", engine, ref.outputs_path)
+    return record
+
+
+def finish_lines(refs: Mapping[str, Reference], qdq_path: Path | None, precision: str) -> list[str]:
+    """Lines for the "finish on the target" message: where the references are and how to check by hand."""
+    from trtq.trt.builder import default_engine_path
+
+    lines: list[str] = []
+    for kind, ref in refs.items():
+        if kind == "explicit" and qdq_path is not None:
+            engine = default_engine_path(qdq_path, "int8")
+        elif kind == "implicit":
+            continue  # the implicit engine's name depends on the command; `trtq build` verifies it itself
+        else:
+            continue
+        lines.append(f"trtq build verifies the engine against {ref.outputs_path} (copy the .ref-*.json files too); "
+                     "by hand:")
+        lines.append("  " + polygraphy_run_engine_command(engine, ref))
+    implicit = refs.get("implicit")
+    if implicit is not None:
+        lines.append(f"implicit INT8 reference (ranges simulated on ONNX Runtime): {implicit.outputs_path}")
+    if "float" in refs:
+        lines.append(f"{precision.upper()} reference: {refs['float'].outputs_path}")
+    return lines
