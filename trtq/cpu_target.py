@@ -319,6 +319,10 @@ def insert_cpu_qdq(
     return q
 
 
+def _is_integer(op: str) -> bool:
+    return op in _ORT_INT_OPS or op.endswith("(8-bit)")
+
+
 def ort_optimized_ops(model_path: str | os.PathLike[str], *, threads: int = 1) -> Counter[str]:
     """Op counts of the graph ONNX Runtime's CPU provider actually runs (after its QDQ fusions)."""
     import onnxruntime as ort
@@ -331,7 +335,18 @@ def ort_optimized_ops(model_path: str | os.PathLike[str], *, threads: int = 1) -
         so.intra_op_num_threads = threads
         ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         m = onnx.load(str(out))
-    return Counter(n.op_type for n in m.graph.node)
+    # ops that only move data count as 8-bit when they read an 8-bit tensor ("MaxPool (8-bit)")
+    eight_bit: set[str] = set()
+    ops: Counter[str] = Counter()
+    for n in m.graph.node:
+        op = n.op_type
+        if op == "QuantizeLinear" or op in _ORT_INT_OPS:
+            eight_bit.update(n.output)
+        elif op in PASS_THROUGH_OPS and n.input and n.input[0] in eight_bit:
+            eight_bit.update(n.output)
+            op = f"{op} (8-bit)"
+        ops[op] += 1
+    return ops
 
 
 @dataclass
@@ -405,8 +420,9 @@ def _report(
             "quantized_tensors": len(plan.tensors),
             "by_kernel": dict(by_kernel),
         },
-        "ort_kernels": {k: int(v) for k, v in ort_ops.items() if k in _ORT_INT_OPS},
-        "ort_float_ops": {k: int(v) for k, v in ort_ops.items() if k not in _ORT_INT_OPS},
+        "ort_kernels": {k: int(v) for k, v in ort_ops.items() if _is_integer(k)},
+        "ort_float_ops": {k: int(v) for k, v in ort_ops.items() if not _is_integer(k) and "QuantizeLinear" not in k},
+        "ort_conversions": {k: int(v) for k, v in ort_ops.items() if k in ("QuantizeLinear", "DequantizeLinear")},
         "integer_nodes": [{"node": n, "op_type": op_of.get(n, "?"), "kernel": k} for n, k in plan.int_nodes.items()],
         "float_nodes": [{"node": n, "op_type": op_of.get(n, "?"), "reason": r} for n, r in plan.float_nodes.items()],
         "quantized_activations": acts,
@@ -426,7 +442,8 @@ def _markdown(r: Mapping[str, Any]) -> str:
         f"{c['float_nodes']} float; {c['quantized_tensors']} activation tensors quantized (u8/s8 per tensor, "
         "asymmetric zero point), weights s8 per output channel, biases i32",
         "- ONNX Runtime's optimized graph runs: " + ", ".join(f"{v} {k}" for k, v in sorted(r["ort_kernels"].items()))
-        + "; float: " + ", ".join(f"{v} {k}" for k, v in sorted(r["ort_float_ops"].items())),
+        + "; float: " + ", ".join(f"{v} {k}" for k, v in sorted(r["ort_float_ops"].items()))
+        + "; float/8-bit conversions: " + ", ".join(f"{v} {k}" for k, v in sorted(r["ort_conversions"].items())),
         "",
         "## Nodes kept in float",
         "",

@@ -133,6 +133,13 @@ def test_tensorrt_builder_refuses_a_cpu_target_model(tmp_path: Path, monkeypatch
         build_engine(r.path, trt_module=trt, output=tmp_path / "e.engine", device=FakeDevice(), progress=False)
     assert "\n" not in str(exc.value)
     assert not (tmp_path / "e.engine").exists()
+    # the CLI says it in one line, and `trtq inspect` shows the target
+    from trtq.cli import main
+
+    res = CliRunner().invoke(main, ["build", str(r.path)])
+    assert res.exit_code != 0 and "quantized for the CPU" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["inspect", str(r.path)])
+    assert res.exit_code == 0 and "trtq_target    cpu" in res.output
     # the FP32 model still builds with the same fake
     build_engine(model, trt_module=make_fake_tensorrt("10.3.0"), output=tmp_path / "f.engine", device=FakeDevice(), progress=False)
 
