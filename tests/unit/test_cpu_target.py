@@ -173,6 +173,17 @@ def test_yolov8n_cpu_target_fuses_every_quantized_conv_and_stays_close(
     for feed in batcher:
         x = next(iter(feed.values()))
         assert _cosine(_run(yolo_onnx, x), _run(out, x)) >= 0.98
+    # the runtime's Detector runs it like any ONNX model and finds what FP32 finds
+    import cv2
+
+    from trtq.runtime import Detector
+
+    img = cv2.imread(str(val / "000000000139.jpg"))
+    with Detector(yolo_onnx) as ref, Detector(out) as cand:
+        a, b = ref(img)[0], cand(img)[0]
+    assert len(a) > 0
+    strong = {n for n, s in zip(a.names, a.scores, strict=True) if s > 0.5}
+    assert strong <= set(b.names)
 
 
 def test_reduce_range_stores_7_bit_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
