@@ -144,6 +144,23 @@ def test_tensorrt_builder_refuses_a_cpu_target_model(tmp_path: Path, monkeypatch
     build_engine(model, trt_module=make_fake_tensorrt("10.3.0"), output=tmp_path / "f.engine", device=FakeDevice(), progress=False)
 
 
+def test_cli_target_cpu_writes_the_model_and_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trtq.headpolicy
+    from trtq.cli import main
+
+    monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: dict(TINY_HEAD))
+    model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
+    images = write_images(tmp_path / "im", 4, size=(32, 32))
+    res = CliRunner().invoke(main, ["quantize", str(model), "--calib", str(images), "--target", "cpu"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "tiny.int8.cpu.onnx"
+    assert out.is_file() and "2 QLinearConv" in res.output
+    rep = json.loads((tmp_path / "tiny.int8.cpu.report.json").read_text())
+    assert rep["algorithm"] == "mse" and rep["target"] == TARGET_CPU
+    res = CliRunner().invoke(main, ["quantize", str(model), "--calib", str(images), "--reduce-range"])
+    assert res.exit_code != 0 and "--reduce-range applies to --target cpu only" in res.output
+
+
 def test_cli_target_cpu_rejects_tensorrt_only_options(tiny_conv_onnx: Path, tmp_path: Path) -> None:
     from trtq.cli import main
 
