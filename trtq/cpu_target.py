@@ -510,6 +510,8 @@ def quantize_cpu(
         raise TrtqError(f"unknown activation type {activations!r}; choose one of {', '.join(ACTIVATION_TYPES)}")
     mpath = _resolve_model(model)
     fmodel = onnx.load(str(mpath))
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in fmodel.graph.node):
+        raise TrtqError(f"{mpath.name} is already quantized; quantize the FP32 ONNX it was made from")
     keep = dict(head_float_nodes(fmodel)) if head_policy else {}
     plan = plan_cpu(fmodel, keep_float=keep, exclude=exclude, silu=silu)
     tensors = plan.range_tensors

@@ -170,6 +170,42 @@ def test_cli_target_cpu_rejects_tensorrt_only_options(tiny_conv_onnx: Path, tmp_
     assert "Traceback" not in res.output
 
 
+def test_refuses_an_already_quantized_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trtq.headpolicy
+
+    monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: dict(TINY_HEAD))
+    model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
+    images = write_images(tmp_path / "im", 4, size=(32, 32))
+    r = quantize_cpu(model, images, output=tmp_path / "a.onnx", progress=False)
+    with pytest.raises(TrtqError, match="already quantized"):
+        quantize_cpu(r.path, images, output=tmp_path / "b.onnx", progress=False)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_conv_output_before_silu_is_measured_not_aliased(tiny_conv_onnx: Path, tmp_path: Path) -> None:
+    from calibrators.collect import collect_histograms
+
+    rng = np.random.default_rng(0)
+    batches = [{"images": rng.random((1, 3, 32, 32), dtype=np.float32)} for _ in range(2)]
+    ref = np.concatenate([_run_tensor(tiny_conv_onnx, b["images"], "c0") for b in batches])
+    fused = collect_histograms(tiny_conv_onnx, batches, ["c0"])["c0"]
+    measured = collect_histograms(tiny_conv_onnx, batches, ["c0"], fused_silu=False)["c0"]
+    # TensorRT fuses the SiLU: the Conv output takes the SiLU output's range (min >= -0.2785)
+    assert fused.min_value >= -0.2785 > float(ref.min())
+    # the CPU target quantizes the Conv output itself: its real range
+    assert measured.min_value == pytest.approx(float(ref.min()), rel=1e-5)
+    assert measured.max_value == pytest.approx(float(ref.max()), rel=1e-5)
+
+
+def _run_tensor(model: Path, x: np.ndarray, name: str) -> np.ndarray:
+    import onnxruntime as ort
+
+    m = onnx.load(str(model))
+    m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run([name], {"images": x})[0]
+
+
 # ---------------------------------------------------------------------------------------------------- real model
 @pytest.mark.slow
 def test_yolov8n_cpu_target_fuses_every_quantized_conv_and_stays_close(
