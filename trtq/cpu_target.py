@@ -72,7 +72,6 @@ INTEGER_KERNELS = {
 }
 # integer ops as they appear in ONNX Runtime's optimized graph
 _ORT_INT_OPS = frozenset({"QLinearConv", "QLinearSigmoid", "QLinearAdd", "QLinearMul", "QLinearConcat", "ConvInteger"})
-_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 REASON_NO_KERNEL = "no integer kernel for {op} in ONNX Runtime's CPU provider"
 REASON_FLOAT_INPUT = "an input is float (not produced by an integer kernel)"
