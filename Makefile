@@ -10,10 +10,10 @@ STAMP := $(VENV)/.trtq-installed
 SHARED ?= ../shared/assets
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit typecheck lint bench bench-calib bench-accuracy clean help
+.PHONY: install demo test unit typecheck lint bench bench-calib bench-cpu-int8 bench-accuracy clean help
 
 help:
-	@echo "make demo | make test | make bench | make bench-calib | make bench-accuracy | make typecheck | make lint"
+	@echo "make demo | make test | make bench | make bench-calib | make bench-cpu-int8 | make bench-accuracy | make typecheck | make lint"
 
 install: $(STAMP)
 
@@ -45,6 +45,9 @@ bench: $(STAMP)
 
 bench-calib: $(STAMP)
 	YOLO_OFFLINE=1 $(PY) benchmarks/calibration.py --shared $(SHARED)
+
+bench-cpu-int8: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) benchmarks/cpu_int8.py --shared $(SHARED)
 
 bench-accuracy: $(STAMP)
 	YOLO_OFFLINE=1 $(PY) benchmarks/accuracy.py --shared $(SHARED)

@@ -4,7 +4,8 @@
 
 Prepares, from the shared YOLOv8n ONNX (into ``build/bench/``, reused by later runs):
 
-- always: the FP32 ONNX and an explicit INT8 Q/DQ ONNX (``trtq.quantize``), both on ONNX Runtime;
+- always: the FP32 ONNX, an explicit INT8 Q/DQ ONNX (``trtq.quantize``, the TensorRT layout: simulated INT8
+  on the CPU) and the CPU-target INT8 ONNX (``trtq.cpu_target``: integer kernels), all on ONNX Runtime;
 - where TensorRT and a GPU exist: FP32, FP16, INT8 implicit (calibrator) and INT8 explicit (Q/DQ) engines.
 
 Rows that cannot run here are listed as SKIPPED with the reason. Writes
@@ -77,6 +78,23 @@ def prepare_qdq(
         return None, f"trtq.quantize is not available ({exc})"
     try:
         result = quantize(onnx_path, calib, num_images=num_images, output=out, progress=False)
+    except TrtqError as exc:
+        return None, f"quantization failed: {exc}"
+    return result.path, None
+
+
+def prepare_cpu_int8(
+    onnx_path: Path, calib: Path, work: Path, *, num_images: int, fresh: bool
+) -> tuple[Path | None, str | None]:
+    """(INT8 ONNX for ONNX Runtime's CPU integer kernels, None) or (None, why it could not be made)."""
+    out = work / "yolov8n.int8.cpu.onnx"
+    if _fresh(out, onnx_path, fresh):
+        log.info("reusing %s", out)
+        return out, None
+    from trtq.cpu_target import quantize_cpu
+
+    try:
+        result = quantize_cpu(onnx_path, calib, num_images=num_images, output=out, progress=False)
     except TrtqError as exc:
         return None, f"quantization failed: {exc}"
     return result.path, None
@@ -183,6 +201,18 @@ def main(argv: list[str] | None = None) -> int:
                 skip_reason=why,
             )
         )
+    if args.no_quantize:
+        cpu_int8, why = None, "skipped (--no-quantize)"
+    else:
+        cpu_int8, why = prepare_cpu_int8(onnx_path, calib, args.work, num_images=args.calib_images, fresh=args.fresh)
+    targets.append(
+        BenchTarget(cpu_int8, label="yolov8n INT8 ONNX (--target cpu)", precision="INT8 (CPU kernels)")
+        if cpu_int8 is not None
+        else BenchTarget(
+            None, label="yolov8n INT8 ONNX (--target cpu)", precision="INT8 (CPU kernels)",
+            backend="onnxruntime-cpu", skip_reason=why,
+        )  # fmt: skip
+    )
     targets += prepare_engines(
         onnx_path, qdq, calib, args.work, num_images=args.calib_images, fresh=args.fresh
     )

@@ -314,7 +314,14 @@ class StatsPlan:
     alias: dict[str, tuple[str, str]]
 
 
-def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, tuple[int, ...]], max_positions: int | None) -> StatsPlan:
+def plan_statistics(
+    model: Any,
+    tensor_names: Sequence[str],
+    shapes: dict[str, tuple[int, ...]],
+    max_positions: int | None,
+    *,
+    fused_silu: bool = True,
+) -> StatsPlan:
     consumers: dict[str, list[Any]] = {}
     producer: dict[str, Any] = {}
     for node in model.graph.node:
@@ -356,7 +363,7 @@ def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, t
                 alias[t] = (pair[0], "sigmoid")
                 want(pair[0])
                 return
-        pair = silu_of(t)
+        pair = silu_of(t) if fused_silu else None
         if pair is not None:
             alias[t] = (pair[0], "silu_preact")
             want(pair[0])
@@ -443,12 +450,15 @@ def collect_histograms(
     progress: bool = False,
     providers: Sequence[str] | None = None,
     total: int | None = None,
+    fused_silu: bool = True,
 ) -> dict[str, TensorHistogram]:
     """Stream ``batches`` through the model and return one |x| histogram per requested tensor.
 
     ``tensor_names`` defaults to :func:`calibration_tensors`. Memory is O(tensors x 32768) whatever the
     number of batches. ``max_positions`` caps the spatial positions histogrammed per tensor and image
     (the exact range is always computed over every value); ``None`` histograms every value.
+    ``fused_silu=False`` measures a Conv output that feeds only its SiLU instead of giving it the SiLU
+    output's range (for targets that do not fuse SiLU into the Conv).
     """
     import onnx
 
@@ -501,7 +511,7 @@ def collect_histograms(
             if first_shapes is None:
                 first_shapes = shapes
                 tensor_shapes = _shapes(model, shapes)
-                plan = plan_statistics(model, names, tensor_shapes, max_positions)
+                plan = plan_statistics(model, names, tensor_shapes, max_positions, fused_silu=fused_silu)
                 graph = build_stats_graph(model, plan.measured, tensor_shapes, max_positions)
                 session = make_session(graph.model_bytes, providers)
                 output_names = list(dict.fromkeys(x for n in plan.measured for x in graph.outputs[n][:3]))

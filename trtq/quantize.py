@@ -168,6 +168,7 @@ def collect_statistics(
     batch: int = 1,
     seed: int = 0,
     progress: bool = True,
+    fused_silu: bool = True,
 ) -> tuple[dict[str, Any], Any]:
     """Histograms of ``tensors`` over the calibration images, and the batcher that produced them."""
     from calibrators.collect import collect_histograms
@@ -177,7 +178,9 @@ def collect_statistics(
     info = read_model_info(model_path)
     check_detector_input(info)
     batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
-    hists = collect_histograms(model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected))
+    hists = collect_histograms(
+        model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected), fused_silu=fused_silu
+    )
     return hists, batcher
 
 
@@ -253,6 +256,7 @@ def build_report(
     weighted_float = [f for f in floats if f["op_type"] in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
     return {
         "kind": "trtq-qdq-report",
+        "target": "tensorrt",
         "trtq_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": str(model_path),
@@ -392,7 +396,10 @@ def write_qdq(
         "int8_weights": int8_weights,
         "exclude": list(exclude),
     }
-    _set_metadata(qmodel, {"trtq_quantization": "int8-qdq", "trtq_algorithm": algo, "trtq_version": __version__})
+    _set_metadata(
+        qmodel,
+        {"trtq_quantization": "int8-qdq", "trtq_target": "tensorrt", "trtq_algorithm": algo, "trtq_version": __version__},
+    )
     _save_model(qmodel, out)
     report = build_report(
         model_path=mpath,

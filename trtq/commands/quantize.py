@@ -4,14 +4,19 @@ from pathlib import Path
 
 import click
 
+from trtq.cpu_target import CPU_DEFAULT_ALGO
 from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 
 
 @click.command(name="quantize")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--calib", "source", help="Calibration images: a folder (recursive), a glob, a .txt list or a data yaml.")
-@click.option("--algo", type=click.Choice(QUANTIZE_ALGOS), default=DEFAULT_ALGO, show_default=True,
-              help="Activation range algorithm ('auto': per tensor, the candidate with the smallest histogram error).")
+@click.option("--target", type=click.Choice(("tensorrt", "cpu")), default="tensorrt", show_default=True,
+              help="Who runs the INT8 model: TensorRT (Q/DQ on weighted-op inputs), or ONNX Runtime's CPU provider "
+                   "(Q/DQ on every body tensor, u8 asymmetric activations, so it runs integer kernels).")
+@click.option("--algo", type=click.Choice(QUANTIZE_ALGOS), default=None,
+              help=f"Activation range algorithm ('auto': per tensor, the candidate with the smallest histogram error). "
+                   f"Default: {DEFAULT_ALGO} for tensorrt, {CPU_DEFAULT_ALGO} for cpu.")
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
               help="Percentile for --algo percentile (and auto's percentile candidate).")
 @click.option("--exclude", multiple=True, metavar="NODE", help="Keep this node (name or pattern like '/model.22/*') in float; repeatable.")
@@ -28,11 +33,14 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--int8-weights", is_flag=True, help="Store weights as INT8 (smaller file; TensorRT >= 10 and ONNX Runtime only).")
 @click.option("--ref-images", type=click.IntRange(min=0), default=8, show_default=True,
               help="Images in the reference inputs/outputs written for `trtq verify` (0: none; needs --calib).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Q/DQ ONNX path (default <model>.int8.qdq.onnx).")
+@click.option("--reduce-range", is_flag=True,
+              help="--target cpu: 7-bit weights, for x86 CPUs without VNNI (their 16-bit pairwise sums can saturate).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Q/DQ ONNX path (default <model>.int8.qdq.onnx; <model>.int8.cpu.onnx for --target cpu).")
 def command(
     model: Path,
     source: str | None,
-    algo: str,
+    target: str,
+    algo: str | None,
     percentile: float,
     exclude: tuple[str, ...],
     max_drop: float | None,
@@ -45,9 +53,15 @@ def command(
     no_concat_unify: bool,
     int8_weights: bool,
     ref_images: int,
+    reduce_range: bool,
     output: Path | None,
 ) -> None:
     """Write an explicit INT8 Q/DQ ONNX of MODEL (runs on ONNX Runtime CPU and TensorRT).
+
+    With --target cpu the layout is made for ONNX Runtime's CPU provider instead: every tensor of the
+    network body is quantized (u8, asymmetric zero point), so convs, SiLU, residual Adds and Concats run as
+    integer kernels (QLinearConv, QLinearSigmoid, QLinearMul, QLinearAdd, QLinearConcat). TensorRT cannot
+    build that model; `trtq build` refuses it.
 
     Weights are quantized per output channel, activations per tensor; the YOLOv8 head's final convs, DFL,
     box decode, Sigmoid and output Concat stay float. A report (.report.json and .report.md) next to the
@@ -56,12 +70,18 @@ def command(
     from trtq.errors import TrtqError
     from trtq.quantize import quantize
 
+    if target != "cpu" and reduce_range:
+        raise TrtqError("--reduce-range applies to --target cpu only")
+    if target == "cpu":
+        click.echo(_quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch, seed,
+                                 no_head_policy, no_concat_unify, int8_weights, reduce_range, output))
+        return
     if source is None and table is None:
         raise TrtqError("quantize needs calibration images: pass --calib DIR (or --cache CACHE from `trtq calibrate`)")
     result = quantize(
         model,
         source,
-        algo=algo,
+        algo=algo or DEFAULT_ALGO,
         percentile=percentile,
         exclude=exclude,
         max_drop=max_drop,
@@ -82,3 +102,50 @@ def command(
 
         ref = write_reference(result.path, source, num_images=ref_images, batch=batch, seed=seed)
         click.echo(f"reference {ref.outputs_path.name}: check an engine built from it with `trtq verify ENGINE`")
+
+
+def _quantize_cpu(
+    model: Path,
+    source: str | None,
+    algo: str | None,
+    percentile: float,
+    exclude: tuple[str, ...],
+    max_drop: float | None,
+    table: Path | None,
+    num_images: int | None,
+    batch: int,
+    seed: int,
+    no_head_policy: bool,
+    no_concat_unify: bool,
+    int8_weights: bool,
+    reduce_range: bool,
+    output: Path | None,
+) -> str:
+    from trtq.cpu_target import quantize_cpu
+    from trtq.errors import TrtqError
+
+    unsupported = [
+        flag
+        for flag, given in (("--max-drop", max_drop is not None), ("--cache", table is not None),
+                            ("--no-concat-unify", no_concat_unify), ("--int8-weights", int8_weights))
+        if given
+    ]
+    if unsupported:
+        raise TrtqError(f"{', '.join(unsupported)} applies to --target tensorrt only; drop it for --target cpu")
+    if source is None:
+        raise TrtqError("quantize --target cpu needs calibration images: pass --calib DIR")
+    result = quantize_cpu(
+        model,
+        source,
+        algo=algo or CPU_DEFAULT_ALGO,
+        percentile=percentile,
+        exclude=exclude,
+        num_images=num_images,
+        batch=batch,
+        seed=seed,
+        output=output,
+        head_policy=not no_head_policy,
+        reduce_range=reduce_range,
+        progress=True,
+    )
+    return result.summary()

@@ -122,6 +122,17 @@ def default_engine_path(model: str | Path, precision: str, *, dla_core: int | No
     return DEFAULT_OUTPUT_DIR / f"{name}.engine"
 
 
+def refuse_cpu_target(model: onnx.ModelProto, path: Path) -> None:
+    """A model quantized for ONNX Runtime's CPU provider (``trtq quantize --target cpu``) is no TensorRT input."""
+    from trtq.cpu_target import TARGET_CPU, model_target
+
+    if model_target(model) == TARGET_CPU:
+        raise TrtqError(
+            f"{path.name} was quantized for the CPU (trtq quantize --target cpu), not for TensorRT: "
+            "build from the FP32 ONNX, or from `trtq quantize --target tensorrt`"
+        )
+
+
 def is_qdq_model(model: onnx.ModelProto) -> bool:
     return any(n.op_type in _QDQ_OPS for n in model.graph.node)
 
@@ -308,6 +319,7 @@ def build_engine(
     info = read_model_info(onnx_path)
     check_detector_input(info)
     graph = onnx.load(str(onnx_path), load_external_data=False)
+    refuse_cpu_target(graph, onnx_path)
     qdq = is_qdq_model(graph)
     fp16_onnx = info.input.dtype == "float16"
 

@@ -209,7 +209,7 @@ def inspect_onnx(path: Path) -> Inspection:
         out.lines.append(f"  output         {s.name} {[d if d is not None else -1 for d in s.shape]} {s.dtype}")
     if info.names:
         out.lines.append(f"  classes        {len(info.names)}; stride {info.stride}; imgsz {list(info.imgsz)}")
-    for key in ("description", "version", "task", "date"):
+    for key in ("description", "version", "task", "date", "trtq_target"):
         if key in info.metadata:
             out.lines.append(f"  {key:<14} {info.metadata[key]}")
     out.lines.append(f"  sha256         {info.sha256[:16]}")

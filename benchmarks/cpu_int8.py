@@ -1,0 +1,333 @@
+"""INT8 on ONNX Runtime's CPU provider: trtq --target cpu against FP32, the TensorRT layout and quantize_static.
+
+    .venv/bin/python benchmarks/cpu_int8.py --shared ../shared/assets
+
+One run prepares (into ``build/cpu-int8/``) and measures, on the shared YOLOv8n:
+
+- FP32 ONNX;
+- trtq ``--target tensorrt`` (Q/DQ on weighted-op inputs: simulated INT8 on the CPU);
+- trtq ``--target cpu`` (integer kernels);
+- ONNX Runtime ``quantize_static``: Conv only, QDQ, u8 activations, s8 per-channel weights, minmax and
+  percentile calibration (percentile runs in a child process capped with ``prlimit --as`` because its
+  memory grows with the number of images; a failure is reported as such).
+
+Latency (median, p99) and throughput at batch 1 and 8 with 2 intra-op threads, the models timed
+round-robin (interleaved) so that load on the machine hits every row alike; mAP50-95 on coco128 val2017
+(batch 1 models; the batch-8 models carry the same ranges). Writes ``benchmarks/results/cpu-int8.md`` and
+``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("benchmarks.cpu_int8")
+
+ROWS = (
+    ("fp32", "FP32"),
+    ("trtq-tensorrt", "trtq --target tensorrt (simulated INT8)"),
+    ("trtq-cpu", "trtq --target cpu"),
+    ("trtq-cpu-silu-float", "trtq --target cpu, SiLU left float (layout alternative)"),
+    ("ort-minmax", "ORT quantize_static Conv, per-channel, minmax"),
+    ("ort-percentile", "ORT quantize_static Conv, per-channel, percentile"),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "assets", help="shared assets folder")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cpu-int8.md")
+    p.add_argument("--work", type=Path, default=REPO / "build" / "cpu-int8", help="prepared models")
+    p.add_argument("--calib-images", type=int, default=128, help="calibration images (trtq, ORT minmax)")
+    p.add_argument("--percentile-images", type=int, default=16, help="calibration images for ORT percentile")
+    p.add_argument("--percentile-mem-gb", type=float, default=6.0, help="address-space cap for ORT percentile")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per batch size")
+    p.add_argument("--per-round", type=int, default=5, help="timed runs per model and round at batch 1")
+    p.add_argument("--no-map", action="store_true", help="skip the mAP evaluation")
+    p.add_argument("--fresh", action="store_true", help="rebuild prepared models")
+    # internal: ORT quantize_static in a child process
+    p.add_argument("--ort-child", nargs=4, metavar=("MODEL", "OUT", "METHOD", "IMAGES"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over trtq's letterboxed calibration batches."""
+
+    def __init__(self, model: Path, calib: Path, num_images: int) -> None:
+        from trtq.images import ImageBatcher
+        from trtq.modelinfo import read_model_info
+
+        self.batcher = ImageBatcher.from_model(calib, read_model_info(model), batch=1, num_images=num_images, seed=0)
+        self.it = iter(self.batcher)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+    def rewind(self) -> None:
+        self.it = iter(self.batcher)
+
+
+def ort_quantize_static(model: Path, out: Path, method: str, calib: Path, num_images: int) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(model),
+        str(out),
+        _Reader(model, calib, num_images),  # type: ignore[arg-type]
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax if method == "minmax" else CalibrationMethod.Percentile,
+    )
+
+
+def rebatch(qmodel_path: Path, fp32_batch_model: Path, out: Path) -> None:
+    """The batch-1 quantized model with the shape constants and I/O shapes of a batch-N export (same ranges)."""
+    import onnx
+
+    q = onnx.load(str(qmodel_path))
+    ref = onnx.load(str(fp32_batch_model))
+    ref_inits = {i.name: i for i in ref.graph.initializer if i.data_type == onnx.TensorProto.INT64}
+    ref_consts = {n.output[0]: n for n in ref.graph.node if n.op_type == "Constant"}
+    for init in q.graph.initializer:
+        if init.name in ref_inits:
+            init.CopyFrom(ref_inits[init.name])
+    for node in q.graph.node:
+        if node.op_type == "Constant" and node.output[0] in ref_consts:
+            node.CopyFrom(ref_consts[node.output[0]])
+    for dst, src in ((q.graph.input, ref.graph.input), (q.graph.output, ref.graph.output)):
+        for d, s in zip(dst, src, strict=True):
+            d.type.CopyFrom(s.type)
+    del q.graph.value_info[:]
+    onnx.save(q, str(out))
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[str, str], dict[str, Any]]:
+    import onnx
+
+    from trtq.cpu_target import plan_cpu, quantize_cpu
+    from trtq.export import export_onnx
+    from trtq.headpolicy import float_nodes
+    from trtq.qdq import plan_qdq
+    from trtq.quantize import collect_statistics, quantize
+
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    calib = args.shared / "coco128" / "images" / "train2017"
+    # batch 1 and 8 exported by the same exporter from the shared weights: identical graphs but for the batch
+    fp32, b8 = work / "yolov8n-b1.onnx", work / "yolov8n-b8.onnx"
+    for path, batch in ((fp32, 1), (b8, 8)):
+        if args.fresh or not path.is_file():
+            export_onnx(args.shared / "models" / "yolov8n-coco.pt", batch=batch, output=path)
+    models: dict[str, dict[int, Path]] = {"fp32": {1: fp32, 8: b8}}
+    notes: dict[str, str] = {}
+    info: dict[str, Any] = {}
+
+    fm = onnx.load(str(fp32))
+    t0 = time.perf_counter()
+    trt_tensors = plan_qdq(fm, keep_float=float_nodes(fm)).activation_tensors
+    h_trt, _ = collect_statistics(fp32, calib, trt_tensors, num_images=args.calib_images, progress=False)
+    out = work / "trtq-tensorrt.onnx"
+    quantize(fp32, calib, histograms=h_trt, output=out, progress=False)
+    info["trtq_tensorrt_seconds"] = round(time.perf_counter() - t0, 1)
+    models["trtq-tensorrt"] = {1: out}
+    notes["trtq-tensorrt"] = f"{args.calib_images} images, percentile 99.99 (default)"
+
+    t0 = time.perf_counter()
+    head = float_nodes(fm)
+    cpu_tensors = list(dict.fromkeys(
+        plan_cpu(fm, keep_float=head).range_tensors + plan_cpu(fm, keep_float=head, silu="float").range_tensors
+    ))
+    h_cpu, _ = collect_statistics(fp32, calib, cpu_tensors, num_images=args.calib_images, progress=False, fused_silu=False)
+    out = work / "trtq-cpu.onnx"
+    r = quantize_cpu(fp32, calib, histograms=h_cpu, output=out, progress=False)
+    info["trtq_cpu_seconds"] = round(time.perf_counter() - t0, 1)
+    info["trtq_cpu_kernels"] = r.report["ort_kernels"]
+    models["trtq-cpu"] = {1: out}
+    notes["trtq-cpu"] = f"{args.calib_images} images, {r.report['algorithm']} (default)"
+    out = work / "trtq-cpu-silu-float.onnx"
+    quantize_cpu(fp32, calib, histograms=h_cpu, output=out, silu="float", progress=False)
+    models["trtq-cpu-silu-float"] = {1: out}
+    notes["trtq-cpu-silu-float"] = "same ranges as trtq --target cpu"
+
+    for method, n in (("minmax", args.calib_images), ("percentile", args.percentile_images)):
+        key = f"ort-{method}"
+        out = work / f"{key}.onnx"
+        cap = int(args.percentile_mem_gb * 1e9) if method == "percentile" else None
+        cmd = [sys.executable, __file__, "--ort-child", str(fp32), str(out), method, str(n)]
+        if cap is not None:
+            cmd = ["prlimit", f"--as={cap}", *cmd]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        seconds = round(time.perf_counter() - t0, 1)
+        if done.returncode != 0 or not out.is_file():
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            oom = "MemoryError" in done.stderr or "bad_alloc" in done.stderr or done.returncode in (-9, 137)
+            notes[key] = (f"failed: out of memory under {args.percentile_mem_gb:g} GB" if oom else f"failed: {tail}") + f" ({n} images)"
+            log.warning("%s: %s", key, notes[key])
+            continue
+        models[key] = {1: out}
+        notes[key] = f"{n} images" + (f", address space capped at {args.percentile_mem_gb:g} GB" if cap else "") + f", {seconds} s"
+
+    for key, paths in models.items():
+        if 8 not in paths:
+            p8 = work / f"{key}-b8.onnx"
+            rebatch(paths[1], b8, p8)
+            paths[8] = p8
+    return models, notes, info
+
+
+def check_rebatch(models: dict[str, dict[int, Path]], calib: Path, threads: int) -> dict[str, float]:
+    """Max |difference| between each batch-8 model on 8 images and its batch-1 model image by image."""
+    from trtq.images import ImageBatcher
+    from trtq.modelinfo import read_model_info
+
+    batcher = ImageBatcher.from_model(calib, read_model_info(models["fp32"][8]), batch=8, num_images=8, seed=1)
+    x = next(iter(batcher))
+    name = next(iter(x))
+    diffs: dict[str, float] = {}
+    for key, paths in models.items():
+        s1, s8 = _session(paths[1], threads), _session(paths[8], threads)
+        y8 = s8.run(None, x)[0]
+        y1 = np.concatenate([s1.run(None, {name: x[name][i : i + 1]})[0] for i in range(8)])
+        diffs[key] = float(np.max(np.abs(y8 - y1)))
+    return diffs
+
+
+def time_models(models: dict[str, dict[int, Path]], batch: int, args: argparse.Namespace) -> dict[str, list[float]]:
+    sessions = {k: _session(v[batch], args.threads) for k, v in models.items()}
+    x = np.random.default_rng(0).random((batch, 3, 640, 640), dtype=np.float32)
+    name = {k: s.get_inputs()[0].name for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(3):
+            s.run(None, {name[k]: x})
+    per_round = args.per_round if batch == 1 else max(1, args.per_round // 2)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(args.rounds):
+        for k, s in sessions.items():
+            for _ in range(per_round):
+                t = time.perf_counter()
+                s.run(None, {name[k]: x})
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def _cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return platform.processor()
+    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+    vnni = "avx512_vnni" in out or "avx_vnni" in out
+    return f"{model} ({os.cpu_count()} cores{', AVX512-VNNI' if vnni else ''})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("ultralytics", "matplotlib", "PIL", "onnxslim", "trtq.images"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    calib = args.shared / "coco128" / "images" / "train2017"
+    if args.ort_child:
+        model, out, method, n = args.ort_child
+        ort_quantize_static(Path(model), Path(out), method, calib, int(n))
+        return 0
+    import onnxruntime as ort
+
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    models, notes, info = prepare(args)
+    diffs = check_rebatch(models, calib, args.threads)
+    timings = {b: time_models(models, b, args) for b in (1, 8)}
+    maps: dict[str, float] = {}
+    if not args.no_map:
+        from trtq.evaluate import evaluate
+
+        data = args.shared / "coco128" / "data.yaml"
+        for key, paths in models.items():
+            maps[key] = float(evaluate(paths[1], data)["map50_95"])
+    load_after = os.getloadavg()
+
+    rows = []
+    for key, label in ROWS:
+        row: dict[str, Any] = {"key": key, "label": label, "notes": notes.get(key, ""), "map50_95": maps.get(key)}
+        for b in (1, 8):
+            t = timings[b].get(key)
+            if t:
+                med = float(np.median(t))
+                row[f"b{b}"] = {"median_ms": med, "p99_ms": float(np.percentile(t, 99)), "samples": len(t),
+                                "throughput": b * 1000.0 / med}
+        rows.append(row)
+    base = {b: rows[0][f"b{b}"]["throughput"] for b in (1, 8)}
+    fp32_map = rows[0]["map50_95"]
+    lines = [
+        "# INT8 on the CPU: YOLOv8n (COCO) on ONNX Runtime's CPU provider",
+        "",
+        f"Machine: {_cpu_name()}; ONNX Runtime {ort.__version__}; {args.threads} intra-op threads; "
+        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine was shared: absolute "
+        "times are noisy, the rows were timed round-robin in one run so the ratios are comparable).",
+        f"Timing: {args.rounds} interleaved rounds; per model {len(timings[1]['fp32'])} runs at batch 1 and "
+        f"{len(timings[8]['fp32'])} at batch 8 (p99 of so few runs is close to the max). mAP50-95: coco128 val2017 "
+        "(128 images) with ultralytics' validator, batch-1 models. Calibration: coco128 train2017. All models come "
+        "from batch-1 and batch-8 ONNX exports of the shared yolov8n-coco.pt (opset 17, simplified).",
+        "",
+        "| model | b1 median ms | b1 p99 ms | b1 img/s | b1 speed-up | b8 median ms | b8 p99 ms | b8 img/s | b8 speed-up "
+        "| mAP50-95 | Δ mAP (points) | calibration |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        cells = [r["label"]]
+        for b in (1, 8):
+            d = r.get(f"b{b}")
+            cells += ([f"{d['median_ms']:.1f}", f"{d['p99_ms']:.1f}", f"{d['throughput']:.2f}",
+                       f"{d['throughput'] / base[b]:.2f}×"] if d else ["-"] * 4)
+        m = r["map50_95"]
+        cells += [f"{m:.4f}" if m is not None else "-",
+                  f"{(m - fp32_map) * 100:+.2f}" if m is not None and fp32_map is not None else "-", r["notes"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"trtq --target cpu: ONNX Runtime's optimized graph runs {', '.join(f'{v} {k}' for k, v in sorted(info['trtq_cpu_kernels'].items()))}.",
+        "Batch-8 models are the batch-1 models with the batch-8 export's shape constants (same ranges); max |batch-8 - "
+        "batch-1| output difference per model: " + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()) + ".",
+        f"Reproduce: `make bench-cpu-int8` (`.venv/bin/python benchmarks/cpu_int8.py --shared SHARED`); this run took "
+        f"{time.perf_counter() - t_start:.0f} s.",
+    ]
+    text = "\n".join(lines) + "\n"
+    from trtq.fileio import write_json, write_text
+
+    write_text(args.out, text)
+    write_json(args.out.with_suffix(".json"), {"rows": rows, "info": info, "rebatch_max_diff": diffs,
+                                               "load_average": [load_before, load_after]})
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,598 @@
+"""INT8 for ONNX Runtime's CPU provider: a Q/DQ layout it fuses into integer kernels.
+
+The TensorRT layout (:mod:`trtq.qdq`) puts Q/DQ only on the inputs of weighted ops; TensorRT fuses the
+rest. ONNX Runtime's CPU provider fuses a node into an integer kernel only when *every* data input comes
+from a DequantizeLinear and its output goes to a QuantizeLinear (its QDQ selectors, applied at graph
+optimization level "basic" and above):
+
+* ``DQ(x), DQ(w), DQ(b) -> Conv -> Q``            -> ``QLinearConv`` (u8 activations, s8 weights, i32 bias)
+* ``DQ -> Sigmoid -> Q``                          -> ``com.microsoft.QLinearSigmoid`` (table lookup)
+* ``DQ, DQ -> Add / Mul -> Q``                     -> ``com.microsoft.QLinearAdd`` / ``QLinearMul``
+* ``DQ... -> Concat -> Q``                        -> ``com.microsoft.QLinearConcat``
+* ``DQ -> MaxPool / Resize / Split / Slice / Reshape / Transpose -> Q`` with equal scale and zero point
+  on both sides -> the op runs directly on the 8-bit tensor (Q/DQ dropped).
+
+So this layout quantizes every activation tensor of the network body (a Q/DQ pair after each producer),
+with its own asymmetric range; the ops that only move data share their input's quantization parameters.
+Activations are u8 with an asymmetric zero point: ``q = clamp(round(x / S) + Z, 0, 255)`` with
+``S = (hi - lo) / 255`` and ``Z = round(-lo / S)``; ``[lo, hi]`` is the tensor's signed range clipped to
+``[-amax, amax]``, ``amax`` from the chosen range algorithm. u8 activations with s8 weights are what ONNX
+Runtime's x86 kernels (AVX2, AVX512, AVX512-VNNI, AMX) and Arm kernels run natively. Weights are s8
+symmetric per output channel, biases i32 with scale ``S_x * S_w[c]``.
+
+The head policy is the same as for TensorRT: the head's final convs, DFL, decode, Sigmoid and output Concat
+stay float. The report lists every node as an integer kernel or float, with the reason, and checks the
+claim against the graph ONNX Runtime actually optimizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from trtq import __version__
+from trtq.errors import TrtqError
+from trtq.fileio import atomic_path, default_output, sha256_file, write_json, write_text
+from trtq.headpolicy import node_key
+
+logger = logging.getLogger(__name__)
+
+TARGET_CPU = "cpu"
+TARGET_TENSORRT = "tensorrt"
+TARGETS = (TARGET_TENSORRT, TARGET_CPU)
+# metadata key every trtq Q/DQ model carries (absent on older files: TensorRT)
+TARGET_KEY = "trtq_target"
+CPU_SUFFIX = ".int8.cpu.onnx"
+# With asymmetric u8 ranges, clipping by percentile costs accuracy on the CPU layout (every body tensor is
+# quantized, not only weighted-op inputs); the histogram-MSE choice kept YOLOv8n within 0.1 mAP points.
+CPU_DEFAULT_ALGO = "mse"
+
+# ops the CPU provider runs on 8-bit tensors directly when the quantization parameters are the same on
+# both sides (its "drop Q/DQ" rules)
+PASS_THROUGH_OPS = frozenset({"MaxPool", "Resize", "Split", "Slice", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
+# op -> the integer kernel ONNX Runtime's CPU provider turns the Q/DQ node group into
+INTEGER_KERNELS = {
+    "Conv": "QLinearConv",
+    "Sigmoid": "QLinearSigmoid",
+    "Add": "QLinearAdd",
+    "Mul": "QLinearMul",
+    "Concat": "QLinearConcat",
+    **{op: f"{op} (8-bit)" for op in PASS_THROUGH_OPS},
+}
+# integer ops as they appear in ONNX Runtime's optimized graph
+_ORT_INT_OPS = frozenset({"QLinearConv", "QLinearSigmoid", "QLinearAdd", "QLinearMul", "QLinearConcat", "ConvInteger"})
+
+REASON_NO_KERNEL = "no integer kernel for {op} in ONNX Runtime's CPU provider"
+REASON_FLOAT_INPUT = "an input is float (not produced by an integer kernel)"
+REASON_CONST_INPUT = "a constant input: the fused kernel needs every input quantized"
+REASON_NO_WEIGHT = "weight is not a constant initializer"
+REASON_GRAPH_OUTPUT = "its output is a model output"
+REASON_SILU_FLOAT = "SiLU kept float (silu='float')"
+REASON_EXCLUDED = "excluded by the user (--exclude)"
+
+ACTIVATION_TYPES = ("u8", "s8")
+
+
+@dataclass
+class CpuPlan:
+    """Which nodes run as integer kernels and which tensors carry Q/DQ (names of the float model)."""
+
+    # node -> integer kernel it becomes
+    int_nodes: dict[str, str] = field(default_factory=dict)
+    # node -> why it stays float
+    float_nodes: dict[str, str] = field(default_factory=dict)
+    # quantized tensor -> the tensor whose range gives its parameters (itself, or a pass-through op's input)
+    tensors: dict[str, str] = field(default_factory=dict)
+    # Conv weight initializer -> node
+    weights: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def range_tensors(self) -> list[str]:
+        """Tensors that need statistics (the ones with their own range)."""
+        return [t for t, src in self.tensors.items() if src == t]
+
+
+def _silu_nodes(graph: onnx.GraphProto) -> set[str]:
+    """Sigmoid and Mul nodes that form SiLU, x * Sigmoid(x)."""
+    prod = {o: n for n in graph.node for o in n.output}
+    result: set[str] = set()
+    for n in graph.node:
+        if n.op_type != "Mul" or len(n.input) != 2:
+            continue
+        for a, b in (n.input, n.input[::-1]):
+            sig = prod.get(b)
+            if sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == a:
+                result |= {node_key(n), node_key(sig)}
+    return result
+
+
+def plan_cpu(
+    model: onnx.ModelProto,
+    *,
+    keep_float: Mapping[str, str] | None = None,
+    exclude: Iterable[str] = (),
+    silu: str = "int",
+) -> CpuPlan:
+    """Decide, in graph order, which nodes become integer kernels (no statistics needed)."""
+    from trtq.qdq import match_nodes
+
+    if silu not in ("int", "float"):
+        raise ValueError(f"silu must be 'int' or 'float', got {silu!r}")
+    graph = model.graph
+    keep = dict(keep_float or {})
+    for pattern, names in match_nodes(model, exclude).items():
+        if not names:
+            raise TrtqError(f"--exclude {pattern!r} matches no node of the model")
+        for n in names:
+            keep.setdefault(n, REASON_EXCLUDED)
+    if silu == "float":
+        for n in _silu_nodes(graph):
+            keep.setdefault(n, REASON_SILU_FLOAT)
+    inits = {i.name: i for i in graph.initializer}
+    constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    graph_outputs = {o.name for o in graph.output}
+    plan = CpuPlan()
+    for node in graph.node:
+        key = node_key(node)
+        op = node.op_type
+        if op == "Constant":
+            continue
+        if key in keep:
+            plan.float_nodes[key] = keep[key]
+            continue
+        if op not in INTEGER_KERNELS:
+            plan.float_nodes[key] = REASON_NO_KERNEL.format(op=op)
+            continue
+        if any(o in graph_outputs for o in node.output):
+            plan.float_nodes[key] = REASON_GRAPH_OUTPUT
+            continue
+        data = node.input[0] if node.input else ""
+        if op == "Conv":
+            if len(node.input) < 2 or node.input[1] not in inits:
+                plan.float_nodes[key] = REASON_NO_WEIGHT
+                continue
+            # the input gets its own Q/DQ when its producer is float (a graph input, a float node)
+            plan.tensors.setdefault(data, data)
+            plan.weights[node.input[1]] = key
+        elif op in ("Add", "Mul", "Concat"):
+            ins = [i for i in node.input if i]
+            if any(i in constants for i in ins):
+                plan.float_nodes[key] = REASON_CONST_INPUT
+                continue
+            if any(i not in plan.tensors for i in ins):
+                plan.float_nodes[key] = REASON_FLOAT_INPUT
+                continue
+        elif data not in plan.tensors:  # Sigmoid and pass-through ops
+            plan.float_nodes[key] = REASON_FLOAT_INPUT
+            continue
+        plan.int_nodes[key] = INTEGER_KERNELS[op]
+        for out in node.output:
+            if out:
+                plan.tensors[out] = plan.tensors[data] if op in PASS_THROUGH_OPS else out
+    return plan
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor quantization parameters: x ~ (q - zero_point) * scale."""
+
+    scale: float
+    zero_point: int
+    lo: float
+    hi: float
+    dtype: str  # "u8" or "s8"
+
+
+def qparams(lo: float, hi: float, dtype: str = "u8") -> QParams:
+    """Asymmetric 8-bit parameters for the range [lo, hi] (widened to contain 0, as ONNX requires)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= 1e-12:
+        hi = lo + 1e-6
+    scale = (hi - lo) / 255.0
+    qmin = 0 if dtype == "u8" else -128
+    zp = int(np.clip(np.rint(qmin - lo / scale), qmin, qmin + 255))
+    return QParams(scale, zp, lo, hi, dtype)
+
+
+def activation_ranges(
+    histograms: Mapping[str, Any],
+    amax: Mapping[str, float],
+    tensors: Iterable[str],
+) -> dict[str, tuple[float, float]]:
+    """Signed range per tensor: the exact [min, max] clipped to [-amax, amax] of the range algorithm."""
+    result: dict[str, tuple[float, float]] = {}
+    for t in tensors:
+        h = histograms[t]
+        a = float(amax[t])
+        mn = float(getattr(h, "min_value", -a))
+        mx = float(getattr(h, "max_value", a))
+        lo = max(mn, -a) if np.isfinite(mn) else -a
+        hi = min(mx, a) if np.isfinite(mx) else a
+        result[t] = (lo, hi)
+    return result
+
+
+def _np_dtype(dtype: str) -> type[np.integer[Any]]:
+    return np.uint8 if dtype == "u8" else np.int8
+
+
+def insert_cpu_qdq(
+    model: onnx.ModelProto,
+    plan: CpuPlan,
+    params: Mapping[str, QParams],
+    *,
+    reduce_range: bool = False,
+) -> onnx.ModelProto:
+    """A copy of ``model`` with Q/DQ after every quantized tensor and quantized Conv weights and biases.
+
+    ``params`` holds the parameters of every tensor in ``plan.range_tensors``. ``reduce_range`` stores
+    weights in 7 bits ([-63, 63]): x86 CPUs without VNNI add u8 x s8 products pairwise in 16 bits, which
+    can saturate with full-range weights.
+    """
+    wmax = 63.0 if reduce_range else 127.0
+    q = onnx.ModelProto()
+    q.CopyFrom(model)
+    graph = q.graph
+    inits = {i.name: i for i in graph.initializer}
+    new_inits: list[onnx.TensorProto] = []
+    new_nodes: dict[int, list[onnx.NodeProto]] = {}  # insert after position (-1: before every node)
+    producer_pos = {o: i for i, n in enumerate(graph.node) for o in n.output}
+
+    def scalar(name: str, value: Any, dtype: Any) -> str:
+        new_inits.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+        return name
+
+    dq_name: dict[str, str] = {}
+    for t, src in plan.tensors.items():
+        p = params[src]
+        s = scalar(f"{t}_scale", p.scale, np.float32)
+        z = scalar(f"{t}_zero_point", p.zero_point, _np_dtype(p.dtype))
+        qn = helper.make_node("QuantizeLinear", [t, s, z], [f"{t}_quantized"], name=f"{t}_QuantizeLinear")
+        dqn = helper.make_node("DequantizeLinear", [f"{t}_quantized", s, z], [f"{t}_dequantized"], name=f"{t}_DequantizeLinear")
+        new_nodes.setdefault(producer_pos.get(t, -1), []).extend([qn, dqn])
+        dq_name[t] = f"{t}_dequantized"
+
+    # weights (s8 symmetric per output channel) and biases (i32, scale S_x * S_w)
+    conv_of = {node_key(n): n for n in graph.node if n.op_type == "Conv"}
+    for w, key in plan.weights.items():
+        node = conv_of[key]
+        arr = numpy_helper.to_array(inits[w]).astype(np.float32)
+        amax_c = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1)
+        w_scale = np.where(amax_c > 0, amax_c / wmax, 1.0).astype(np.float32)
+        wq = np.clip(np.rint(arr / w_scale.reshape(-1, *([1] * (arr.ndim - 1)))), -wmax, wmax).astype(np.int8)
+        new_inits.append(numpy_helper.from_array(wq, f"{w}_quantized"))
+        new_inits.append(numpy_helper.from_array(w_scale, f"{w}_scale"))
+        new_inits.append(numpy_helper.from_array(np.zeros(wq.shape[0], np.int8), f"{w}_zero_point"))
+        pos = producer_pos.get(node.output[0], -1) - 1  # just before the Conv (it is its own producer)
+        dqw = helper.make_node(
+            "DequantizeLinear", [f"{w}_quantized", f"{w}_scale", f"{w}_zero_point"], [f"{w}_dequantized"],
+            name=f"{w}_DequantizeLinear", axis=0,
+        )
+        new_nodes.setdefault(pos, []).append(dqw)
+        node.input[1] = f"{w}_dequantized"
+        if len(node.input) > 2 and node.input[2] in inits:
+            b = node.input[2]
+            x_scale = params[plan.tensors[node.input[0]]].scale
+            b_scale = (w_scale.astype(np.float64) * x_scale).astype(np.float32)
+            bq = np.rint(numpy_helper.to_array(inits[b]).astype(np.float64) / b_scale).astype(np.int64)
+            bq = np.clip(bq, -(2**31), 2**31 - 1).astype(np.int32)
+            new_inits.append(numpy_helper.from_array(bq, f"{b}_quantized"))
+            new_inits.append(numpy_helper.from_array(b_scale, f"{b}_scale"))
+            new_inits.append(numpy_helper.from_array(np.zeros(bq.shape, np.int32), f"{b}_zero_point"))
+            dqb = helper.make_node(
+                "DequantizeLinear", [f"{b}_quantized", f"{b}_scale", f"{b}_zero_point"], [f"{b}_dequantized"],
+                name=f"{b}_DequantizeLinear", axis=0,
+            )
+            new_nodes[pos].append(dqb)
+            node.input[2] = f"{b}_dequantized"
+
+    # every reader of a quantized tensor (except its own Q) reads the dequantized copy
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in dq_name:
+                node.input[i] = dq_name[name]
+    ordered: list[onnx.NodeProto] = list(new_nodes.get(-1, []))
+    for i, node in enumerate(graph.node):
+        ordered.append(node)
+        ordered.extend(new_nodes.get(i, []))
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    for opset in q.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < 13:
+            opset.version = 13
+    return q
+
+
+def _is_integer(op: str) -> bool:
+    return op in _ORT_INT_OPS or op.endswith("(8-bit)")
+
+
+def ort_optimized_ops(model_path: str | os.PathLike[str], *, threads: int = 1) -> Counter[str]:
+    """Op counts of the graph ONNX Runtime's CPU provider actually runs (after its QDQ fusions)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="trtq-ort-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(out)
+        so.intra_op_num_threads = threads
+        ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        m = onnx.load(str(out))
+    # ops that only move data count as 8-bit when they read an 8-bit tensor ("MaxPool (8-bit)")
+    eight_bit: set[str] = set()
+    ops: Counter[str] = Counter()
+    for n in m.graph.node:
+        op = n.op_type
+        if op == "QuantizeLinear" or op in _ORT_INT_OPS:
+            eight_bit.update(n.output)
+        elif op in PASS_THROUGH_OPS and n.input and n.input[0] in eight_bit:
+            eight_bit.update(n.output)
+            op = f"{op} (8-bit)"
+        ops[op] += 1
+    return ops
+
+
+@dataclass
+class CpuQuantizeResult:
+    path: Path
+    report: dict[str, Any]
+    report_path: Path
+    table_path: Path
+    plan: CpuPlan
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        c = self.report["counts"]
+        k = self.report["ort_kernels"]
+        return "\n".join(
+            [
+                f"wrote {self.path} (target cpu: {c['integer_nodes']} integer kernels, {c['float_nodes']} nodes float; "
+                f"{c['quantized_convs']} of {c['convs']} convs INT8)",
+                "ONNX Runtime CPU runs: " + ", ".join(f"{v} {op}" for op, v in sorted(k.items())),
+                f"report {self.report_path} and {self.table_path}",
+            ]
+        )
+
+
+def _report(
+    *,
+    model_path: Path,
+    output: Path,
+    model: onnx.ModelProto,
+    plan: CpuPlan,
+    params: Mapping[str, QParams],
+    algo: str,
+    chosen: Mapping[str, str],
+    percentile: float | None,
+    options: Mapping[str, Any],
+    calibration: Mapping[str, Any],
+    ort_ops: Mapping[str, int],
+) -> dict[str, Any]:
+    op_of = {node_key(n): n.op_type for n in model.graph.node}
+    convs = [k for k, op in op_of.items() if op == "Conv"]
+    by_kernel = Counter(plan.int_nodes.values())
+    acts = [
+        {
+            "tensor": t,
+            "shares_range_of": None if src == t else src,
+            "scale": params[src].scale,
+            "zero_point": params[src].zero_point,
+            "lo": params[src].lo,
+            "hi": params[src].hi,
+            "algorithm": chosen.get(src, algo),
+        }
+        for t, src in plan.tensors.items()
+    ]
+    return {
+        "kind": "trtq-cpu-int8-report",
+        "target": TARGET_CPU,
+        "trtq_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": str(model_path),
+        "model_sha256": sha256_file(model_path),
+        "output": str(output),
+        "algorithm": algo,
+        "percentile": percentile,
+        "options": dict(options),
+        "calibration": dict(calibration),
+        "counts": {
+            "integer_nodes": len(plan.int_nodes),
+            "float_nodes": len(plan.float_nodes),
+            "convs": len(convs),
+            "quantized_convs": len(plan.weights),
+            "quantized_tensors": len(plan.tensors),
+            "by_kernel": dict(by_kernel),
+        },
+        "ort_kernels": {k: int(v) for k, v in ort_ops.items() if _is_integer(k)},
+        "ort_float_ops": {k: int(v) for k, v in ort_ops.items() if not _is_integer(k) and "QuantizeLinear" not in k},
+        "ort_conversions": {k: int(v) for k, v in ort_ops.items() if k in ("QuantizeLinear", "DequantizeLinear")},
+        "integer_nodes": [{"node": n, "op_type": op_of.get(n, "?"), "kernel": k} for n, k in plan.int_nodes.items()],
+        "float_nodes": [{"node": n, "op_type": op_of.get(n, "?"), "reason": r} for n, r in plan.float_nodes.items()],
+        "quantized_activations": acts,
+    }
+
+
+def _markdown(r: Mapping[str, Any]) -> str:
+    c = r["counts"]
+    lines = [
+        f"# INT8 report (target cpu, ONNX Runtime CPU provider): {Path(r['output']).name}",
+        "",
+        f"- model: `{r['model']}` (sha256 {r['model_sha256'][:12]})",
+        f"- algorithm: {r['algorithm']}" + (f" (percentile {r['percentile']})" if r["percentile"] is not None else ""),
+        f"- calibration: {r['calibration'].get('num_images', '?')} images from `{r['calibration'].get('source', '?')}`",
+        "- options: " + ", ".join(f"{k}={v}" for k, v in r["options"].items()),
+        f"- {c['quantized_convs']} of {c['convs']} convs INT8; {c['integer_nodes']} nodes as integer kernels, "
+        f"{c['float_nodes']} float; {c['quantized_tensors']} activation tensors quantized (u8/s8 per tensor, "
+        "asymmetric zero point), weights s8 per output channel, biases i32",
+        "- ONNX Runtime's optimized graph runs: " + ", ".join(f"{v} {k}" for k, v in sorted(r["ort_kernels"].items()))
+        + "; float: " + ", ".join(f"{v} {k}" for k, v in sorted(r["ort_float_ops"].items()))
+        + "; float/8-bit conversions: " + ", ".join(f"{v} {k}" for k, v in sorted(r["ort_conversions"].items())),
+        "",
+        "## Nodes kept in float",
+        "",
+        "| node | op | reason |",
+        "|---|---|---|",
+    ]
+    for f in r["float_nodes"]:
+        lines.append(f"| `{f['node']}` | {f['op_type']} | {f['reason']} |")
+    lines += ["", "## Integer kernels", "", "| node | op | kernel |", "|---|---|---|"]
+    for n in r["integer_nodes"]:
+        lines.append(f"| `{n['node']}` | {n['op_type']} | {n['kernel']} |")
+    lines += ["", "## Quantized activations", "", "| tensor | range [lo, hi] | scale | zero point | algorithm |", "|---|---|---:|---:|---|"]
+    for a in r["quantized_activations"]:
+        rng = f"[{a['lo']:.4g}, {a['hi']:.4g}]" + (f" (of `{a['shares_range_of']}`)" if a["shares_range_of"] else "")
+        lines.append(f"| `{a['tensor']}` | {rng} | {a['scale']:.5g} | {a['zero_point']} | {a['algorithm']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _set_metadata(qmodel: onnx.ModelProto, items: Mapping[str, str]) -> None:
+    existing = {p.key: p for p in qmodel.metadata_props}
+    for k, v in items.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            p = qmodel.metadata_props.add()
+            p.key, p.value = k, v
+
+
+def quantize_cpu(
+    model: str | os.PathLike[str],
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    *,
+    algo: str | None = None,
+    percentile: float | None = None,
+    exclude: Iterable[str] = (),
+    num_images: int | None = None,
+    batch: int = 1,
+    seed: int = 0,
+    output: str | os.PathLike[str] | None = None,
+    head_policy: bool = True,
+    activations: str = "u8",
+    silu: str = "int",
+    reduce_range: bool = False,
+    histograms: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> CpuQuantizeResult:
+    """Calibrate ``model`` on ``source`` and write an INT8 ONNX laid out for ONNX Runtime's CPU provider."""
+    from calibrators.ranges import DEFAULT_PERCENTILE
+    from trtq.headpolicy import float_nodes as head_float_nodes
+    from trtq.quantize import (
+        QUANTIZE_ALGOS,
+        _resolve_model,
+        activation_amax,
+        collect_statistics,
+        report_paths,
+    )
+
+    t0 = time.perf_counter()
+    algo = algo or CPU_DEFAULT_ALGO
+    percentile = DEFAULT_PERCENTILE if percentile is None else percentile
+    if algo not in QUANTIZE_ALGOS:
+        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(QUANTIZE_ALGOS)}")
+    if activations not in ACTIVATION_TYPES:
+        raise TrtqError(f"unknown activation type {activations!r}; choose one of {', '.join(ACTIVATION_TYPES)}")
+    mpath = _resolve_model(model)
+    fmodel = onnx.load(str(mpath))
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in fmodel.graph.node):
+        raise TrtqError(f"{mpath.name} is already quantized; quantize the FP32 ONNX it was made from")
+    keep = dict(head_float_nodes(fmodel)) if head_policy else {}
+    plan = plan_cpu(fmodel, keep_float=keep, exclude=exclude, silu=silu)
+    tensors = plan.range_tensors
+    graph_inputs = [i.name for i in fmodel.graph.input]
+    calibration: dict[str, Any]
+    if histograms is None:
+        if source is None:
+            raise TrtqError("quantize needs calibration images: pass --calib DIR")
+        histograms, batcher = collect_statistics(
+            mpath, source, tensors, num_images=num_images, batch=batch, seed=seed, progress=progress, fused_silu=False
+        )
+        calibration = {
+            "source": str(source),
+            "num_images": batcher.num_used,
+            "images_sha256": batcher.images_sha256(),
+            "preprocessing": batcher.preprocessing(),
+            "seed": seed,
+        }
+    else:
+        calibration = {"source": str(source) if source is not None else "precomputed histograms"}
+    amax, chosen = activation_amax(histograms, tensors, algo, percentile=percentile, graph_inputs=graph_inputs)
+    ranges = activation_ranges(histograms, amax, tensors)
+    params = {t: qparams(lo, hi, activations) for t, (lo, hi) in ranges.items()}
+    qmodel = insert_cpu_qdq(fmodel, plan, params, reduce_range=reduce_range)
+    out = Path(output) if output is not None else default_output(mpath, CPU_SUFFIX)
+    _set_metadata(
+        qmodel,
+        {
+            "trtq_quantization": "int8-qdq",
+            TARGET_KEY: TARGET_CPU,
+            "trtq_algorithm": algo,
+            "trtq_version": __version__,
+        },
+    )
+    try:
+        onnx.checker.check_model(qmodel)
+    except onnx.checker.ValidationError as exc:  # a bug in trtq, not a user error
+        raise RuntimeError(f"the CPU INT8 model does not pass onnx.checker: {str(exc).splitlines()[0]}") from exc
+    with atomic_path(out, suffix=".onnx") as tmp:
+        onnx.save(qmodel, str(tmp))
+        ort_ops = ort_optimized_ops(tmp)
+    options = {
+        "head_policy": head_policy,
+        "activations": activations,
+        "silu": silu,
+        "weight_bits": 7 if reduce_range else 8,
+        "exclude": list(exclude),
+    }
+    report = _report(
+        model_path=mpath,
+        output=out,
+        model=fmodel,
+        plan=plan,
+        params=params,
+        algo=algo,
+        chosen=chosen,
+        percentile=percentile if algo in ("percentile", "auto") else None,
+        options=options,
+        calibration=calibration,
+        ort_ops=ort_ops,
+    )
+    fused = ort_ops.get("QLinearConv", 0) + ort_ops.get("ConvInteger", 0)
+    if fused < len(plan.weights):
+        logger.warning("ONNX Runtime fused only %d of %d quantized convs into integer kernels", fused, len(plan.weights))
+    json_path, md_path = report_paths(out)
+    write_json(json_path, report)
+    write_text(md_path, _markdown(report))
+    result = CpuQuantizeResult(out, report, json_path, md_path, plan, time.perf_counter() - t0)
+    logger.info("quantized %s for the CPU in %.1f s", mpath.name, result.seconds)
+    return result
+
+
+def model_target(model: str | os.PathLike[str] | onnx.ModelProto) -> str | None:
+    """The target a trtq INT8 ONNX was made for ('cpu', 'tensorrt'), or None for a model trtq did not quantize."""
+    if isinstance(model, onnx.ModelProto):
+        m = model
+    else:
+        try:
+            m = onnx.load(str(model), load_external_data=False)
+        except Exception:  # noqa: BLE001 - not an ONNX file: nothing to say about its target
+            return None
+    meta = {p.key: p.value for p in m.metadata_props}
+    if TARGET_KEY in meta:
+        return meta[TARGET_KEY]
+    return TARGET_TENSORRT if meta.get("trtq_quantization") == "int8-qdq" else None
