@@ -262,45 +262,59 @@ def scale_coords(coords: np.ndarray, from_shape: tuple[int, int], to_shape: tupl
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def linear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """``(n_out, n_in)`` float32 matrix of 1-D linear resampling as ``torch.nn.functional.interpolate``
-    (``mode="bilinear"``, ``align_corners=False``, no antialias) computes it; bilinear = rows then columns."""
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D linear resampling, as ``torch.nn.functional.interpolate``
+    (``mode="bilinear"``, ``align_corners=False``, no antialias) computes them: ``(i0, i1, w0, w1)``."""
     scale = np.float32(n_in / n_out)
     src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
     i0 = np.minimum(src.astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    l1 = src - i0.astype(np.float32)
-    w = np.zeros((n_out, n_in), dtype=np.float32)
-    rows = np.arange(n_out)
-    np.add.at(w, (rows, i0), np.float32(1) - l1)
-    np.add.at(w, (rows, i1), l1)
-    return w
+    w1 = (src - i0.astype(np.float32)).astype(np.float32)
+    return i0, i1, np.float32(1) - w1, w1
+
+
+def _resample(
+    x: np.ndarray, rows: tuple[np.ndarray, ...], cols: tuple[np.ndarray, ...], ro: np.ndarray, co: np.ndarray
+) -> np.ndarray:
+    """Bilinear samples of 2-D ``x`` at output rows ``ro`` and columns ``co`` (taps from :func:`_linear_taps`);
+    only the source columns the taps read are touched."""
+    r0, r1, a0, a1 = rows
+    c0, c1, b0, b1 = cols
+    lo, hi = int(c0[co].min()), int(c1[co].max()) + 1
+    band = x[:, lo:hi]
+    y = band[r0[ro]] * a0[ro, None] + band[r1[ro]] * a1[ro, None]
+    return y[:, c0[co] - lo] * b0[co] + y[:, c1[co] - lo] * b1[co]
+
+
+def resize_bilinear(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a 2-D float32 map to ``shape`` (h, w) like ``F.interpolate(mode="bilinear")``."""
+    rows, cols = _linear_taps(x.shape[0], shape[0]), _linear_taps(x.shape[1], shape[1])
+    return _resample(x, rows, cols, np.arange(shape[0]), np.arange(shape[1]))
 
 
 def process_masks(protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Binary masks ``(n, H, W)`` at the model input's resolution (``ultralytics.utils.ops.process_mask``
     with ``upsample=True``): coefficients x prototypes, bilinear upsampling, ``> 0``, cropped to each
-    xyxy box (pixel columns ``x1 <= c < x2``, rows likewise). Only the box region is computed."""
+    xyxy box (pixel columns ``x1 <= c < x2``, rows likewise). Only each box's pixels are computed."""
     nm, mh, mw = protos.shape
     h, w = shape
     flat = protos.reshape(nm, -1).astype(np.float32, copy=False)
-    wy, wx = linear_weights(mh, h), linear_weights(mw, w)
+    rows, cols = _linear_taps(mh, h), _linear_taps(mw, w)
     ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
     out = np.zeros((coefficients.shape[0], h, w), dtype=bool)
     for k, (coef, box) in enumerate(zip(coefficients.astype(np.float32, copy=False), boxes, strict=True)):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        cols, rows = np.flatnonzero((xs >= x1) & (xs < x2)), np.flatnonzero((ys >= y1) & (ys < y2))
-        if not cols.size or not rows.size:
-            continue
-        m = (coef @ flat).reshape(mh, mw)
-        out[k, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = (wy[rows] @ m @ wx[cols].T) > 0
+        x1, y1, x2, y2 = (np.float32(v) for v in box)
+        ro, co = np.flatnonzero((ys >= y1) & (ys < y2)), np.flatnonzero((xs >= x1) & (xs < x2))
+        if ro.size and co.size:
+            m = (coef @ flat).reshape(mh, mw)
+            out[k, ro[0] : ro[-1] + 1, co[0] : co[-1] + 1] = _resample(m, rows, cols, ro, co) > 0
     return out
 
 
 def scale_masks(masks: np.ndarray, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
     """Map binary masks ``(n, H, W)`` of the letterboxed input to the original image ``shape`` (h, w):
     the letterbox content is cropped and resized bilinearly (``ultralytics.utils.ops.scale_masks``), then
-    thresholded at ``threshold``. Only the region around each mask is computed."""
+    thresholded at ``threshold``. Only the output pixels near each mask are computed."""
     n, h1, w1 = masks.shape
     h0, w0 = shape
     if (h1, w1) == (h0, w0):
@@ -308,17 +322,15 @@ def scale_masks(masks: np.ndarray, shape: tuple[int, int], threshold: float = 0.
     gain = min(h1 / h0, w1 / w0)
     top, left = round((h1 - max(round(h0 * gain), 1)) / 2 - 0.1), round((w1 - max(round(w0 * gain), 1)) / 2 - 0.1)
     bottom, right = top + max(round(h0 * gain), 1), left + max(round(w0 * gain), 1)
-    crop = masks[:, top:bottom, left:right]
-    wy, wx = linear_weights(crop.shape[1], h0), linear_weights(crop.shape[2], w0)
+    rows, cols = _linear_taps(bottom - top, h0), _linear_taps(right - left, w0)
     out = np.zeros((n, h0, w0), dtype=bool)
     for k in range(n):
-        rows, cols = np.flatnonzero(crop[k].any(axis=1)), np.flatnonzero(crop[k].any(axis=0))
-        if not rows.size:
+        crop = masks[k, top:bottom, left:right]
+        ys, xs = np.flatnonzero(crop.any(axis=1)), np.flatnonzero(crop.any(axis=0))
+        if not ys.size:
             continue
-        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        out_rows = np.flatnonzero(wy[:, r0:r1].any(axis=1))
-        out_cols = np.flatnonzero(wx[:, c0:c1].any(axis=1))
-        sub = crop[k, r0:r1, c0:c1].astype(np.float32)
-        val = wy[out_rows][:, r0:r1] @ sub @ wx[out_cols][:, c0:c1].T
-        out[k, out_rows[0] : out_rows[-1] + 1, out_cols[0] : out_cols[-1] + 1] = val > threshold
+        ro = np.flatnonzero((rows[1] >= ys[0]) & (rows[0] <= ys[-1]))  # output rows whose taps reach the mask
+        co = np.flatnonzero((cols[1] >= xs[0]) & (cols[0] <= xs[-1]))
+        val = _resample(crop.astype(np.float32), rows, cols, ro, co)
+        out[k, ro[0] : ro[-1] + 1, co[0] : co[-1] + 1] = val > threshold
     return out

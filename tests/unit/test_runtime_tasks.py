@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trtq.postprocess import linear_weights, nms_rotated, probiou, process_masks, scale_masks
+from trtq.postprocess import nms_rotated, probiou, process_masks, resize_bilinear, scale_masks
 from trtq.runtime import Detector
 from trtq.runtime.decode import mask_to_rle, rle_to_mask
 
@@ -92,7 +92,7 @@ def test_runtime_matches_ultralytics_predict(
     with Detector(onnx_path, conf=conf, iou=0.7, max_det=MAX_DET) as det:
         assert det.layout.end2end == want_e2e
         model = ultralytics.YOLO(str(onnx_path), task=det.task)
-        total = 0
+        total, worst = 0, {"box_px": 0.0, "mask_iou": 1.0, "kpt_px": 0.0, "angle_rad": 0.0}
         for path in _images(shared_assets):
             ref = model.predict(str(path), imgsz=320, conf=conf, iou=0.7, max_det=MAX_DET, verbose=False, save=False)[0]
             (ours,) = det.detect(cv2.imread(str(path)))
@@ -107,11 +107,16 @@ def test_runtime_matches_ultralytics_predict(
                 np.testing.assert_allclose(ours.corners, obb.xyxyxyxy.numpy(), atol=BOX_PX, err_msg=path.name)
                 np.testing.assert_allclose(ours.boxes, obb.xyxy.numpy(), atol=BOX_PX, err_msg=path.name)
                 np.testing.assert_allclose(ours.scores, obb.conf.numpy(), atol=1e-4)
+                if len(ours):
+                    worst["box_px"] = max(worst["box_px"], float(np.abs(ours.corners - obb.xyxyxyxy.numpy()).max()))
+                    worst["angle_rad"] = max(worst["angle_rad"], float(np.abs(ours.xywhr[:, 4] - xywhr[:, 4]).max()))
             else:
                 boxes = ref.boxes
                 np.testing.assert_array_equal(ours.class_ids, boxes.cls.numpy().astype(np.int64), err_msg=path.name)
                 np.testing.assert_allclose(ours.boxes, boxes.xyxy.numpy(), atol=BOX_PX, err_msg=path.name)
                 np.testing.assert_allclose(ours.scores, boxes.conf.numpy(), atol=1e-4)
+                if len(ours):
+                    worst["box_px"] = max(worst["box_px"], float(np.abs(ours.boxes - boxes.xyxy.numpy()).max()))
             if det.task == "segment" and len(ours):
                 assert ours.masks is not None and ours.masks.shape == (len(ours), *ref.orig_shape)
                 theirs = ops.scale_masks(ref.masks.data[None].float(), ref.orig_shape)[0].numpy() > 0.5
@@ -119,13 +124,16 @@ def test_runtime_matches_ultralytics_predict(
                 union = (theirs | ours.masks).sum(axis=(1, 2))
                 assert union.min() > 0
                 assert (inter / union).min() >= MASK_IOU, path.name
+                worst["mask_iou"] = min(worst["mask_iou"], float((inter / union).min()))
             if det.task == "pose" and len(ours):
                 assert ours.keypoints is not None
                 kpts = ref.keypoints.data.numpy()
                 np.testing.assert_allclose(ours.keypoints[..., :2], kpts[..., :2], atol=KPT_PX, err_msg=path.name)
                 np.testing.assert_allclose(ours.keypoints[..., 2], kpts[..., 2], atol=1e-4)
+                worst["kpt_px"] = max(worst["kpt_px"], float(np.abs(ours.keypoints[..., :2] - kpts[..., :2]).max()))
             total += len(ours)
     assert total >= 5, f"only {total} detections: the comparison has no content"
+    print(f"\n{cfg} {det.task} end2end={want_e2e} coco={coco}: {total} detections, worst {worst}")  # -s shows it
 
 
 # ------------------------------------------------------------------------------------------ numpy parts vs torch
@@ -134,7 +142,7 @@ def test_bilinear_weights_match_torch_interpolate() -> None:
     rng = np.random.default_rng(0)
     for (h0, w0), (h1, w1) in (((80, 80), (320, 320)), ((13, 17), (40, 9)), ((50, 60), (21, 33))):
         x = rng.standard_normal((h0, w0)).astype(np.float32)
-        ours = linear_weights(h0, h1) @ x @ linear_weights(w0, w1).T
+        ours = resize_bilinear(x, (h1, w1))
         ref = torch.nn.functional.interpolate(torch.from_numpy(x)[None, None], (h1, w1), mode="bilinear")[0, 0]
         np.testing.assert_allclose(ours, ref.numpy(), atol=1e-5)
 
@@ -214,3 +222,107 @@ def test_grid_decode_carries_extra_values_and_rotated_boxes() -> None:
     (rot,) = decode(p[:, :7], conf=0.25, iou=0.5, nc=nc, rotated=True)  # one extra value: the angle
     assert rot.shape == (3, 7) and np.allclose(rot[0, :4], [20, 20, 10, 10])  # xywh kept for OBB
     np.testing.assert_array_equal(rot[:, 6], [0, 2, 3])
+
+
+# ------------------------------------------------------------------------------------------ TensorRT sessions
+def _tiny_seg_onnx(path: Path, *, nc: int = 2, nm: int = 4, hw: int = 32) -> Path:
+    """images [N,3,hw,hw] -> output0 [N, 4 + nc + nm, hw*hw] (boxes, class scores, mask coefficients) and
+    output1 [N, nm, hw/4, hw/4] (prototypes), with ultralytics' segment metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    ch = 4 + nc + nm
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((4, 3, 1, 1)) * 0.5).astype(np.float32), "w_box"),
+        numpy_helper.from_array((rng.standard_normal((nc, 3, 1, 1)) * 8).astype(np.float32), "w_cls"),
+        numpy_helper.from_array(rng.standard_normal((nm, 3, 1, 1)).astype(np.float32), "w_coef"),
+        numpy_helper.from_array(rng.standard_normal((nm, 3, 4, 4)).astype(np.float32), "w_proto"),
+        numpy_helper.from_array(np.array(10.0, np.float32), "scale"),
+        numpy_helper.from_array(np.array([16.0, 16.0, 12.0, 12.0], np.float32).reshape(1, 4, 1, 1), "offset"),
+        numpy_helper.from_array(np.array([0, ch, -1], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", "w_box"], ["box_raw"]),
+        helper.make_node("Mul", ["box_raw", "scale"], ["box_scaled"]),
+        helper.make_node("Add", ["box_scaled", "offset"], ["box_off"]),
+        helper.make_node("Abs", ["box_off"], ["box"]),
+        helper.make_node("Conv", ["images", "w_cls"], ["cls_raw"]),
+        helper.make_node("Sigmoid", ["cls_raw"], ["cls"]),
+        helper.make_node("Conv", ["images", "w_coef"], ["coef"]),
+        helper.make_node("Concat", ["box", "cls", "coef"], ["cat"], axis=1),
+        helper.make_node("Reshape", ["cat", "shape"], ["output0"]),
+        helper.make_node("Conv", ["images", "w_proto"], ["output1"], strides=[4, 4]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_seg",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, hw, hw])],
+        [
+            helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", ch, hw * hw]),
+            helper.make_tensor_value_info("output1", TensorProto.FLOAT, ["N", nm, hw // 4, hw // 4]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (("names", "{0: 'cat', 1: 'dog'}"), ("stride", "32"), ("imgsz", f"[{hw}, {hw}]"), ("task", "segment")):
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def test_engine_segment_detector_returns_the_onnx_masks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every engine output reaches the decoder (prototypes included) and the sidecar's task is used."""
+    import json
+
+    import onnxruntime as ort
+
+    from tests.fakes import fake_tensorrt
+    from tests.fakes.fake_device import FakeDevice
+    from tests.unit.test_runtime_models import random_images
+    from trtq.engine_meta import EngineMetadata, write_engine
+
+    trt = fake_tensorrt.install(monkeypatch, "10.3.0")
+    dev = FakeDevice(compute_capability=(8, 7))
+    import trtq.device
+
+    monkeypatch.setattr(trtq.device, "get_device", lambda backend="auto", index=0: dev)
+    onnx_path = _tiny_seg_onnx(tmp_path / "seg.onnx")
+    plan = {
+        "version": "10.3.0",
+        "inputs": [{"name": "images", "shape": [1, 3, 32, 32], "dtype": "FLOAT"}],
+        # the prototypes first: the decoder finds the head output by its rank, not its position
+        "outputs": [
+            {"name": "output1", "shape": [1, 4, 8, 8], "dtype": "FLOAT"},
+            {"name": "output0", "shape": [1, 10, 1024], "dtype": "FLOAT"},
+        ],
+        "profiles": [], "flags": [], "strongly_typed": False, "layers": [], "dla_core": None,
+        "profiling_verbosity": "LAYER_NAMES_ONLY", "calibrated": False,
+    }  # fmt: skip
+    meta = EngineMetadata(
+        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability=(8, 7), precision="fp16",
+        names={0: "cat", 1: "dog"}, stride=32, imgsz=(32, 32), task="segment", batch=1,
+    )  # fmt: skip
+    engine = write_engine(tmp_path / "seg.engine", fake_tensorrt.PLAN_MAGIC + json.dumps(plan).encode(), meta)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def compute(inputs: dict[str, np.ndarray], out_shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        out0, out1 = sess.run(["output0", "output1"], {"images": inputs["images"]})
+        return {"output0": out0, "output1": out1}
+
+    imgs = random_images(3)
+    with Detector(onnx_path, conf=0.3) as ref:
+        expected = ref.detect(imgs)
+    with Detector(engine, conf=0.3) as det:
+        trt.STATE.engines[-1].compute = compute
+        assert det.task == "segment" and det.layout.nm == 4
+        got = det.detect(imgs)
+    assert sum(len(d) for d in expected) > 0
+    for a, b in zip(got, expected, strict=True):
+        assert a.masks is not None and b.masks is not None and a.masks.shape == (len(a), *a.image_shape)
+        np.testing.assert_array_equal(a.class_ids, b.class_ids)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+        np.testing.assert_array_equal(a.masks, b.masks)
+    assert any(d.masks is not None and d.masks.any() for d in got)
