@@ -250,3 +250,16 @@ def test_eval_uses_the_validator_of_each_task(zoo_onnx, yolo_pt: Path, shared_as
     )
     assert (pose["task"], pose["metric"]) == ("pose", "pose")
     assert pose["box"]["map50_95"] == pytest.approx(detector["map50_95"], abs=1e-3)
+
+
+def test_cli_eval_of_a_pose_model_on_detection_labels_says_why(tmp_path: Path, val_yaml: Path) -> None:
+    import onnx
+
+    from tests.unit.test_runtime_models import make_tiny_yolo_onnx
+
+    model = onnx.load(str(make_tiny_yolo_onnx(tmp_path / "tiny.onnx")))
+    for prop in model.metadata_props:
+        if prop.key == "task":
+            prop.value = "pose"
+    onnx.save(model, str(tmp_path / "pose.onnx"))
+    _one_line_failure(["eval", str(tmp_path / "pose.onnx"), "--data", str(val_yaml)], "no keypoint labels")
