@@ -137,7 +137,7 @@ def test_runtime_matches_ultralytics_predict(
 
 
 # ------------------------------------------------------------------------------------------ numpy parts vs torch
-def test_bilinear_weights_match_torch_interpolate() -> None:
+def test_bilinear_resize_matches_torch_interpolate() -> None:
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     for (h0, w0), (h1, w1) in (((80, 80), (320, 320)), ((13, 17), (40, 9)), ((50, 60), (21, 33))):
