@@ -433,7 +433,7 @@ def make_session(model: bytes | str | Path, providers: Sequence[str] | None = No
     """An ONNX Runtime session for calibration: the CUDA provider where present, else the CPU."""
     import onnxruntime as ort
 
-    from trtq.runtime import ort_session
+    from trtq.ort import ort_session
 
     if providers is None:
         available = ort.get_available_providers()

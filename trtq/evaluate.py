@@ -13,6 +13,11 @@ Accepted data:
 
 Label files are checked before ultralytics sees them, so a malformed one is a one-line :class:`TrtqError`
 instead of a silently ignored image.
+
+The validator follows the model's task (ultralytics metadata): box mAP for detect, box and mask mAP for
+segment, box and pose (OKS) mAP for pose, rotated-box mAP for OBB. A task whose labels the data does not
+have (polygons for segment, keypoints and ``kpt_shape`` for pose, rotated boxes for OBB) is refused in one
+line rather than scored as zeros.
 """
 
 from __future__ import annotations
@@ -74,8 +79,12 @@ def _label_path(image: Path) -> Path:
     return image.with_suffix(".txt")
 
 
-def check_label_file(path: Path, nc: int | None = None) -> int:
-    """Validate a YOLO detection label file; return its number of boxes. Raise a one-line TrtqError."""
+def check_label_file(path: Path, nc: int | None = None, *, kpt_shape: tuple[int, int] | None = None) -> int:
+    """Validate a YOLO label file; return its number of boxes. Raise a one-line TrtqError.
+
+    With ``kpt_shape`` (pose) each line is ``class cx cy w h`` and ``keypoints * dims`` values (visibility
+    0, 1 or 2 when dims is 3); otherwise boxes (5 values) or polygons / rotated boxes (an odd number >= 7)."""
+    columns = 5 + kpt_shape[0] * kpt_shape[1] if kpt_shape else None
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -92,20 +101,29 @@ def check_label_file(path: Path, nc: int | None = None) -> int:
             values = [float(p) for p in parts]
         except ValueError:
             raise TrtqError(f"{where}: {line[:60]!r} is not numeric; {fix}") from None
-        if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
+        if columns is not None and len(values) != columns:
+            raise TrtqError(f"{where}: {len(values)} values; pose labels have {columns} (class, box, keypoints)")
+        if columns is None and len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
             raise TrtqError(f"{where}: {len(values)} values; {fix} (or 'class x1 y1 x2 y2 ...' polygons)")
         cls = values[0]
         if cls < 0 or cls != int(cls):
             raise TrtqError(f"{where}: class {parts[0]!r} is not a non-negative integer; {fix}")
         if nc is not None and int(cls) >= nc:
             raise TrtqError(f"{where}: class {int(cls)} but the model/dataset has {nc} classes (0..{nc - 1})")
-        if any(v < 0 or v > 1 for v in values[1:]):
+        coords = values[1:]
+        if kpt_shape is not None and kpt_shape[1] == 3:
+            coords = values[1:5] + [v for i, v in enumerate(values[5:]) if i % 3 != 2]
+            if any(v not in (0, 1, 2) for v in values[7::3]):
+                raise TrtqError(f"{where}: keypoint visibility must be 0, 1 or 2")
+        if any(v < 0 or v > 1 for v in coords):
             raise TrtqError(f"{where}: coordinates outside [0, 1]; {fix}")
         count += 1
     return count
 
 
-def _check_split(images: list[Path], nc: int | None, what: str) -> tuple[int, int]:
+def _check_split(
+    images: list[Path], nc: int | None, what: str, kpt_shape: tuple[int, int] | None = None
+) -> tuple[int, int]:
     """(labelled images, instances) of an image list; raise when nothing is labelled."""
     if not images:
         raise TrtqError(f"no images found for {what} (accepted: {', '.join(IMAGE_SUFFIXES)})")
@@ -114,7 +132,7 @@ def _check_split(images: list[Path], nc: int | None, what: str) -> tuple[int, in
         lab = _label_path(img)
         if lab.is_file():
             labelled += 1
-            instances += check_label_file(lab, nc)
+            instances += check_label_file(lab, nc, kpt_shape=kpt_shape)
     if labelled == 0:
         raise TrtqError(
             f"no YOLO label files found for {what} (looked for {_label_path(images[0])} and the like); "
@@ -304,7 +322,9 @@ def prepare_data(
             raise TrtqError(f"{path} has no 'names' entry; an ultralytics data yaml lists the class names")
         split_images = _yaml_split_images(path, cfg, "val")
         nc = _names_count(cfg.get("names"))
-        labelled, inst = _check_split(split_images, nc, f"{path} (val split)")
+        kpt = cfg.get("kpt_shape")
+        kpt_shape = (int(kpt[0]), int(kpt[1])) if isinstance(kpt, list) and len(kpt) == 2 else None
+        labelled, inst = _check_split(split_images, nc, f"{path} (val split)", kpt_shape)
         return DataSpec(path.resolve(), len(split_images), labelled, inst, f"data yaml {path}")
     if suffix == ".json":
         return _coco_to_yolo(path, Path(images) if images is not None else None, workdir, names)
@@ -317,6 +337,59 @@ def _model_names(model: Path) -> dict[int, str] | None:
 
         return read_model_info(model, with_hash=False).names or None
     return None
+
+
+def _model_task(model: Path) -> str | None:
+    """The task in the model's own metadata (ONNX metadata, engine record or header); None for a ``.pt``
+    (ultralytics reads it from the checkpoint)."""
+    suffix = model.suffix.lower()
+    if suffix == ".onnx":
+        from trtq.modelinfo import read_model_info
+
+        task = read_model_info(model, with_hash=False).metadata.get("task")
+        return str(task) if task else None
+    if suffix == ".engine":
+        from trtq.engine_meta import read_engine, read_header
+
+        header = read_header(model) or {}
+        if header.get("task"):
+            return str(header["task"])
+        meta = read_engine(model)[1]
+        return meta.task if meta is not None else None
+    return None
+
+
+def _label_widths(yaml_path: Path) -> set[int]:
+    """The numbers of values per label line found in the val split of a data yaml."""
+    widths: set[int] = set()
+    for img in _yaml_split_images(yaml_path, _read_yaml(yaml_path), "val"):
+        lab = _label_path(img)
+        if lab.is_file():
+            widths.update(len(line.split()) for line in lab.read_text(encoding="utf-8").splitlines() if line.strip())
+    return widths
+
+
+def _check_task_labels(task: str, model: Path, spec: DataSpec) -> None:
+    """Refuse a task the data has no labels for, in one line."""
+    if task == "detect":
+        return  # every ultralytics detection dataset has box labels
+    cfg, widths = _read_yaml(spec.yaml), _label_widths(spec.yaml)
+    detection_only = "(coco128, which `make demo` uses, has detection labels only)"
+    if task == "pose" and not cfg.get("kpt_shape"):
+        raise TrtqError(
+            f"{model.name} is a pose model but {spec.source} has no keypoint labels (no kpt_shape in the data "
+            f"yaml): pose mAP needs a keypoint dataset such as coco8-pose {detection_only}"
+        )
+    if task == "obb" and 9 not in widths:
+        raise TrtqError(
+            f"{model.name} is an OBB model but {spec.source} has no rotated-box labels ('class x1 y1 ... x4 y4'): "
+            f"OBB mAP needs a dataset such as DOTA {detection_only}"
+        )
+    if task == "segment" and not any(w > 5 and w % 2 == 1 for w in widths):
+        raise TrtqError(
+            f"{model.name} is a segmentation model but {spec.source} has box labels only: mask mAP needs polygon "
+            f"labels ('class x1 y1 x2 y2 ...') such as coco8-seg's {detection_only}"
+        )
 
 
 def _check_model(model: str | os.PathLike[str]) -> Path:
@@ -399,7 +472,11 @@ def evaluate(
         t0 = time.perf_counter()
         with _quiet_ultralytics():
             try:
-                yolo = ul.YOLO(str(load), task="detect")
+                yolo = ul.YOLO(str(load), task=_model_task(path))
+                task = str(yolo.task or "detect")
+                if task not in ("detect", "segment", "pose", "obb"):
+                    raise TrtqError(f"{path.name} is a {task!r} model; trtq evaluates detect, segment, pose and obb models")
+                _check_task_labels(task, path, spec)
                 metrics = yolo.val(
                     data=str(spec.yaml),
                     imgsz=imgsz,
@@ -419,13 +496,17 @@ def evaluate(
                 raise TrtqError(f"evaluation could not read a file: {exc}") from None
         seconds = time.perf_counter() - t0
     box = metrics.box
+    metric = {"segment": "mask", "pose": "pose", "obb": "obb"}.get(task, "box")
+    primary = {"mask": getattr(metrics, "seg", None), "pose": getattr(metrics, "pose", None)}.get(metric) or box
     result: dict[str, Any] = {
         "model": str(path),
         "data": spec.source,
-        "map50_95": float(box.map),
-        "map50": float(box.map50),
-        "precision": float(box.mp),
-        "recall": float(box.mr),
+        "task": task,
+        "metric": metric,  # what map50_95 measures: box, mask, pose (OKS) or obb (rotated boxes)
+        "map50_95": float(primary.map),
+        "map50": float(primary.map50),
+        "precision": float(primary.mp),
+        "recall": float(primary.mr),
         "images": spec.images,
         "instances": spec.instances,
         "imgsz": imgsz,
@@ -433,11 +514,16 @@ def evaluate(
         "seconds": round(seconds, 2),
         "speed_ms": {k: round(float(v), 2) for k, v in dict(metrics.speed).items()},
     }
+    if primary is not box:
+        result["box"] = {"map50_95": float(box.map), "map50": float(box.map50)}
     if per_class:
         names = metrics.names
         per: dict[str, dict[str, float]] = {}
-        for i, c in enumerate(box.ap_class_index):
-            per[str(names[int(c)])] = {"map50_95": float(box.all_ap[i].mean()), "map50": float(box.all_ap[i, 0])}
+        for i, c in enumerate(primary.ap_class_index):
+            per[str(names[int(c)])] = {
+                "map50_95": float(primary.all_ap[i].mean()),
+                "map50": float(primary.all_ap[i, 0]),
+            }
         result["per_class"] = per
     return result
 
@@ -478,13 +564,18 @@ def compare_table(results: Sequence[dict[str, Any]]) -> str:
 
 def result_table(result: dict[str, Any]) -> str:
     """Readable summary of one evaluation."""
+    metric = result.get("metric", "box")
+    what = "" if metric == "box" else f" ({metric})"
     lines = [
         f"model     {result['model']}",
         f"data      {result['data']} ({result['images']} images, {result['instances']} boxes)",
-        f"mAP50-95  {result['map50_95']:.4f}",
-        f"mAP50     {result['map50']:.4f}",
+        f"mAP50-95  {result['map50_95']:.4f}{what}",
+        f"mAP50     {result['map50']:.4f}{what}",
         f"P / R     {result['precision']:.4f} / {result['recall']:.4f}",
     ]
+    if "box" in result:
+        lines.append(f"box mAP   {result['box']['map50_95']:.4f} (50-95), {result['box']['map50']:.4f} (50)")
+
     per = result.get("per_class")
     if per:
         lines.append("per class (mAP50-95, mAP50):")

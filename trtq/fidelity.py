@@ -27,7 +27,7 @@ DETECT_IOU = 0.7
 
 
 def _session(model: str | os.PathLike[str] | bytes) -> Any:
-    from trtq.runtime import ort_session
+    from trtq.ort import ort_session
 
     return ort_session(model if isinstance(model, bytes) else Path(model), ["CPUExecutionProvider"])
 

@@ -274,7 +274,7 @@ def write_reference(
 
     from trtq.images import ImageBatcher
     from trtq.modelinfo import check_detector_input, read_model_info
-    from trtq.runtime import ort_session
+    from trtq.ort import ort_session
 
     mpath = Path(model)
     if num_images < 1:

@@ -206,7 +206,7 @@ def compare_outputs(
 # running an artefact
 # ---------------------------------------------------------------------------------------------------------------
 def _run_onnx(path: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    from trtq.runtime import ort_session
+    from trtq.ort import ort_session
 
     sess = ort_session(path, ["CPUExecutionProvider"])
     types = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
@@ -245,10 +245,9 @@ def _run_engine(path: Path, feeds: Sequence[Mapping[str, np.ndarray]], device: i
                 raise TrtqError(f"reference input shape {list(x.shape)} does not fit {path.name} "
                                 f"(input {list(buf.shape)})")
             buf[...] = x.astype(buf.dtype, copy=False)
-            sess.run(n)
+            outs = sess.run(n)  # every output, in the engine's output order
             results.append({
-                name: np.array(sess.tensors[name].host_view(sess.shape_of(name))[:n], dtype=np.float32)
-                for name in sess.output_names
+                name: np.array(out, dtype=np.float32) for name, out in zip(sess.output_names, outs, strict=True)
             })
         return results
     finally:

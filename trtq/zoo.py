@@ -97,6 +97,9 @@ def build_onnx(
             local_pt.parent.mkdir()
             shutil.copy2(weights, local_pt)
             yolo.load(str(local_pt))
+            source_names = YOLO(str(local_pt)).names  # the checkpoint's class names, when the class count matches
+            if len(source_names) == len(yolo.names):
+                setattr(yolo.model, "names", dict(source_names))  # noqa: B010 - nn.Module's typed __setattr__
         try:
             produced = yolo.export(
                 format="onnx", imgsz=imgsz, opset=opset, batch=batch, dynamic=dynamic,

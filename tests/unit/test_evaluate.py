@@ -152,3 +152,114 @@ def test_relative_yaml_path_resolves(val_yaml: Path, monkeypatch: pytest.MonkeyP
     rel = Path(os.path.relpath(val_yaml, tmp_path))
     spec = prepare_data(rel, tmp_path)
     assert spec.images == 128 and spec.yaml.is_absolute()
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def _task_dataset(root: Path, labels: list[str], kpt_shape: list[int] | None = None) -> Path:
+    import cv2
+
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    for i, line in enumerate(labels):
+        cv2.imwrite(str(root / "images" / "val" / f"{i}.jpg"), np.zeros((32, 32, 3), np.uint8))
+        (root / "labels" / "val" / f"{i}.txt").write_text(line + "\n")
+    cfg = {"path": str(root), "train": "images/val", "val": "images/val", "names": {0: "a", 1: "b"}}
+    if kpt_shape:
+        cfg["kpt_shape"] = kpt_shape
+    import yaml
+
+    (root / "data.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "data.yaml"
+
+
+def test_tasks_without_their_labels_are_refused_in_one_line(tmp_path: Path) -> None:
+    from trtq.evaluate import _check_task_labels
+
+    boxes = prepare_data(_task_dataset(tmp_path / "boxes", ["0 0.5 0.5 0.2 0.2"]), tmp_path)
+    model = tmp_path / "m.onnx"
+    _check_task_labels("detect", model, boxes)
+    for task, words in (("segment", "polygon"), ("pose", "keypoint"), ("obb", "rotated-box")):
+        with pytest.raises(TrtqError, match=words) as info:
+            _check_task_labels(task, model, boxes)
+        assert "detection labels only" in str(info.value) and "\n" not in str(info.value)
+    polygons = prepare_data(_task_dataset(tmp_path / "poly", ["1 0.1 0.1 0.5 0.1 0.5 0.5 0.1 0.5"]), tmp_path)
+    _check_task_labels("segment", model, polygons)
+    _check_task_labels("obb", model, polygons)  # 4 corners: a rotated-box label
+    kpts = "0 0.5 0.5 0.2 0.2 " + " ".join(["0.5 0.5 2"] * 3)
+    pose = prepare_data(_task_dataset(tmp_path / "pose", [kpts], kpt_shape=[3, 3]), tmp_path)
+    _check_task_labels("pose", model, pose)
+
+
+def test_pose_labels_need_their_columns(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("0 0.5 0.5 0.2 0.2 " + " ".join(["0.5 0.5 2"] * 3) + "\n")
+    assert check_label_file(f, nc=2, kpt_shape=(3, 3)) == 1
+    with pytest.raises(TrtqError, match="pose labels have 56"):
+        check_label_file(f, nc=2, kpt_shape=(17, 3))
+    f.write_text("0 0.5 0.5 0.2 0.2 " + " ".join(["0.5 0.5 3"] * 3) + "\n")
+    with pytest.raises(TrtqError, match="visibility"):
+        check_label_file(f, nc=2, kpt_shape=(3, 3))
+
+
+def _labels_from_boxes(src: Path, root: Path, kind: str, n: int = 4) -> Path:
+    """coco128 val images with their boxes written as ``kind`` labels: rectangles as polygons (segment) or
+    as 4 corners (obb), or boxes with 17 unlabelled keypoints (pose)."""
+    import yaml
+
+    names = yaml.safe_load((src / "data.yaml").read_text())["names"]
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    for im in sorted((src / "images" / "val2017").glob("*.jpg"))[:n]:
+        (root / "images" / "val" / im.name).symlink_to(im)
+        lines = []
+        for ln in (src / "labels" / "val2017" / f"{im.stem}.txt").read_text().splitlines():
+            c, cx, cy, w, h = ln.split()[:5]
+            x, y, bw, bh = float(cx), float(cy), float(w), float(h)
+            x1, y1, x2, y2 = x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2
+            if kind == "pose":
+                lines.append(f"{c} {cx} {cy} {w} {h} " + " ".join(["0 0 0"] * 17))
+            else:
+                lines.append(f"{c} {x1:.5f} {y1:.5f} {x2:.5f} {y1:.5f} {x2:.5f} {y2:.5f} {x1:.5f} {y2:.5f}")
+        (root / "labels" / "val" / f"{im.stem}.txt").write_text("\n".join(lines) + "\n")
+    cfg: dict = {"path": str(root), "train": "images/val", "val": "images/val", "names": names}
+    if kind == "pose":
+        cfg["kpt_shape"] = [17, 3]
+    (root / "data.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "data.yaml"
+
+
+@pytest.mark.slow
+def test_eval_uses_the_validator_of_each_task(zoo_onnx, yolo_pt: Path, shared_assets: Path, tmp_path: Path) -> None:
+    from trtq.evaluate import evaluate
+
+    src = shared_assets / "coco128"
+    seg_data = _labels_from_boxes(src, tmp_path / "seg", "segment")
+    detector = evaluate(zoo_onnx("yolov8n.yaml", weights=yolo_pt, imgsz=320), seg_data, imgsz=320)
+    seg = evaluate(zoo_onnx("yolov8n-seg.yaml", weights=yolo_pt, nc=80, imgsz=320), seg_data, imgsz=320)
+    assert (detector["task"], detector["metric"]) == ("detect", "box") and "box" not in detector
+    assert (seg["task"], seg["metric"]) == ("segment", "mask")
+    # the transplanted detection head finds the same boxes as the detector: same box mAP
+    assert seg["box"]["map50_95"] == pytest.approx(detector["map50_95"], abs=1e-6) and detector["map50_95"] > 0.2
+    assert 0 < seg["map50_95"] < seg["box"]["map50_95"]  # rectangles are poor masks of real objects
+    obb = evaluate(
+        zoo_onnx("yolov8n-obb.yaml", weights=yolo_pt, nc=80, imgsz=320), _labels_from_boxes(src, tmp_path / "obb", "obb"), imgsz=320
+    )
+    assert (obb["task"], obb["metric"]) == ("obb", "obb") and obb["map50"] > 0.1
+    pose = evaluate(
+        zoo_onnx("yolov8n-pose.yaml", weights=yolo_pt, nc=80, imgsz=320), _labels_from_boxes(src, tmp_path / "pose", "pose"), imgsz=320
+    )
+    assert (pose["task"], pose["metric"]) == ("pose", "pose")
+    assert pose["box"]["map50_95"] == pytest.approx(detector["map50_95"], abs=1e-3)
+
+
+def test_cli_eval_of_a_pose_model_on_detection_labels_says_why(tmp_path: Path, val_yaml: Path) -> None:
+    import onnx
+
+    from tests.unit.test_runtime_models import make_tiny_yolo_onnx
+
+    model = onnx.load(str(make_tiny_yolo_onnx(tmp_path / "tiny.onnx")))
+    for prop in model.metadata_props:
+        if prop.key == "task":
+            prop.value = "pose"
+    onnx.save(model, str(tmp_path / "pose.onnx"))
+    _one_line_failure(["eval", str(tmp_path / "pose.onnx"), "--data", str(val_yaml)], "no keypoint labels")

@@ -68,7 +68,7 @@ def test_decode_is_class_aware() -> None:
 
 
 def test_decode_rejects_non_detection_output() -> None:
-    with pytest.raises(ValueError, match="YOLOv8 output"):
+    with pytest.raises(ValueError, match="YOLO output"):
         decode(np.zeros((1, 3, 10), np.float32))
 
 

@@ -139,3 +139,32 @@ def test_draw_and_write_image(tmp_path: Path) -> None:
     assert read is not None and np.array_equal(read, out)
     with pytest.raises(TrtqError, match=".jpg"):
         write_image(tmp_path / "x.gif", out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("cfg", "field"), [("yolov8n-seg.yaml", "mask"), ("yolov8n-pose.yaml", "keypoints"), ("yolov8n-obb.yaml", "corners")])
+def test_cli_predict_draws_and_writes_each_task(zoo_onnx, yolo_pt: Path, shared_assets: Path, tmp_path: Path, cfg: str, field: str) -> None:
+    from trtq.runtime.decode import rle_to_mask
+
+    onnx_path = zoo_onnx(cfg, weights=yolo_pt, nc=80, imgsz=320)
+    image = sorted((shared_assets / "coco128" / "images" / "val2017").glob("*.jpg"))[0]
+    out = tmp_path / "out"
+    from trtq.cli import main
+
+    result = CliRunner().invoke(main, ["predict", str(onnx_path), "--source", str(image), "--save", str(out), "--json", "--conf", "0.1"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "predictions.json").read_text())
+    dets = doc["images"][0]["detections"]
+    assert doc["task"] == cfg.split("-")[1].split(".")[0].replace("seg", "segment") and dets
+    assert all(field in d for d in dets)
+    h, w = doc["images"][0]["height"], doc["images"][0]["width"]
+    if field == "mask":
+        mask = rle_to_mask(dets[0]["mask"])
+        assert mask.shape == (h, w) and int(mask.sum()) == dets[0]["mask_area"] > 0
+    if field == "keypoints":
+        assert len(dets[0]["keypoints"]) == 17 and len(dets[0]["keypoints"][0]) == 3
+    if field == "corners":
+        assert len(dets[0]["corners"]) == 4 and len(dets[0]["xywhr"]) == 5
+    drawn = cv2.imread(str(out / image.name))
+    plain = cv2.imread(str(image))
+    assert drawn.shape == plain.shape and np.abs(drawn.astype(int) - plain.astype(int)).sum() > 0

@@ -172,7 +172,7 @@ def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
 
 
 def test_not_a_detector_and_corrupt_onnx(tmp_path: Path, tiny_conv_onnx: Path) -> None:
-    with pytest.raises(TrtqError, match="YOLOv8 detection output"):
+    with pytest.raises(TrtqError, match="expected a YOLO head output"):
         Detector(tiny_conv_onnx)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00garbage")

@@ -219,6 +219,7 @@ def test_eval_keeps_the_dla_core_of_a_trtq_engine(tmp_path: Path, fake_env: tupl
 
     class FakeYOLO:
         def __init__(self, path: str, task: str) -> None:
+            self.task = task
             loaded.append((path, Path(path).read_bytes()))
 
         def val(self, **kw: Any) -> Any:
@@ -430,7 +431,7 @@ def test_cuda_python_results_stay_valid_after_close(tmp_path: Path, cuda_python:
     session = TensorRTSession(write_fake_engine(tmp_path / "e.engine", batch=(1, 2)))
     x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
     session.input_buffer(2)[...] = x
-    out = session.run(2)
+    (out,) = session.run(2)
     expected = np.broadcast_to(x.reshape(2, -1).mean(axis=1)[:, None, None], out.shape).copy()
     np.testing.assert_allclose(out, expected, rtol=1e-6)  # the fake engine's output: mean of each image
     session.close()

@@ -24,7 +24,8 @@ import numpy as np
 from trtq.bench.harness import Backend, Sample
 from trtq.device import cuda_check, load_cudart
 from trtq.errors import TrtqError
-from trtq.runtime import model_kind, ort_session
+from trtq.ort import ort_session
+from trtq.runtime import model_kind
 
 if TYPE_CHECKING:
     from trtq.device import Event, Stream

@@ -1,4 +1,4 @@
-"""`trtq predict`: run detection on images; draw boxes or write JSON."""
+"""`trtq predict`: run any task (detect, segment, pose, OBB) on images; draw the results or write JSON."""
 
 from __future__ import annotations
 
@@ -23,12 +23,16 @@ from trtq.commands._options import device_option, path_option
 @click.option(
     "--max-det", type=click.IntRange(min=1), default=300, show_default=True, help="Most detections per image."
 )
-@path_option("--save", "save", "Write images with drawn boxes into this directory.", folder=True)
+@path_option(
+    "--save", "save", "Write images with drawn results (boxes, masks, keypoints, rotated boxes) into this directory.",
+    folder=True,
+)
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print detections as JSON on stdout (and write DIR/predictions.json with --save).",
+    help="Print detections as JSON on stdout (and write DIR/predictions.json with --save): boxes, scores and "
+    "classes; masks (COCO RLE), keypoints or rotated boxes by task.",
 )
 @device_option("CUDA device index (engines).")
 def command(
@@ -42,6 +46,9 @@ def command(
     device: int,
 ) -> None:
     """Detect objects with MODEL (.engine or .onnx) in the images of --source.
+
+    Every ultralytics task is decoded, as its metadata says: detect, segment (masks), pose (keypoints)
+    and OBB (rotated boxes), from grid or end-to-end (YOLO26) heads.
 
     \b
     Examples:
@@ -65,7 +72,13 @@ def command(
         on_result=report,
     )
     if as_json:
-        doc = {"model": str(model), "conf": conf, "iou": iou, "images": [r.to_dict() for r in results]}
+        doc = {
+            "model": str(model),
+            "task": results[0].detections.task if results else None,
+            "conf": conf,
+            "iou": iou,
+            "images": [r.to_dict() for r in results],
+        }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     if save is not None:
         click.echo(f"saved {len(results)} image(s) to {save}", err=True)

@@ -1,0 +1,183 @@
+"""``Detector``: letterbox, run a session, decode every task; one API for engines and ONNX models."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from trtq.errors import TrtqError
+from trtq.postprocess import decode_layout
+from trtq.runtime.decode import Detections, to_detections
+from trtq.runtime.sessions import Session, open_session
+from trtq.tasks import TaskLayout, task_layout
+
+
+def _check_threshold(name: str, value: float) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise TrtqError(f"{name} must be between 0 and 1, got {value}")
+    return v
+
+
+class Detector:
+    """YOLO detector (detect, segment, pose, OBB; grid or end-to-end heads) over a TensorRT engine or an
+    ONNX model (see :mod:`trtq.runtime`). ``task`` and ``layout`` say what the model's outputs mean.
+
+    ``conf``: minimum class score; ``iou``: NMS IoU threshold; ``max_det``: most detections per image;
+    ``device``: CUDA device index (engines); ``providers``: ONNX Runtime execution providers (default CPU).
+    Thread-safe by serialization (one internal lock); see the module docstring.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        device: int = 0,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        self.conf = _check_threshold("conf", conf)
+        self.iou = _check_threshold("iou", iou)
+        if int(max_det) < 1:
+            raise TrtqError(f"max_det must be at least 1, got {max_det}")
+        self.max_det = int(max_det)
+        self.path = Path(path)
+        from trtq.images import letterbox  # OpenCV, only when a detector is made
+
+        self._letterbox = letterbox
+        session = open_session(self.path, device=device, providers=providers)
+        try:
+            self.layout, self._head, self._protos = _layout_of(session, self.path)
+        except BaseException:
+            session.close()
+            raise
+        self._session: Session | None = session
+        self._lock = threading.Lock()
+        self.last_timing: dict[str, float] = {}
+        self.task: str = self.layout.task
+        s = session
+        self.backend: str = s.backend
+        self.imgsz: tuple[int, int] = s.imgsz
+        self.stride: int = s.stride
+        self.batch_range: tuple[int, int] = s.batch_range
+        self.names: dict[int, str] = dict(s.names)
+        self.input_name: str = s.input_name
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the model and its buffers (GPU memory for engines). Idempotent."""
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector({str(self.path)!r}, backend={self.backend!r}, task={self.task!r}, imgsz={self.imgsz}, "
+            f"conf={self.conf}, iou={self.iou})"
+        )
+
+    # -- inference -------------------------------------------------------------------------------------------
+    def __call__(self, images: np.ndarray | Sequence[np.ndarray], *, rgb: bool = False) -> list[Detections]:
+        return self.detect(images, rgb=rgb)
+
+    def detect(self, images: np.ndarray | Sequence[np.ndarray], *, rgb: bool = False) -> list[Detections]:
+        """Detect objects in one image (HxWx3 uint8) or a batch (a list, or an NxHxWx3 array).
+
+        Each :class:`Detections` carries the task's fields: masks, keypoints or rotated boxes.
+
+        Images are BGR (OpenCV's order) unless ``rgb=True``. Returns one :class:`Detections` per image, in order.
+        ``last_timing`` holds the milliseconds spent in ``preprocess``, ``inference`` and ``postprocess``.
+        """
+        batch = self._as_list(images)
+        with self._lock:
+            session = self._session
+            if session is None:
+                raise TrtqError("this Detector is closed")
+            results: list[Detections] = []
+            timing = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+            lo, hi = session.batch_range
+            chunk = hi if lo == hi else min(hi, max(lo, len(batch)))
+            for start in range(0, len(batch), chunk):
+                part = batch[start : start + chunk]
+                t0 = time.perf_counter()
+                n_run = max(len(part), lo)
+                buf = session.input_buffer(n_run)
+                for i, img in enumerate(part):
+                    self._fill(buf[i], img, rgb)
+                t1 = time.perf_counter()
+                out = session.run(len(part))
+                t2 = time.perf_counter()
+                decoded = decode_layout(
+                    out[self._head], self.layout, conf=self.conf, iou=self.iou, max_det=self.max_det
+                )
+                protos = out[self._protos] if self._protos is not None else None
+                for i, (img, rows) in enumerate(zip(part, decoded, strict=True)):
+                    proto = None if protos is None else protos[i].astype(np.float32, copy=False)
+                    shape = (int(img.shape[0]), int(img.shape[1]))
+                    results.append(to_detections(rows, self.layout, self.imgsz, shape, self.names, proto))
+                t3 = time.perf_counter()
+                timing["preprocess"] += (t1 - t0) * 1e3
+                timing["inference"] += (t2 - t1) * 1e3
+                timing["postprocess"] += (t3 - t2) * 1e3
+            timing["total"] = sum(timing.values())
+            self.last_timing = timing
+        return results
+
+    @staticmethod
+    def _as_list(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+        if isinstance(images, np.ndarray):
+            batch = list(images) if images.ndim == 4 else [images]
+        elif isinstance(images, (list, tuple)):
+            batch = list(images)
+        else:
+            raise TrtqError(f"detect() takes an image array or a list of them, got {type(images).__name__}")
+        if not batch:
+            raise TrtqError("detect() got no images")
+        for i, img in enumerate(batch):
+            if not isinstance(img, np.ndarray):
+                raise TrtqError(f"image {i} is a {type(img).__name__}, not a numpy array (HxWx3 uint8)")
+            if img.size == 0:
+                raise TrtqError(
+                    f"image {i} is empty (shape {img.shape}): check the camera or file it came from"
+                )
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise TrtqError(
+                    f"image {i} has shape {img.shape}; expected HxWx3 (colour, channels last); "
+                    "convert grayscale with cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)"
+                )
+            if img.dtype != np.uint8:
+                raise TrtqError(
+                    f"image {i} is {img.dtype}; expected uint8 pixels 0..255 (as OpenCV reads them)"
+                )
+        return batch
+
+    def _fill(self, dst: np.ndarray, img: np.ndarray, rgb: bool) -> None:
+        """Letterbox ``img`` into one slot of the input buffer: CHW, RGB, float /255 (ultralytics' predictor)."""
+        lb = self._letterbox(img, self.imgsz, stride=self.stride)[0]
+        chw = lb.transpose(2, 0, 1)
+        if not rgb:
+            chw = chw[::-1]
+        np.divide(chw, 255.0, out=dst, casting="unsafe")
+
+
+def _layout_of(session: Session, path: Path) -> tuple[TaskLayout, int, int | None]:
+    """The task layout of the session's model, the index of its head output and of its mask prototypes."""
+    shapes = session.output_shapes
+    head = next((i for i, s in enumerate(shapes) if len(s) == 3), 0)
+    protos = next((i for i, s in enumerate(shapes) if len(s) == 4), None)
+    ordered = [shapes[head], *(s for i, s in enumerate(shapes) if i != head)]
+    layout = task_layout(session.metadata, ordered, imgsz=session.imgsz, source=str(path))
+    return layout, head, protos if layout.task == "segment" else None

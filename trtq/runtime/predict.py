@@ -1,0 +1,94 @@
+"""``trtq predict``: images in, drawn images and JSON out (every task)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trtq.runtime.decode import Detections
+from trtq.runtime.detector import Detector
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The detections of one image file and how long they took."""
+
+    path: Path
+    detections: Detections
+    ms: float  # preprocess + inference + postprocess
+    saved: Path | None = None
+
+    def summary(self) -> str:
+        return f"{self.path.name}: {self.detections.summary()} ({self.ms:.1f} ms)"
+
+    def to_dict(self) -> dict[str, Any]:
+        h, w = self.detections.image_shape
+        return {
+            "image": str(self.path),
+            "width": w,
+            "height": h,
+            "ms": round(self.ms, 2),
+            "saved": str(self.saved) if self.saved else None,
+            "detections": self.detections.to_list(),
+        }
+
+
+def predict(
+    model: str | Path,
+    source: str | Path,
+    *,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 300,
+    save: str | Path | None = None,
+    json_path: str | Path | None = None,
+    device: int = 0,
+    providers: Sequence[str] | None = None,
+    on_result: Any = None,
+) -> list[Prediction]:
+    """Run ``model`` on every image of ``source`` (file, directory, glob, list file).
+
+    ``save``: write each image with drawn detections (boxes; masks, keypoints and skeleton, rotated boxes)
+    into this directory (same file name; JPEG/PNG as the source,
+    other formats as JPEG). ``json_path``: write all detections as one JSON file. ``on_result``: called with
+    each :class:`Prediction` as soon as it is ready (progress output). Images are processed one at a time.
+    """
+    from trtq.fileio import write_json
+    from trtq.images import load_image, resolve_image_paths
+
+    out_dir = Path(save) if save is not None else None
+    results: list[Prediction] = []
+    used_names: set[str] = set()
+    with Detector(model, conf=conf, iou=iou, max_det=max_det, device=device, providers=providers) as det:
+        for path in resolve_image_paths(source):
+            img = load_image(path)
+            (d,) = det.detect(img)
+            saved = None
+            if out_dir is not None:
+                from trtq.draw import draw_detections, write_image  # OpenCV, only when saving
+
+                suffix = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png") else ".jpg"
+                name, k = path.stem + suffix, 1
+                while name in used_names:  # same file name in two source folders
+                    name, k = f"{path.stem}_{k}{suffix}", k + 1
+                used_names.add(name)
+                saved = write_image(out_dir / name, draw_detections(img, d))
+            pred = Prediction(path, d, det.last_timing.get("total", 0.0), saved)
+            results.append(pred)
+            if on_result is not None:
+                on_result(pred)
+        if json_path is not None:
+            write_json(
+                json_path,
+                {
+                    "model": str(model),
+                    "backend": det.backend,
+                    "task": det.task,
+                    "conf": conf,
+                    "iou": iou,
+                    "images": [r.to_dict() for r in results],
+                },
+            )
+    return results

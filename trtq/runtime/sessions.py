@@ -1,0 +1,126 @@
+"""Backend sessions: what the :class:`~trtq.runtime.Detector` needs from ONNX Runtime or TensorRT.
+
+A session owns the model, a reusable input buffer and the model's metadata; ``run`` returns every
+output of the model (a segmentation model's mask prototypes included), in the model's output order.
+The TensorRT session lives in :mod:`trtq.runtime.engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from trtq.errors import TrtqError
+from trtq.ort import ort_session
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+ONNX_SUFFIXES = (".onnx",)
+MAX_DYNAMIC_BATCH = 32  # largest batch run at once on a dynamic-batch ONNX model
+
+
+class Session(Protocol):
+    """One image input, every output; the ultralytics metadata that says what the outputs mean."""
+
+    backend: str
+    input_name: str
+    imgsz: tuple[int, int]
+    batch_range: tuple[int, int]  # (min, max) images per inference run
+    names: dict[int, str]
+    stride: int
+    metadata: dict[str, Any]  # parsed ultralytics metadata (task, names, kpt_shape, end2end, ...)
+    output_shapes: list[tuple[int | None, ...]]  # as built; None for dynamic dimensions
+
+    def input_buffer(self, n: int) -> np.ndarray: ...
+
+    def run(self, n: int) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class OnnxSession:
+    """An ONNX model on ONNX Runtime with a reused input buffer (CPU provider unless ``providers`` says otherwise)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, *, providers: Sequence[str] | None = None) -> None:
+        from trtq.modelinfo import parse_metadata_value
+
+        session = ort_session(path, providers)
+        self.session: ort.InferenceSession | None = session
+        self.providers = list(session.get_providers())
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1:
+            raise TrtqError(f"{path} has {len(inputs)} inputs; trtq expects one image input")
+        inp = inputs[0]
+        in_shape = [d if isinstance(d, int) and d > 0 else None for d in inp.shape]
+        dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+        if len(in_shape) != 4 or in_shape[1] not in (3, None) or inp.type not in dtypes:
+            raise TrtqError(
+                f"{path}: input {inp.name!r} is {inp.type}{in_shape}; expected a float NCHW image tensor [N,3,H,W] "
+                "as exported by `trtq export`"
+            )
+        self.output_shapes = [tuple(d if isinstance(d, int) and d > 0 else None for d in o.shape) for o in outputs]
+        meta = {k: parse_metadata_value(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+        self.metadata: dict[str, Any] = meta
+        self.input_name = str(inp.name)
+        self.output_names = [str(o.name) for o in outputs]
+        h, w = in_shape[2], in_shape[3]
+        if h is None or w is None:
+            size = meta.get("imgsz", 640)
+            h, w = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+        self.imgsz = (h, w)
+        stride = meta.get("stride", 32)
+        self.stride = int(max(stride) if isinstance(stride, (list, tuple)) else stride)
+        names = meta.get("names")
+        self.names = {int(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
+        self.dtype = np.dtype(dtypes[inp.type])
+        static = in_shape[0]
+        self.batch_range = (static, static) if static is not None else (1, MAX_DYNAMIC_BATCH)
+        self._static_batch = static
+        self._buffer = np.zeros((self.batch_range[0], 3, *self.imgsz), dtype=self.dtype)
+
+    def input_buffer(self, n: int) -> np.ndarray:
+        if self._buffer.shape[0] < n:
+            self._buffer = np.zeros((n, 3, *self.imgsz), dtype=self.dtype)
+        return self._buffer[:n]
+
+    def run(self, n: int) -> list[np.ndarray]:
+        if self.session is None:
+            raise TrtqError("this ONNX Runtime session is closed")
+        run_n = self._static_batch or n
+        outs = self.session.run(self.output_names, {self.input_name: self.input_buffer(run_n)})
+        return [np.asarray(o)[:n] for o in outs]
+
+    def close(self) -> None:
+        self.session = None
+
+
+def model_kind(path: str | Path) -> tuple[Path, str]:
+    """``(path, "onnx" | "engine")`` from the suffix; TrtqError for a missing path, a folder or another suffix."""
+    p = Path(path)
+    if not p.exists():
+        raise TrtqError(f"model not found: {p}")
+    if p.is_dir():
+        raise TrtqError(f"{p} is a directory; pass an .onnx model or an .engine file")
+    suffix = p.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return p, "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return p, "engine"
+    raise TrtqError(f"{p}: unknown model type {suffix!r}; pass an .onnx model or an .engine/.plan file")
+
+
+def open_session(path: str | Path, *, device: int = 0, providers: Sequence[str] | None = None) -> Session:
+    """Open ``path`` on the backend its suffix names (.onnx: ONNX Runtime; .engine/.plan/.trt: TensorRT)."""
+    p, kind = model_kind(path)
+    if kind == "onnx":
+        return OnnxSession(p, providers=providers)
+    from trtq.runtime.engine import TensorRTSession
+
+    return TensorRTSession(p, device=device)
