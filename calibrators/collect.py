@@ -168,8 +168,11 @@ class _Accumulator:
         assert other.k is not None
         self._grow_to(max(self.max_abs, CAPACITY * 2.0**other.k * 0.5))
         assert self.k is not None
-        factor = 1 << (self.k - other.k)
-        counts = other.counts.reshape(-1, factor).sum(axis=1) if factor > 1 else other.counts
+        factor = 1 << min(self.k - other.k, 62)
+        if factor >= CAPACITY:  # the other's whole range falls into this one's first bin
+            counts = np.array([other.counts.sum()], dtype=np.int64)
+        else:
+            counts = other.counts.reshape(-1, factor).sum(axis=1) if factor > 1 else other.counts
         self.counts[: counts.size] += counts
 
     def _add_zeros(self, n: int) -> None:
