@@ -100,8 +100,10 @@ def _check_structure(model: onnx.ModelProto, task: str, *, attention: bool, end2
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["yolov8n", "yolo11n", "yolo26n"])
 @pytest.mark.parametrize("task", ["detect", "segment", "pose", "obb"])
-def test_every_architecture_and_task(zoo_onnx, arch: str, task: str) -> None:  # noqa: ANN001
-    model = onnx.load(str(zoo_onnx(f"{arch}{SUFFIX[task]}.yaml", imgsz=320)))
+def test_every_architecture_and_task(zoo_onnx, yolo_pt: Path, arch: str, task: str) -> None:  # noqa: ANN001
+    # the same builds as the fidelity tests (COCO weights in the YOLOv8 structures), exported once per session
+    extra = {"weights": yolo_pt, "nc": 80} if arch == "yolov8n" else {}
+    model = onnx.load(str(zoo_onnx(f"{arch}{SUFFIX[task]}.yaml", imgsz=320, **extra)))
     policy = _check_structure(model, task, attention=arch != "yolov8n", end2end=False)
     has_dfl = any(r.code is Reason.DFL for r in policy.values())
     assert has_dfl is (arch != "yolo26n")  # YOLO26 regresses distances directly (reg_max 1)
