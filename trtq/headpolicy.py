@@ -280,7 +280,7 @@ def _classify_final(
         Branch.ANGLE: bool(ops & {"Cos", "Sin"}),
         Branch.CLASS: "Sigmoid" in ops or "TopK" in ops,
     }
-    hinted = [c for c in candidates if hints.get(c, False)]
+    hinted = [c for c in candidates or list(hints) if hints.get(c, False)]
     if len(hinted) == 1:
         return hinted[0]
     return candidates[0] if candidates else Branch.HEAD
