@@ -366,7 +366,7 @@ def _model_lines(report: Mapping[str, Any]) -> list[str]:
     task = report.get("task")
     if task:
         head = "end-to-end" if task.get("end2end") else "grid"
-        lines.append(f"- model: {task['task']}, {task['nc']} classes, {head} head")
+        lines.append(f"- task: {task['task']}, {task['nc']} classes, {head} head")
     src, dst = report.get("source_opset"), report.get("opset")
     if src is not None and dst is not None and src != dst:
         why = "FP16 Q/DQ needs opset 19" if report.get("float_dtype") == "float16" else "per-channel Q/DQ needs opset 13"
