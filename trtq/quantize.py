@@ -197,6 +197,11 @@ def _unquantized_summary(model: onnx.ModelProto, plan: QdqPlan) -> dict[str, dic
     return summary
 
 
+def _code_value(reason: str) -> str | None:
+    code = reason_code(reason)
+    return code.value if code is not None else None
+
+
 def build_report(
     *,
     model_path: Path,
@@ -214,6 +219,9 @@ def build_report(
     task: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     from onnx import numpy_helper
+
+    from trtq.modelinfo import model_sha256
+    from trtq.precision import is_float16
 
     inits = {i.name: i for i in model.graph.initializer}
     op_of = {node_key(n): n.op_type for n in model.graph.node}
@@ -255,14 +263,12 @@ def build_report(
             "node": n,
             "op_type": op_of.get(n, "?"),
             "reason": str(r),
-            "code": (reason_code(r).value if reason_code(r) else "user"),  # type: ignore[union-attr]
+            "code": _code_value(r),  # None: a user exclusion or another non-policy reason
             "branch": getattr(getattr(r, "branch", None), "value", None),
         }
         for n, r in plan.float_nodes.items()
     ]
     weighted_float = [f for f in floats if f["op_type"] in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
-    from trtq.modelinfo import model_sha256
-
     source_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     target_opset = next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), None)
     return {
@@ -278,7 +284,7 @@ def build_report(
         "calibration": dict(calibration),
         "opset": target_opset,
         "source_opset": source_opset,
-        "float_dtype": "float16" if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) else "float32",
+        "float_dtype": "float16" if is_float16(model) else "float32",
         "task": dict(task) if task else None,
         "counts": {
             "quantized_activations": len(acts),
