@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -96,3 +97,34 @@ def test_export_every_task_end2end_and_rectangular(tmp_path: Path, monkeypatch: 
     for args, words in ((["yolov8n-cls.yaml"], "classify model"), (["yolov8n.yaml", "--end2end"], "no end-to-end")):
         res = run(main, ["export", *args, "-o", "x.onnx"])
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and words in res.output, res.output
+
+
+@pytest.mark.parametrize("variant", ["opset12", "fp16", "dynamic", "rectangular"])
+def test_intake_variants_quantize_with_fidelity(zoo_onnx, yolo_pt: Path, calib_dir: Path, val_batches,  # noqa: ANN001
+                                                tmp_path: Path, variant: str) -> None:
+    """A COCO-weighted YOLOv8n-pose as users bring it: opset 12, FP16, dynamic batch, rectangular input."""
+    from trtq.modelinfo import read_model_info
+    from trtq.quantize import quantize
+
+    extra: dict = {"opset12": {"opset": 12}, "dynamic": {"dynamic": True}, "rectangular": {"imgsz": (256, 320)}}.get(variant, {})
+    extra.setdefault("imgsz", 320)
+    fp32 = zoo_onnx("yolov8n-pose.yaml", weights=yolo_pt, nc=80, **extra)
+    model = fp32
+    if variant == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = tmp_path / "fp16.onnx"
+        onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=False), str(model))
+        assert read_model_info(model).float_dtype == "float16"
+    batch = 2 if variant == "dynamic" else 1
+    res = quantize(model, calib_dir, num_images=4, batch=batch, output=tmp_path / "q.onnx", progress=False)
+    qmodel = onnx.load(str(res.path))
+    assert qdq_problems(qmodel, head_policy(onnx.load(str(model)))) == []
+    opset = next(o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset == {"opset12": 13, "fp16": 19}.get(variant, 17)
+    assert res.report["source_opset"] == (12 if variant == "opset12" else 17)
+    batches = val_batches(fp32)
+    if variant == "dynamic":
+        batches = [{"images": np.concatenate([b["images"] for b in batches[:2]])}]
+    cos = output_cosines(raw_outputs(str(fp32), batches), raw_outputs(str(res.path), batches))
+    assert min(cos) >= 0.98, cos
