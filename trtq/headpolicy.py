@@ -222,6 +222,8 @@ def _model_layout(model: onnx.ModelProto) -> Any:
     from trtq.tasks import task_layout
 
     meta = {p.key: parse_metadata_value(p.value) for p in model.metadata_props}
+    if "task" not in meta:
+        return graph_layout(model)
     shapes = []
     for o in model.graph.output:
         dims = o.type.tensor_type.shape.dim
@@ -466,3 +468,90 @@ def branch_summary(reasons: Mapping[str, str], op_types: Mapping[str, str]) -> l
         row["ops"][op] = row["ops"].get(op, 0) + 1
     order = {b.value: i for i, b in enumerate(Branch)}
     return sorted(rows.values(), key=lambda r: (order.get(r["branch"], len(order)), r["code"]))
+
+
+_PASSIVE_OPS = _LAYOUT_OPS | {"Concat", "Split", "Slice", "Sigmoid", "Cast"}
+
+
+def graph_layout(model: onnx.ModelProto) -> Any:
+    """The task layout told from the head's branches, for a model without ultralytics metadata.
+
+    Output shapes alone cannot tell a pose model with 80 classes (``4 + 80 + 51`` rows) from a detector
+    with 131; the graph can: per stride, the box branch feeds the DFL Softmax or the distance decode, the
+    class branch only a Sigmoid, keypoints an anchor/stride decode, the angle a Cos/Sin, mask coefficients
+    go to the output as they are, and the mask prototype feeds the 4-D output alone. Returns None when the
+    branches cannot be told apart (e.g. an export that joins them before decoding).
+    """
+    from trtq.errors import TrtqError
+    from trtq.modelinfo import parse_metadata_value
+    from trtq.tasks import task_layout
+
+    graph = model.graph
+    region, finals = _head_region(graph)
+    if not finals or not any(n.op_type == "Sigmoid" for n in region):
+        return None
+    consumers = _consumers(graph)
+    producers = _producers(graph)
+    inits = {i.name: i for i in graph.initializer}
+    region_ids = {id(n) for n in region}
+    topks = [n for n in region if n.op_type == "TopK"]
+    selection = _reach_forward(topks, region_ids, consumers) | {id(n) for n in topks}
+    for n in topks:
+        prod = producers.get(n.input[0]) if n.input else None
+        if prod is not None and prod.op_type in ("ReduceMax", "ArgMax"):
+            selection.add(id(prod))
+    allowed = region_ids - selection
+    by_id = {id(n): n for n in region}
+    rank4 = {o.name for o in graph.output if len(o.type.tensor_type.shape.dim) == 4}
+    groups: dict[str, set[int]] = {}
+    for f in finals:
+        c = _out_channels(f, inits)
+        reached = _reach_forward([f], allowed, consumers)
+        ops = {by_id[i].op_type for i in reached}
+        outs = {o for i in reached for o in by_id[i].output} | set(f.output)
+        if c is None:
+            return None
+        if outs & rank4 and not outs & ({o.name for o in graph.output} - rank4):
+            kind = "proto"
+        elif "Softmax" in ops or (c == 4 and ops & {"Sub", "Add"} and not ops & {"Cos", "Sin"}):
+            kind = "box"
+        elif ops & {"Cos", "Sin"} and c == 1:
+            kind = "angle"
+        elif ops <= _PASSIVE_OPS and "Sigmoid" in ops:
+            kind = "class"
+        elif ops <= _PASSIVE_OPS:
+            kind = "mask"
+        else:
+            kind = "keypoints"
+        groups.setdefault(kind, set()).add(c)
+    if any(len(v) != 1 for v in groups.values()) or "class" not in groups or "box" not in groups:
+        return None
+    one = {k: next(iter(v)) for k, v in groups.items()}
+    meta: dict[str, Any] = {p.key: parse_metadata_value(p.value) for p in model.metadata_props}
+    if "proto" in one:
+        if one.get("mask") != one["proto"]:
+            return None
+        task = "segment"
+    elif "angle" in one:
+        task = "obb"
+    elif "keypoints" in one:
+        k = one["keypoints"]
+        task = "pose"
+        meta["kpt_shape"] = [k // 3, 3] if k % 3 == 0 else [k // 2, 2]
+    else:
+        task = "detect"
+    names = meta.get("names")
+    if not isinstance(names, dict) or len(names) != one["class"]:
+        meta["names"] = {i: f"class{i}" for i in range(one["class"])}
+    meta["task"] = task
+    shapes = [
+        tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in o.type.tensor_type.shape.dim)
+        for o in graph.output
+    ]
+    try:
+        layout = task_layout(meta, shapes)
+    except TrtqError:
+        return None
+    from dataclasses import replace
+
+    return replace(layout, inferred=True)

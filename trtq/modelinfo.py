@@ -188,11 +188,20 @@ def check_model(info: ModelInfo) -> TaskLayout | None:
     """Raise unless trtq can work with the model: one float image input, and outputs it can decode.
 
     A model whose outputs trtq cannot decode (classification, a task trtq does not handle, metadata
-    that contradicts the outputs) is refused with one line. A model without ultralytics metadata whose
-    layout cannot be inferred is accepted with a warning (calibration does not need the layout) and
-    None is returned.
+    that contradicts the outputs) is refused with one line. Without ultralytics metadata the layout is
+    told from the head's branches in the graph (output shapes alone cannot tell a pose model from a
+    detector with more classes), else from the output shapes; a model whose layout cannot be told is
+    accepted with a warning (calibration does not need the layout) and None is returned.
     """
     check_detector_input(info)
+    if "task" not in info.metadata and not _looks_like_classifier(info):
+        import onnx
+
+        from trtq.headpolicy import graph_layout
+
+        layout = graph_layout(onnx.load(str(info.path), load_external_data=False))
+        if layout is not None:
+            return layout
     try:
         return info.layout
     except TrtqError:

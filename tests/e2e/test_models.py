@@ -128,3 +128,20 @@ def test_intake_variants_quantize_with_fidelity(zoo_onnx, yolo_pt: Path, calib_d
         batches = [{"images": np.concatenate([b["images"] for b in batches[:2]])}]
     cos = output_cosines(raw_outputs(str(fp32), batches), raw_outputs(str(res.path), batches))
     assert min(cos) >= 0.98, cos
+
+
+@pytest.mark.parametrize(("cfg", "described"), [
+    ("yolov8n-pose.yaml", "pose, 1 classes, grid head, 17x3 keypoints"),  # the yaml's default: persons only
+    ("yolo11n-obb.yaml", "obb, 80 classes, grid head"),
+    ("yolo26n-seg.yaml", "segment, 80 classes, grid head, 32 mask coefficients"),
+])
+def test_layout_without_metadata_is_told_from_the_graph(zoo_onnx, tmp_path: Path, cfg: str, described: str) -> None:  # noqa: ANN001
+    """Shapes alone read a pose model (4 + 80 + 51 rows) as a 131-class detector; the head's branches do not."""
+    from trtq.modelinfo import check_model, read_model_info
+
+    model = onnx.load(str(zoo_onnx(cfg, imgsz=320)))
+    del model.metadata_props[:]
+    path = tmp_path / "bare.onnx"
+    onnx.save(model, str(path))
+    layout = check_model(read_model_info(path))
+    assert layout is not None and layout.inferred and layout.describe() == described
