@@ -438,7 +438,14 @@ def write_qdq(
         "int8_weights": int8_weights,
         "exclude": list(exclude),
     }
-    _set_metadata(qmodel, {"trtq_quantization": "int8-qdq", "trtq_algorithm": algo, "trtq_version": __version__})
+    meta: dict[str, str] = {"trtq_quantization": "int8-qdq", "trtq_algorithm": algo, "trtq_version": __version__}
+    if layout is not None and layout.inferred and not any(p.key == "task" for p in model.metadata_props):
+        # the model had no ultralytics metadata: record the layout told from its graph, so readers decode it right
+        meta["task"] = layout.task
+        if layout.kpt_shape:
+            meta["kpt_shape"] = str(list(layout.kpt_shape))
+        logger.info("no task metadata in %s: recorded task=%s in the Q/DQ model", mpath.name, layout.task)
+    _set_metadata(qmodel, meta)
     _save_model(qmodel, out)
     report = build_report(
         model_path=mpath,

@@ -135,7 +135,8 @@ def test_intake_variants_quantize_with_fidelity(zoo_onnx, yolo_pt: Path, calib_d
     ("yolo11n-obb.yaml", "obb, 80 classes, grid head"),
     ("yolo26n-seg.yaml", "segment, 80 classes, grid head, 32 mask coefficients"),
 ])
-def test_layout_without_metadata_is_told_from_the_graph(zoo_onnx, tmp_path: Path, cfg: str, described: str) -> None:  # noqa: ANN001
+def test_layout_without_metadata_is_told_from_the_graph(zoo_onnx, calib_dir: Path, tmp_path: Path, cfg: str,  # noqa: ANN001
+                                                        described: str) -> None:
     """Shapes alone read a pose model (4 + 80 + 51 rows) as a 131-class detector; the head's branches do not."""
     from trtq.modelinfo import check_model, read_model_info
 
@@ -145,3 +146,11 @@ def test_layout_without_metadata_is_told_from_the_graph(zoo_onnx, tmp_path: Path
     onnx.save(model, str(path))
     layout = check_model(read_model_info(path))
     assert layout is not None and layout.inferred and layout.describe() == described
+    if layout.task == "pose":  # the Q/DQ model records what was told, for readers of its metadata
+        from trtq.quantize import quantize
+        from trtq.tasks import task_layout
+
+        res = quantize(path, calib_dir, num_images=1, output=tmp_path / "q.onnx", progress=False)
+        info = read_model_info(res.path)
+        assert info.metadata["task"] == "pose" and info.metadata["kpt_shape"] == [17, 3]
+        assert task_layout(info.metadata, [o.shape for o in info.outputs]).describe() == described
