@@ -123,3 +123,23 @@ def test_dynamic_export_keeps_the_neck_out_of_the_head(zoo_onnx, yolo_pt) -> Non
     model = onnx.load(str(zoo_onnx("yolov8n.yaml", weights=yolo_pt, imgsz=320, dynamic=True)))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
     _check_structure(model, "detect", attention=False, end2end=False)
+
+
+@pytest.mark.slow
+def test_implicit_build_pins_attention_and_head_layers_of_yolo11(zoo_onnx) -> None:  # noqa: ANN001
+    """Implicit INT8: the attention MatMul/Softmax and the branch last convs are pinned to FP16, the decode to FP32."""
+    from tests.fakes.fake_tensorrt import make_fake_tensorrt
+    from trtq.trt.builder import map_float_layers, pin_float_layers
+
+    path = zoo_onnx("yolo11n-pose.yaml", imgsz=320)
+    graph = onnx.load(str(path))
+    nodes = float_nodes(graph)
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    trt = make_fake_tensorrt("10.3.0")
+    network = trt.Builder(trt.Logger()).create_network(0)
+    assert trt.OnnxParser(network, trt.Logger()).parse_from_file(str(path))
+    pinned = pin_float_layers(trt, network, map_float_layers(network, nodes, set(ops)), fp16=True)
+    layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
+    by_code = Counter((nodes[n].code, layers[n].precision == trt.float16) for n in pinned)  # type: ignore[union-attr]
+    assert by_code[(Reason.ATTENTION, True)] == 3  # two MatMuls and the Softmax (the Transpose is data movement)
+    assert by_code[(Reason.FINAL_CONV, True)] == 9 and by_code[(Reason.KEYPOINT_DECODE, False)] > 0
