@@ -158,7 +158,8 @@ def coco_table(shared: Path, calib_images: int | None) -> dict[str, Any] | None:
         if done.returncode != 0:
             print(done.stdout[-2000:], done.stderr[-2000:], file=sys.stderr)
             return None
-        return json.loads((Path(tmp) / "accuracy.json").read_text())
+        saved = json.loads((Path(tmp) / "accuracy.json").read_text())
+        return {"environment": saved["environment"], "results": saved["results"]}
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
