@@ -10,10 +10,10 @@ STAMP := $(VENV)/.trtq-installed
 SHARED ?= ../shared/assets
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit typecheck lint bench bench-calib bench-cpu-int8 bench-accuracy clean help
+.PHONY: install demo test unit typecheck lint bench bench-calib bench-cpu-int8 bench-accuracy bench-models clean help
 
 help:
-	@echo "make demo | make test | make bench | make bench-calib | make bench-cpu-int8 | make bench-accuracy | make typecheck | make lint"
+	@echo "make demo | make test | make bench | make bench-calib | make bench-cpu-int8 | make bench-accuracy | make bench-models | make typecheck | make lint"
 
 install: $(STAMP)
 
@@ -51,6 +51,9 @@ bench-cpu-int8: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	YOLO_OFFLINE=1 $(PY) benchmarks/accuracy.py --shared $(SHARED)
+
+bench-models: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) benchmarks/models.py --shared $(SHARED)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -21,7 +21,7 @@ from calibrators.table import DEFAULT_TRT_VERSION, CalibrationTable, sidecar_pat
 from trtq.errors import TrtqError
 from trtq.fileio import default_output
 from trtq.images import ImageBatcher
-from trtq.modelinfo import check_detector_input, read_model_info
+from trtq.modelinfo import check_model, read_model_info
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ def calibrate(
     trt_version_code(trt_version)  # validate early: a typo should not cost a calibration run
     model = Path(model)
     if model.suffix.lower() != ".onnx":
-        raise TrtqError(f"{model}: calibrate takes an FP32 ONNX model (run `trtq export {model}` first)")
+        raise TrtqError(f"{model}: calibrate takes an ONNX model (run `trtq export {model}` first)")
     info = read_model_info(model)
-    check_detector_input(info)
+    check_model(info)
     import onnx
 
     graph = onnx.load(str(model), load_external_data=False)

@@ -168,8 +168,11 @@ class _Accumulator:
         assert other.k is not None
         self._grow_to(max(self.max_abs, CAPACITY * 2.0**other.k * 0.5))
         assert self.k is not None
-        factor = 1 << (self.k - other.k)
-        counts = other.counts.reshape(-1, factor).sum(axis=1) if factor > 1 else other.counts
+        factor = 1 << min(self.k - other.k, 62)
+        if factor >= CAPACITY:  # the other's whole range falls into this one's first bin
+            counts = np.array([other.counts.sum()], dtype=np.int64)
+        else:
+            counts = other.counts.reshape(-1, factor).sum(axis=1) if factor > 1 else other.counts
         self.counts[: counts.size] += counts
 
     def _add_zeros(self, n: int) -> None:
@@ -225,7 +228,7 @@ def calibration_tensors(model: Any) -> list[str]:
     seen: set[str] = set()
 
     def add(t: str) -> None:
-        if t and t not in seen and t not in constants and types.get(t) == TensorProto.FLOAT:
+        if t and t not in seen and t not in constants and types.get(t) in (TensorProto.FLOAT, TensorProto.FLOAT16):
             seen.add(t)
             names.append(t)
 
@@ -400,9 +403,6 @@ def build_stats_graph(
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
-    if opset < 13:
-        raise TrtqError(f"the model's opset {opset} is too old for INT8; re-export it with opset >= 13")
     outputs: dict[str, tuple[str, str, str, int]] = {}
     for i, name in enumerate(measured):
         tag = f"trtq_stats_{i}"
@@ -466,6 +466,9 @@ def collect_histograms(
         model = onnx.load(str(model_path))
     except Exception as exc:
         raise TrtqError(f"{model_path} is not a readable ONNX model ({type(exc).__name__})") from None
+    from trtq.precision import as_float32
+
+    model = as_float32(model)  # statistics of an FP16 model in float32 (same tensor names)
     names = list(tensor_names) if tensor_names is not None else calibration_tensors(model)
     if not names:
         raise TrtqError(f"{model_path}: no tensors to calibrate were found")

@@ -7,13 +7,23 @@ so that shape and metadata rules live in one place.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtq.errors import TrtqError
 from trtq.fileio import sha256_file
+
+if TYPE_CHECKING:
+    from trtq.tasks import TaskLayout
+
+logger = logging.getLogger(__name__)
+
+#: protobuf's hard limit: an ONNX model (with its external data) above it cannot be rewritten in memory
+MAX_MODEL_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -29,7 +39,10 @@ class ModelInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     metadata: dict[str, Any] = field(default_factory=dict)  # ultralytics metadata_props, parsed
-    sha256: str = ""
+    sha256: str = ""  # of the .onnx and, where present, its external data files
+    opset: int = 0  # default-domain ONNX opset
+    external_data: tuple[Path, ...] = ()  # files holding tensors stored outside the .onnx
+    float_dtype: str = "float32"  # "float16" for a model whose weights or input are FP16
 
     @property
     def input(self) -> TensorSpec:
@@ -63,6 +76,17 @@ class ModelInfo:
     def static_batch(self) -> int | None:
         return self.input.shape[0] if self.input.shape else None
 
+    @property
+    def layout(self) -> TaskLayout:
+        """What the outputs mean (task, classes, head form); raises a one-line error where trtq cannot decode them."""
+        from trtq.tasks import task_layout
+
+        shape = self.input.shape
+        static = len(shape) == 4 and shape[2] is not None and shape[3] is not None
+        return task_layout(
+            self.metadata, [o.shape for o in self.outputs], imgsz=self.imgsz if static else None, source=str(self.path)
+        )
+
 
 _ONNX_TO_NP = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 2: "uint8", 3: "int8", 9: "bool"}
 
@@ -85,8 +109,50 @@ def _spec(value_info: Any) -> TensorSpec:
     return TensorSpec(value_info.name, tuple(dims), _ONNX_TO_NP.get(tt.elem_type, f"onnx:{tt.elem_type}"))
 
 
+def external_data_files(model: Any, base: Path) -> tuple[Path, ...]:
+    """The files (relative to ``base``, the model's folder) that hold a model's externally stored tensors."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    found: dict[str, Path] = {}
+    for init in model.graph.initializer:
+        if uses_external_data(init):
+            location = ExternalDataInfo(init).location
+            found.setdefault(location, base / location)
+    return tuple(found.values())
+
+
+def model_sha256(path: str | Path, external: tuple[Path, ...] | None = None) -> str:
+    """sha256 of an ONNX model: of the file alone, or, for a model with external data, of the file's hash
+    followed by every external file's name and hash (so a changed weights file makes caches stale)."""
+    p = Path(path)
+    if external is None:
+        import onnx
+
+        external = external_data_files(onnx.load(str(p), load_external_data=False), p.parent)
+    if not external:
+        return sha256_file(p)
+    h = hashlib.sha256(sha256_file(p).encode())
+    for f in external:
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def _float_dtype(model: Any) -> str:
+    from onnx import TensorProto
+
+    fp16 = any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer) or any(
+        i.type.tensor_type.elem_type == TensorProto.FLOAT16 for i in model.graph.input
+    )
+    return "float16" if fp16 else "float32"
+
+
 def read_model_info(path: str | Path, *, with_hash: bool = True) -> ModelInfo:
-    """Read an ONNX file's interface; raise a one-line :class:`TrtqError` if it is not a usable ONNX."""
+    """Read an ONNX file's interface; raise a one-line :class:`TrtqError` if it is not a usable ONNX.
+
+    Models with external data are accepted (the data files must sit where the model says); a model
+    larger than 2 GB with its data is refused, since protobuf cannot hold the graphs trtq derives from it.
+    """
     import onnx
 
     p = Path(path)
@@ -96,13 +162,57 @@ def read_model_info(path: str | Path, *, with_hash: bool = True) -> ModelInfo:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:
         raise TrtqError(f"{p} is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:120]})") from None
+    external = external_data_files(model, p.parent)
+    missing = [f for f in external if not f.is_file()]
+    if missing:
+        raise TrtqError(f"{p} keeps its weights in {missing[0]}, which is missing; put it next to the model")
+    size = p.stat().st_size + sum(f.stat().st_size for f in external)
+    if size > MAX_MODEL_BYTES:
+        raise TrtqError(
+            f"{p} is {size / 1024**3:.1f} GB with its external data; trtq handles models up to 2 GB "
+            "(protobuf's limit for the calibration and Q/DQ graphs): export a smaller model"
+        )
     initializers = {i.name for i in model.graph.initializer}
     inputs = tuple(_spec(i) for i in model.graph.input if i.name not in initializers)
     if not inputs:
         raise TrtqError(f"{p} has no graph inputs: not an image model")
     outputs = tuple(_spec(o) for o in model.graph.output)
     meta = {prop.key: parse_metadata_value(prop.value) for prop in model.metadata_props}
-    return ModelInfo(p, inputs, outputs, meta, sha256_file(p) if with_hash else "")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return ModelInfo(
+        p, inputs, outputs, meta, model_sha256(p, external) if with_hash else "", opset, external, _float_dtype(model)
+    )
+
+
+def check_model(info: ModelInfo) -> TaskLayout | None:
+    """Raise unless trtq can work with the model: one float image input, and outputs it can decode.
+
+    A model whose outputs trtq cannot decode (classification, a task trtq does not handle, metadata
+    that contradicts the outputs) is refused with one line. Without ultralytics metadata the layout is
+    told from the head's branches in the graph (output shapes alone cannot tell a pose model from a
+    detector with more classes), else from the output shapes; a model whose layout cannot be told is
+    accepted with a warning (calibration does not need the layout) and None is returned.
+    """
+    check_detector_input(info)
+    if "task" not in info.metadata and not _looks_like_classifier(info):
+        import onnx
+
+        from trtq.headpolicy import graph_layout
+
+        layout = graph_layout(onnx.load(str(info.path), load_external_data=False))
+        if layout is not None:
+            return layout
+    try:
+        return info.layout
+    except TrtqError:
+        if "task" in info.metadata or _looks_like_classifier(info):
+            raise
+        logger.warning("%s: output layout not recognised as a YOLO head; trtq's runtime will not decode it", info.path)
+        return None
+
+
+def _looks_like_classifier(info: ModelInfo) -> bool:
+    return len(info.outputs) == 1 and len(info.outputs[0].shape) == 2
 
 
 def check_detector_input(info: ModelInfo) -> None:

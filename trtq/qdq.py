@@ -316,7 +316,7 @@ def ensure_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> onnx.Model
         return model
     from onnx import version_converter
 
-    logger.info("upgrading the model from opset %d to %d (per-channel Q/DQ needs %d)", current, minimum, minimum)
+    logger.info("upgrading the model from opset %d to %d for its Q/DQ nodes", current, minimum)
     try:
         return version_converter.convert_version(model, minimum)
     except Exception as exc:  # the converter raises bare RuntimeErrors for unsupported ops
@@ -360,8 +360,12 @@ def insert_qdq(
     if unify_concat:
         used = unify_amax(used, plan.concat_groups, max_ratio=unify_max_ratio)
 
+    from trtq.precision import FP16_QDQ_OPSET, is_float16, tensor_types
+
+    fp16 = is_float16(model)  # scales in the model's float type: FP16 Q/DQ needs opset 19
+    types = tensor_types(model) if fp16 else {}
     out = onnx.ModelProto()
-    out.CopyFrom(ensure_opset(model))
+    out.CopyFrom(ensure_opset(model, FP16_QDQ_OPSET if fp16 else MIN_OPSET))
     graph = out.graph
     inits = _initializers(graph)
     names_taken = {n for node in graph.node for n in (*node.input, *node.output)} | set(inits)
@@ -381,9 +385,14 @@ def insert_qdq(
         w = numpy_helper.to_array(inits[wname]).astype(np.float32)
         ax = axis if per_channel and w.ndim > 1 else None
         q, scale = quantize_weight(w, ax)
+        w_dtype = np.float16 if inits[wname].data_type == onnx.TensorProto.FLOAT16 else np.float32
+        if w_dtype is np.float16:  # the scale as FP16 stores it (never below its smallest normal), q to match
+            scale = np.maximum(scale, np.finfo(np.float16).tiny).astype(np.float16).astype(np.float32)
+            bshape = tuple(w.shape[i] if i == ax else 1 for i in range(w.ndim)) if ax is not None else ()
+            q = np.clip(np.rint(w / scale.reshape(bshape)), -QMAX, QMAX).astype(np.int8)
         s_name, z_name = fresh(f"{wname}_scale"), fresh(f"{wname}_zero_point")
         dq_out = fresh(f"{wname}_DequantizeLinear_Output")
-        new_inits.append(numpy_helper.from_array(scale.astype(np.float32), s_name))
+        new_inits.append(numpy_helper.from_array(scale.astype(w_dtype), s_name))
         new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name))
         if int8_weights:
             q_name = fresh(f"{wname}_quantized")
@@ -406,7 +415,8 @@ def insert_qdq(
         a = used[tensor]
         s_name, z_name = fresh(f"{tensor}_scale"), fresh(f"{tensor}_zero_point")
         q_out, dq_out = fresh(f"{tensor}_QuantizeLinear_Output"), fresh(f"{tensor}_DequantizeLinear_Output")
-        new_inits.append(numpy_helper.from_array(np.array(a / QMAX, dtype=np.float32), s_name))
+        s_dtype = np.float16 if types.get(tensor) == onnx.TensorProto.FLOAT16 else np.float32
+        new_inits.append(numpy_helper.from_array(np.array(max(a / QMAX, float(np.finfo(s_dtype).tiny)), dtype=s_dtype), s_name))
         new_inits.append(numpy_helper.from_array(np.array(0, dtype=np.int8), z_name))
         act_nodes[tensor] = [
             helper.make_node("QuantizeLinear", [tensor, s_name, z_name], [q_out], name=fresh(f"{tensor}_QuantizeLinear")),

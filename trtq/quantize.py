@@ -25,9 +25,9 @@ import onnx
 from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 from trtq import __version__
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_path, default_output, sha256_file, write_json, write_text
+from trtq.fileio import atomic_path, default_output, write_json, write_text
+from trtq.headpolicy import branch_summary, node_key, reason_code
 from trtq.headpolicy import float_nodes as head_float_nodes
-from trtq.headpolicy import node_key
 from trtq.qdq import QMAX, QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
 logger = logging.getLogger(__name__)
@@ -173,10 +173,10 @@ def collect_statistics(
     """Histograms of ``tensors`` over the calibration images, and the batcher that produced them."""
     from calibrators.collect import collect_histograms
     from trtq.images import ImageBatcher
-    from trtq.modelinfo import check_detector_input, read_model_info
+    from trtq.modelinfo import check_model, read_model_info
 
     info = read_model_info(model_path)
-    check_detector_input(info)
+    check_model(info)
     batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
     hists = collect_histograms(
         model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected), fused_silu=fused_silu
@@ -200,6 +200,11 @@ def _unquantized_summary(model: onnx.ModelProto, plan: QdqPlan) -> dict[str, dic
     return summary
 
 
+def _code_value(reason: str) -> str | None:
+    code = reason_code(reason)
+    return code.value if code is not None else None
+
+
 def build_report(
     *,
     model_path: Path,
@@ -214,8 +219,12 @@ def build_report(
     percentile: float | None,
     options: Mapping[str, Any],
     calibration: Mapping[str, Any],
+    task: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     from onnx import numpy_helper
+
+    from trtq.modelinfo import model_sha256
+    from trtq.precision import is_float16
 
     inits = {i.name: i for i in model.graph.initializer}
     op_of = {node_key(n): n.op_type for n in model.graph.node}
@@ -252,21 +261,35 @@ def build_report(
                 "amax_max": float(amax_c.max()),
             }
         )
-    floats = [{"node": n, "op_type": op_of.get(n, "?"), "reason": r} for n, r in plan.float_nodes.items()]
+    floats = [
+        {
+            "node": n,
+            "op_type": op_of.get(n, "?"),
+            "reason": str(r),
+            "code": _code_value(r),  # None: a user exclusion or another non-policy reason
+            "branch": getattr(getattr(r, "branch", None), "value", None),
+        }
+        for n, r in plan.float_nodes.items()
+    ]
     weighted_float = [f for f in floats if f["op_type"] in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+    source_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    target_opset = next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), None)
     return {
         "kind": "trtq-qdq-report",
         "target": "tensorrt",
         "trtq_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": str(model_path),
-        "model_sha256": sha256_file(model_path),
+        "model_sha256": model_sha256(model_path),
         "output": str(output),
         "algorithm": algo,
         "percentile": percentile,
         "options": dict(options),
         "calibration": dict(calibration),
-        "opset": next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), None),
+        "opset": target_opset,
+        "source_opset": source_opset,
+        "float_dtype": "float16" if is_float16(model) else "float32",
+        "task": dict(task) if task else None,
         "counts": {
             "quantized_activations": len(acts),
             "quantized_weights": len(weights),
@@ -279,6 +302,7 @@ def build_report(
         "quantized_activations": acts,
         "quantized_weights": weights,
         "float_nodes": floats,
+        "head_branches": branch_summary(plan.float_nodes, op_of),
         "residual_adds": [{"node": n, "shortcut": t} for n, t in plan.residual_adds.items()],
         "concat_groups": plan.concat_groups,
         "unquantized_ops": _unquantized_summary(model, plan),
@@ -297,6 +321,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         + (f" (percentile {report['percentile']})" if report["algorithm"] in ("percentile", "auto") else ""),
         f"- calibration: {report['calibration'].get('num_images', '?')} images from `{report['calibration'].get('source', '?')}`",
         "- options: " + ", ".join(f"{k}={v}" for k, v in opts.items()),
+        *_model_lines(report),
         f"- {c['quantized_activations']} activation tensors (per tensor), {c['quantized_weights']} weights (per channel), "
         f"{c['float_weighted_ops']} weighted ops in float, {c['residual_adds']} residual Adds, {c['concat_groups']} Concat scale groups",
         "",
@@ -316,6 +341,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         lines.append(
             f"| `{w['initializer']}` | `{w['node']}` | {w['axis']} | {w['channels']} | {w['amax_min']:.4g} | {w['amax_max']:.4g} |"
         )
+    if report.get("head_branches"):
+        lines += ["", "## What stayed float, per head branch", "", "| branch | nodes | ops | reason |", "|---|---:|---|---|"]
+        for b in report["head_branches"]:
+            ops = ", ".join(f"{k} x{v}" for k, v in b["ops"].items())
+            lines.append(f"| {b['branch']} | {b['nodes']} | {ops} | {b['reason']} |")
     lines += ["", "## Nodes kept in float", "", "| node | op | reason |", "|---|---|---|"]
     for f in report["float_nodes"]:
         lines.append(f"| `{f['node']}` | {f['op_type']} | {f['reason']} |")
@@ -339,6 +369,21 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         for i, s in enumerate(md["steps"]):
             lines.append(f"| {i} | {', '.join(f'`{n}`' for n in s['kept_float']) or '-'} | {s['map50_95']:.4f} | {s['drop_points']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _model_lines(report: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    task = report.get("task")
+    if task:
+        head = "end-to-end" if task.get("end2end") else "grid"
+        lines.append(f"- task: {task['task']}, {task['nc']} classes, {head} head")
+    src, dst = report.get("source_opset"), report.get("opset")
+    if src is not None and dst is not None and src != dst:
+        why = "FP16 Q/DQ needs opset 19" if report.get("float_dtype") == "float16" else "per-channel Q/DQ needs opset 13"
+        lines.append(f"- opset: the model's opset {src} was upgraded to {dst} with onnx's version converter ({why})")
+    if report.get("float_dtype") == "float16":
+        lines.append("- FP16 model: statistics collected in float32; Q/DQ scales in float16")
+    return lines
 
 
 def _save_model(qmodel: onnx.ModelProto, output: Path) -> None:
@@ -381,6 +426,7 @@ def write_qdq(
     """Place Q/DQ with ranges ``amax`` and write the model (+ report). No calibration here."""
     mpath = Path(model_path)
     model = onnx.load(str(mpath))
+    layout = _layout_or_none(mpath)
     keep: dict[str, str] = dict(head_float_nodes(model)) if head_policy else {}
     keep.update(keep_float or {})
     plan = plan_qdq(model, keep_float=keep, exclude=exclude, residual_add=residual_add)
@@ -396,10 +442,14 @@ def write_qdq(
         "int8_weights": int8_weights,
         "exclude": list(exclude),
     }
-    _set_metadata(
-        qmodel,
-        {"trtq_quantization": "int8-qdq", "trtq_target": "tensorrt", "trtq_algorithm": algo, "trtq_version": __version__},
-    )
+    meta: dict[str, str] = {"trtq_quantization": "int8-qdq", "trtq_target": "tensorrt", "trtq_algorithm": algo, "trtq_version": __version__}
+    if layout is not None and layout.inferred and not any(p.key == "task" for p in model.metadata_props):
+        # the model had no ultralytics metadata: record the layout told from its graph, so readers decode it right
+        meta["task"] = layout.task
+        if layout.kpt_shape:
+            meta["kpt_shape"] = str(list(layout.kpt_shape))
+        logger.info("no task metadata in %s: recorded task=%s in the Q/DQ model", mpath.name, layout.task)
+    _set_metadata(qmodel, meta)
     _save_model(qmodel, out)
     report = build_report(
         model_path=mpath,
@@ -414,12 +464,25 @@ def write_qdq(
         percentile=percentile if algo in ("percentile", "auto") else None,
         options=options,
         calibration=calibration or {},
+        task=_layout_dict(layout),
     )
     json_path, md_path = report_paths(out)
     if write_report:
         write_json(json_path, report)
         write_text(md_path, report_markdown(report))
     return QuantizeResult(out, report, json_path, md_path, dict(used), plan)
+
+
+def _layout_or_none(path: Path) -> Any:
+    from trtq.modelinfo import check_model, read_model_info
+
+    return check_model(read_model_info(path, with_hash=False))
+
+
+def _layout_dict(layout: Any) -> dict[str, Any] | None:
+    if layout is None:
+        return None
+    return {"task": layout.task, "nc": layout.nc, "end2end": layout.end2end, "kpt_shape": layout.kpt_shape, "nm": layout.nm}
 
 
 def quantize(
@@ -462,6 +525,10 @@ def quantize(
     if max_drop is not None and max_drop < 0:
         raise TrtqError(f"--max-drop must be >= 0 mAP points, got {max_drop}")
     mpath = _resolve_model(model)
+    from trtq.modelinfo import check_model, read_model_info
+
+    info = read_model_info(mpath)
+    check_model(info)  # refuses what trtq cannot decode before any work
     fmodel = onnx.load(str(mpath))
     keep = dict(head_float_nodes(fmodel)) if head_policy else {}
     plan = plan_qdq(fmodel, keep_float=keep, exclude=exclude, residual_add=residual_add)
@@ -480,7 +547,7 @@ def quantize(
                 f"the calibration table has no range for {len(missing)} tensor(s) to quantize (first: {missing[0]!r}); "
                 "it was made for another model or tensor set: recalibrate"
             )
-        diffs = tab.differences(model_sha256=sha256_file(mpath))
+        diffs = tab.differences(model_sha256=info.sha256)
         for d in diffs:
             logger.warning("calibration table: %s", d)
         amax = {t: float(tab.amax[t]) for t in tensors}

@@ -273,14 +273,14 @@ def write_reference(
     import onnx
 
     from trtq.images import ImageBatcher
-    from trtq.modelinfo import check_detector_input, read_model_info
+    from trtq.modelinfo import check_model, read_model_info
     from trtq.ort import ort_session
 
     mpath = Path(model)
     if num_images < 1:
         raise TrtqError(f"reference images must be at least 1, got {num_images}")
     info = read_model_info(mpath, with_hash=False)
-    check_detector_input(info)
+    check_model(info)
     ref = destination or reference_paths(artifact if artifact is not None else mpath, folder)
     n = _input_batch(info, batch)
     images_log = logging.getLogger("trtq.images")
@@ -300,6 +300,9 @@ def write_reference(
         runnable = mpath
         label = what or f"{'Q/DQ ONNX' if _is_qdq(mpath) else 'ONNX'} {mpath.name}"
     sess = ort_session(runnable, ["CPUExecutionProvider"])
+    # the images are float32; an FP16 model takes (and its engine is fed) float16
+    in_types = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32 for i in sess.get_inputs()}
+    feeds = [{k: np.asarray(v, dtype=in_types.get(k, np.float32)) for k, v in feed.items()} for feed in feeds]
     names = [o.name for o in sess.get_outputs()]
     outputs = [dict(zip(names, (np.asarray(x) for x in sess.run(names, feed)), strict=True)) for feed in feeds]
     source_txt = f"{label} on ONNX Runtime (CPU)"

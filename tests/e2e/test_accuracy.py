@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from trtq.cli import main
+from trtq.headpolicy import Reason
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,8 @@ def test_report_lists_quantized_tensors_and_float_nodes(qdq_yolo: Path) -> None:
     report = json.loads(qdq_yolo.with_name("yolov8n.int8.qdq.report.json").read_text())
     assert report["counts"]["quantized_weights"] == 57
     assert report["counts"]["float_weighted_ops"] == 7
-    finals = [f for f in report["float_nodes"] if f["reason"].startswith("final head conv")]
+    finals = [f for f in report["float_nodes"] if f["code"] == Reason.FINAL_CONV.value]
+    assert sorted(f["branch"] for f in finals) == ["box"] * 3 + ["class"] * 3
     assert len(finals) == 6
     assert all(a["amax"] > 0 and a["scale"] == pytest.approx(a["amax"] / 127) for a in report["quantized_activations"])
     md = qdq_yolo.with_name("yolov8n.int8.qdq.report.md").read_text()
@@ -124,7 +126,7 @@ def test_head_policy_on_another_yolov8_shape(tmp_path: Path) -> None:
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
-    from trtq.headpolicy import final_head_convs, float_nodes
+    from trtq.headpolicy import final_head_convs, float_nodes, head_policy, reason_code
 
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval().fuse(verbose=False)
     model.model[-1].export = True  # return only the decoded output, as ultralytics' ONNX export does
@@ -139,4 +141,6 @@ def test_head_policy_on_another_yolov8_shape(tmp_path: Path) -> None:
     out_channels = sorted(inits[by_name[f].input[1]].dims[0] for f in finals)
     assert out_channels == [3, 3, 3, 64, 64, 64]
     nodes = float_nodes(m)
-    assert any(v.startswith("DFL") for v in nodes.values())
+    assert any(reason_code(v) is Reason.DFL for v in nodes.values())
+    policy = head_policy(m)  # no metadata: branches told apart by channels (4 x 16 bins) and graph hints
+    assert sorted(policy[f].branch.value for f in finals) == ["box"] * 3 + ["class"] * 3  # type: ignore[union-attr]

@@ -237,3 +237,20 @@ def test_a_rare_outlier_row_is_represented_at_its_true_rate(tmp_path: Path) -> N
     acc = _Accumulator(len(idx))
     acc.update(sample, -float(x.max()), float(x.max()))
     assert acc.finalize("t").max_abs == float(x.max())
+
+
+def test_merging_ranges_more_than_capacity_apart_is_exact() -> None:
+    """A Concat of a tiny-range and a huge-range tensor: the tiny one lands in the first bin (no crash)."""
+    from calibrators.collect import _Accumulator
+
+    small, big = _Accumulator(1), _Accumulator(1)
+    s = np.full(10, 1e-6, dtype=np.float32)
+    b = np.linspace(0, 1000, 50, dtype=np.float32)
+    small.update(s, 0.0, float(s.max()))
+    big.update(b, 0.0, float(b.max()))
+    out = _Accumulator(1)
+    out.merge(big)
+    out.merge(small)
+    h = out.finalize("cat")
+    expected, _ = np.histogram(np.concatenate([s, b]).astype(np.float64), bins=h.edges)
+    assert np.array_equal(h.counts, expected) and h.count == 60

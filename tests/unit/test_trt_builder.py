@@ -17,11 +17,12 @@ from tests.fakes.fake_device import FakeDevice
 from tests.fakes.fake_tensorrt import make_fake_tensorrt, plan_info, version_code
 from trtq.engine_meta import read_engine, sidecar_path
 from trtq.errors import MissingDependencyError, TrtqError
+from trtq.headpolicy import Branch, FloatReason, Reason
 from trtq.trt.builder import build_engine, default_engine_path
 
 HEAD = {
-    "/model.4/Conv": "final head conv (box branch): raw box distance distribution; INT8 here costs mAP",
-    "/model.3/Concat": "output Concat: boxes in pixels and scores in [0, 1] share one tensor",
+    "/model.4/Conv": FloatReason(Reason.FINAL_CONV, Branch.BOX),
+    "/model.3/Concat": FloatReason(Reason.OUTPUT_CONCAT),
 }
 
 
@@ -433,7 +434,7 @@ def test_real_head_policy_maps_and_pins_only_float_compute_layers(yolo_onnx: Pat
     pinned_ops = {ops[name] for name in pinned}
     assert {"Conv", "Sigmoid", "Softmax", "Concat"} <= pinned_ops
     assert not pinned_ops & {"Shape", "Gather", "Reshape", "Constant", "Slice", "Transpose"}
-    finals = [n for n, r in pinned.items() if r.startswith("final head conv")]
+    finals = [n for n, r in pinned.items() if isinstance(r, FloatReason) and r.code is Reason.FINAL_CONV]
     assert len(finals) == 6
     layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
     assert all(layers[n].precision == trt.float16 for n in finals)

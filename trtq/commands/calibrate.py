@@ -33,7 +33,8 @@ def command(
     exact: bool,
     output: Path | None,
 ) -> None:
-    """Calibrate an FP32 ONNX MODEL on the CPU and write a TensorRT calibration cache + JSON sidecar.
+    """Calibrate an ONNX MODEL (FP32 or FP16, opset 11+) on the CPU and write a TensorRT calibration cache +
+    JSON sidecar.
 
     The sidecar records the model hash, images, preprocessing and algorithm, so `trtq build --cache`
     can refuse a stale cache. Statistics stream: memory does not grow with the number of images.

@@ -28,7 +28,8 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--num-images", type=int, default=None, help="Use N images of the (shuffled) calibration set.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per calibration batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
-@click.option("--no-head-policy", is_flag=True, help="Also quantize the YOLOv8 head's final convs (costs accuracy).")
+@click.option("--no-head-policy", is_flag=True,
+              help="Also quantize the head (branch last convs, DFL) and attention MatMuls (costs accuracy).")
 @click.option("--no-concat-unify", is_flag=True, help="Do not give the inputs of a Concat one shared scale.")
 @click.option("--int8-weights", is_flag=True, help="Store weights as INT8 (smaller file; TensorRT >= 10 and ONNX Runtime only).")
 @click.option("--ref-images", type=click.IntRange(min=0), default=8, show_default=True,
@@ -63,9 +64,12 @@ def command(
     integer kernels (QLinearConv, QLinearSigmoid, QLinearMul, QLinearAdd, QLinearConcat). TensorRT cannot
     build that model; `trtq build` refuses it.
 
-    Weights are quantized per output channel, activations per tensor; the YOLOv8 head's final convs, DFL,
-    box decode, Sigmoid and output Concat stay float. A report (.report.json and .report.md) next to the
-    output lists every quantized tensor with its range and every node kept in float, with the reason.
+    Weights are quantized per output channel, activations per tensor; what decodes stays float for every
+    task (the last conv of each head branch: box, class, mask coefficients, keypoints, angle; the mask
+    prototype's last conv; DFL, box/keypoint/angle decode, Sigmoid, end-to-end selection, output Concat)
+    and so does YOLO11/YOLO26 attention. FP16 models keep FP16 (scales in float16, opset 19); opset 11-12
+    models are upgraded to 13. A report (.report.json and .report.md) next to the output lists every
+    quantized tensor with its range and what stayed float per head branch, with the reason.
     """
     from trtq.errors import TrtqError
     from trtq.quantize import quantize

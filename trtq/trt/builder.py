@@ -298,7 +298,7 @@ def build_engine(
     # -- 1. ONNX -------------------------------------------------------------------------------------------
     import onnx
 
-    from trtq.modelinfo import check_detector_input, read_model_info
+    from trtq.modelinfo import check_model, read_model_info
 
     if suffix == ".pt":
         from trtq.export import export_onnx
@@ -317,7 +317,7 @@ def build_engine(
     else:
         onnx_path = src
     info = read_model_info(onnx_path)
-    check_detector_input(info)
+    check_model(info)
     graph = onnx.load(str(onnx_path), load_external_data=False)
     refuse_cpu_target(graph, onnx_path)
     qdq = is_qdq_model(graph)
@@ -725,9 +725,11 @@ def pin_float_layers(trt: ModuleType, network: Any, mapped: dict[str, str], *, f
 
 
 def _head_dtype(trt: Any, layer: Any, reason: str, fp16: bool) -> Any:
-    """Final head convs and the DFL stay FP16 (when allowed); the rest of the head is tiny: FP32."""
+    """Final head convs, the DFL and attention stay FP16 (when allowed); the rest of the head is tiny: FP32."""
+    from trtq.headpolicy import FP16_REASONS, reason_code
+
     t = compat.typed(trt)
-    if fp16 and (reason.startswith("final head conv") or reason.startswith("DFL")):
+    if fp16 and reason_code(reason) in FP16_REASONS:
         return t.float16
     return t.float32
 
