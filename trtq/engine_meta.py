@@ -356,3 +356,15 @@ def check_compatible(
             f"load it with dla_core={meta.dla_core} or rebuild it with `{rebuild}`"
         )
     raise TrtqError(f"{built}; {here}: rebuild the engine on this device with `{rebuild}`")
+
+
+def engine_model_metadata(meta: EngineMetadata | None, header: dict[str, Any] | None) -> dict[str, Any]:
+    """What the outputs of an engine mean: the ultralytics header (task, names, kpt_shape, end2end) when
+    the engine has one, completed by trtq's record (names, task)."""
+    out: dict[str, Any] = dict(header or {})
+    out.pop("trtq", None)
+    if meta is not None:
+        if meta.names:
+            out.setdefault("names", {int(k): str(v) for k, v in meta.names.items()})
+        out.setdefault("task", meta.task)
+    return out

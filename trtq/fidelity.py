@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from trtq.errors import TrtqError
+from trtq.tasks import TaskLayout
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +115,9 @@ def fidelity_metrics(
     *,
     conf: float = DETECT_CONF,
     iou: float = MATCH_IOU,
+    layout: TaskLayout | None = None,
 ) -> dict[str, Any]:
-    """SQNR / cosine per output over all batches, and detection agreement for YOLOv8 outputs.
+    """SQNR / cosine per output over all batches, and detection agreement for YOLO head outputs.
 
     The comparison itself is ``trtq.verify.compare_outputs`` (one way to compare outputs in trtq); this adds
     the separate SQNR of boxes and scores used to rank layers.
@@ -127,7 +129,7 @@ def fidelity_metrics(
     ref_runs = [{name: np.asarray(b[k]) for k, name in enumerate(names)} for b in reference]
     cand_runs = [{name: np.asarray(b[k]) for k, name in enumerate(names)} for b in candidate]
     compared = compare_outputs(ref_runs, cand_runs, names=names,
-                               tolerance=replace(DEFAULT_TOLERANCE, conf=conf, match_iou=iou))
+                               tolerance=replace(DEFAULT_TOLERANCE, conf=conf, match_iou=iou), layout=layout)
     outputs: dict[str, Any] = {}
     for k, name in enumerate(names):
         e = compared["outputs"][name]
@@ -165,10 +167,10 @@ def load_batches(
 ) -> tuple[list[dict[str, np.ndarray]], int]:
     """Preprocessed batches of ``source`` for ``model``'s input (kept in memory), and the image count."""
     from trtq.images import ImageBatcher
-    from trtq.modelinfo import check_detector_input, read_model_info
+    from trtq.modelinfo import check_model, read_model_info
 
     info = read_model_info(Path(model), with_hash=False)
-    check_detector_input(info)
+    check_model(info)
     batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
     batches = list(batcher)
     return batches, batcher.num_used
@@ -209,7 +211,9 @@ def compare(
     batches, used = load_batches(ref, source, num_images=num_images, batch=batch, seed=seed)
     r = run_onnx(ref, batches)
     c = run_onnx(cand, batches)
-    metrics = fidelity_metrics(r, c, ref_names, conf=conf, iou=iou)
+    from trtq.modelinfo import read_model_info
+
+    metrics = fidelity_metrics(r, c, ref_names, conf=conf, iou=iou, layout=read_model_info(ref, with_hash=False).layout_or_none)
     metrics.update({"reference": str(ref), "candidate": str(cand), "images": used})
     return metrics
 

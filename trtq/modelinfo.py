@@ -87,6 +87,14 @@ class ModelInfo:
             self.metadata, [o.shape for o in self.outputs], imgsz=self.imgsz if static else None, source=str(self.path)
         )
 
+    @property
+    def layout_or_none(self) -> TaskLayout | None:
+        """:attr:`layout`, or None for a model whose outputs are not a YOLO head trtq can decode."""
+        try:
+            return self.layout
+        except TrtqError:
+            return None
+
 
 _ONNX_TO_NP = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 2: "uint8", 3: "int8", 9: "bool"}
 

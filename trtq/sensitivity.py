@@ -103,6 +103,7 @@ def analyse(
     when not given. ``output`` is a path prefix: ``OUT.txt``, ``OUT.json`` and ``OUT.png`` are written.
     """
     from trtq.fidelity import error_score, fidelity_metrics, load_batches, output_names, run_onnx
+    from trtq.modelinfo import read_model_info
     from trtq.quantize import DEFAULT_ALGO, activation_amax, collect_statistics
 
     if metric not in ("fidelity", "map"):
@@ -129,12 +130,13 @@ def analyse(
     if metric == "fidelity":
         batches, used_images = load_batches(mpath, source, num_images=num_images, seed=seed)
         names = output_names(mpath)
+        layout = read_model_info(mpath, with_hash=False).layout_or_none
         reference = run_onnx(mpath, batches)
         for i, (layer, op, tensor) in enumerate(units):
             plan = plan_qdq(fmodel, keep_float=_alone_plan_float(units, layer, base))
             qmodel, _ = insert_qdq(fmodel, plan, amax, unify_concat=False)
             outs = run_onnx(qmodel.SerializeToString(), batches)
-            m = fidelity_metrics(reference, outs, names)
+            m = fidelity_metrics(reference, outs, names, layout=layout)
             score = error_score(m)
             first = next(iter(m["outputs"].values()))
             details = {k: first[k] for k in ("sqnr_db", "boxes_sqnr_db", "scores_sqnr_db") if k in first}

@@ -6,8 +6,8 @@ One comparison path for the whole project (``trtq verify``, the check after ``tr
 * per output: cosine similarity and SQNR computed by Polygraphy's comparators
   (``polygraphy.comparator.CosineSimilarityCompareFunc`` / ``SnrCompareFunc`` over all images at once),
   and the largest absolute error;
-* detection agreement for YOLOv8 outputs: both sides decoded (``trtq.postprocess.decode``: confidence
-  filter + class-aware NMS), reference detections matched one-to-one to candidate detections of any class
+* detection agreement for YOLO head outputs: both sides decoded for the model's task and head form
+  (``trtq.postprocess.decode_layout``: confidence filter + class-aware NMS, or none for end-to-end heads), reference detections matched one-to-one to candidate detections of any class
   at IoU >= 0.5 (highest IoU first), reported as precision, recall, class agreement and mean IoU.
 
 A model passes when every output reaches :class:`Tolerance`'s cosine and SQNR and the detections reach its
@@ -32,6 +32,7 @@ import numpy as np
 from trtq.errors import TrtqError
 from trtq.fidelity import DETECT_CONF, DETECT_IOU, MATCH_IOU, is_yolo_output, match_detections
 from trtq.reference import Reference, load_inputs, load_outputs, reference_paths
+from trtq.tasks import TaskLayout
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +128,38 @@ def _polygraphy_metrics(name: str, ref: np.ndarray, cand: np.ndarray, tol: Toler
     }
 
 
+def _decoded(batch: np.ndarray, layout: TaskLayout | None, conf: float) -> list[np.ndarray]:
+    """Rows ``x1 y1 x2 y2 score class ...`` per image; OBB boxes become the axis-aligned box around the corners."""
+    from trtq.postprocess import decode, decode_layout, xywhr2corners
+
+    pred = np.asarray(batch, dtype=np.float32)
+    if layout is None:
+        return decode(pred, conf=conf, iou=DETECT_IOU)
+    rows = decode_layout(pred, layout, conf=conf, iou=DETECT_IOU)
+    if layout.task != "obb":
+        return rows
+    out = []
+    for r in rows:
+        corners = xywhr2corners(np.concatenate([r[:, :4], r[:, 6:7]], axis=1))  # (n, 4, 2)
+        aligned = r.copy()
+        aligned[:, :2], aligned[:, 2:4] = corners.min(axis=1), corners.max(axis=1)
+        out.append(aligned)
+    return out
+
+
 def detection_agreement(
     reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, conf: float = DETECT_CONF,
-    iou: float = MATCH_IOU,
+    iou: float = MATCH_IOU, layout: TaskLayout | None = None,
 ) -> dict[str, Any]:
-    """Decoded detections of each reference batch matched to the candidate's (see the module docstring)."""
-    from trtq.postprocess import decode
+    """Decoded detections of each reference batch matched to the candidate's (see the module docstring).
 
+    ``layout`` says how to decode the head output (any task and head form); without it the output is read
+    as a plain detector's ``(N, 4 + nc, anchors)``.
+    """
     tot = {"reference": 0, "candidate": 0, "matched": 0, "same_class": 0, "iou_sum": 0.0}
     for rb, cb in zip(reference, candidate, strict=True):
-        rdets = decode(np.asarray(rb, dtype=np.float32), conf=conf, iou=DETECT_IOU)
-        cdets = decode(np.asarray(cb, dtype=np.float32), conf=conf, iou=DETECT_IOU)
+        rdets = _decoded(rb, layout, conf)
+        cdets = _decoded(cb, layout, conf)
         for rd, cd in zip(rdets, cdets, strict=True):
             m = match_detections(rd, cd, iou)
             for key in tot:
@@ -162,11 +184,13 @@ def compare_outputs(
     *,
     names: Sequence[str] | None = None,
     tolerance: Tolerance | None = None,
+    layout: TaskLayout | None = None,
 ) -> dict[str, Any]:
     """Compare per-iteration outputs ``[{name: array}]`` of a candidate with a reference.
 
-    Returns ``{"outputs": {name: {cosine, sqnr_db, max_abs_error, passed}}, "detections": {...} (YOLOv8
-    outputs only), "passed": bool}``.
+    Returns ``{"outputs": {name: {cosine, sqnr_db, max_abs_error, passed}}, "detections": {...} (YOLO head
+    outputs only), "passed": bool}``. With ``layout`` (the model's task layout) the first compared output is
+    decoded as that task's head; without it, an output shaped like a detector's head is decoded as one.
     """
     tol = tolerance or DEFAULT_TOLERANCE
     if len(reference) != len(candidate):
@@ -187,9 +211,10 @@ def compare_outputs(
             raise TrtqError(f"output {name!r}: reference shape {list(ref.shape)} vs candidate {list(cand.shape)}")
         outputs[name] = _polygraphy_metrics(name, ref, cand, tol)
         shape = np.asarray(reference[0][name]).shape
-        if detections is None and is_yolo_output(shape):
+        head = name == out_names[0] if layout is not None else is_yolo_output(shape)
+        if detections is None and head:
             detections = detection_agreement([r[name] for r in reference], [c[name] for c in candidate],
-                                             conf=tol.conf, iou=tol.match_iou)
+                                             conf=tol.conf, iou=tol.match_iou, layout=layout)
             if detections["reference"]:
                 det_passed = detections["recall"] >= tol.recall and detections["precision"] >= tol.precision
             else:
@@ -385,6 +410,25 @@ def _pair(inputs: str | os.PathLike[str] | None, outputs: str | os.PathLike[str]
     raise TrtqError("pass both --inputs and --outputs (or files named *.ref-inputs.json / *.ref-outputs.json)")
 
 
+def artifact_layout(path: Path, output_shapes: Sequence[Sequence[int]]) -> TaskLayout | None:
+    """The task layout of an ONNX model or engine (from its metadata, record or header); None if unknown."""
+    from trtq.tasks import task_layout
+
+    try:
+        if path.suffix.lower() == ".onnx":
+            from trtq.modelinfo import read_model_info
+
+            return read_model_info(path, with_hash=False).layout
+        from trtq.engine_meta import engine_model_metadata, read_engine, read_header
+
+        _, meta = read_engine(path)
+        metadata = engine_model_metadata(meta, read_header(path))
+        return task_layout(metadata, [tuple(s) for s in output_shapes], source=path.name)
+    except TrtqError as exc:
+        log.debug("no task layout for %s (%s): detections decoded as a plain detector's", path.name, exc)
+        return None
+
+
 def verify(
     artifact: str | os.PathLike[str],
     *,
@@ -407,7 +451,8 @@ def verify(
                         f"{len(feeds)} feed dicts; pass the outputs recorded for these inputs")
     got, backend = run_artifact(p, feeds, device=device)
     names = [n for n in expected[0] if n in got[0]] or list(expected[0])
-    result = compare_outputs(expected, got, names=names, tolerance=tol)
+    layout = artifact_layout(p, [np.asarray(expected[0][n]).shape for n in names])
+    result = compare_outputs(expected, got, names=names, tolerance=tol, layout=layout)
     images = sum(int(np.asarray(next(iter(f.values()))).shape[0]) for f in feeds)
     return Verification(
         artifact=p,

@@ -392,3 +392,21 @@ def test_implicit_build_is_verified_against_the_simulated_ranges(tiny: Path, ima
     assert record["status"] == "passed" and record["reference"]["outputs"] == str(ref.outputs_path)
     sqnr = record["outputs"]["output0"]["sqnr_db"]
     assert DEFAULT_TOLERANCE.snr_db < sqnr < float("inf")  # the simulation is INT8, the fake engine FP32
+
+
+def test_detection_agreement_decodes_the_task_layout() -> None:
+    """A pose head's keypoint rows are not class scores: with the model's layout one person is one detection."""
+    from trtq.tasks import TaskLayout
+    from trtq.verify import detection_agreement
+
+    layout = TaskLayout("pose", 1, kpt_shape=(17, 3))
+    pred = np.zeros((1, layout.row_size, 64), dtype=np.float32)
+    pred[0, :4, 5] = [100, 100, 40, 80]  # one box, cx cy w h
+    pred[0, 4, 5] = 0.9  # the person score
+    pred[0, 5:, :] = 150.0  # keypoint x/y/visibility values everywhere: read as scores they look like classes
+    moved = pred.copy()
+    moved[0, 5:, 5] += 3.0  # keypoints differ a little; the box and score do not
+    with_layout = detection_agreement([pred], [moved], layout=layout)
+    assert (with_layout["reference"], with_layout["matched"], with_layout["class_agreement"]) == (1, 1, 1.0)
+    plain = detection_agreement([pred], [moved])
+    assert plain["reference"] != 1  # what decoding every model as a plain detector got wrong

@@ -153,6 +153,8 @@ class TensorRTSession:
             raw_names = header.get("names")
             self.names = {int(k): str(v) for k, v in raw_names.items()} if isinstance(raw_names, dict) else {}
             self.stride = int(header.get("stride") or 32)
+        from trtq.engine_meta import engine_model_metadata
+
         self.metadata = engine_model_metadata(meta, header)
         self.output_shapes = [
             tuple(int(d) if int(d) >= 0 else None for d in engine.get_tensor_shape(n)[:]) for n in outputs
@@ -240,15 +242,3 @@ class TensorRTSession:
         if hasattr(self, "stream"):
             del self.stream
         self.device.close()
-
-
-def engine_model_metadata(meta: EngineMetadata | None, header: dict[str, Any] | None) -> dict[str, Any]:
-    """What the outputs of an engine mean: the ultralytics header (task, names, kpt_shape, end2end) when
-    the engine has one, completed by trtq's record (names, task)."""
-    out: dict[str, Any] = dict(header or {})
-    out.pop("trtq", None)
-    if meta is not None:
-        if meta.names:
-            out.setdefault("names", {int(k): str(v) for k, v in meta.names.items()})
-        out.setdefault("task", meta.task)
-    return out
