@@ -168,7 +168,11 @@ class _Accumulator:
         assert other.k is not None
         self._grow_to(max(self.max_abs, CAPACITY * 2.0**other.k * 0.5))
         assert self.k is not None
-        factor = 1 << (self.k - other.k)
+        shift = self.k - other.k
+        if shift >= CAPACITY.bit_length() - 1:  # other's whole span, CAPACITY * 2**other.k, fits in bin 0
+            self.counts[0] += other.counts.sum()
+            return
+        factor = 1 << shift
         counts = other.counts.reshape(-1, factor).sum(axis=1) if factor > 1 else other.counts
         self.counts[: counts.size] += counts
 

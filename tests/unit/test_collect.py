@@ -9,8 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calibrators.collect import (
+    _Accumulator,
     calibration_tensors,
     collect_histograms,
     plan_statistics,
@@ -237,3 +240,79 @@ def test_a_rare_outlier_row_is_represented_at_its_true_rate(tmp_path: Path) -> N
     acc = _Accumulator(len(idx))
     acc.update(sample, -float(x.max()), float(x.max()))
     assert acc.finalize("t").max_abs == float(x.max())
+
+
+def _direct_histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference for the accumulator: the histogram of |x| at the width its rule prescribes.
+
+    Width ``2**k`` with ``k`` the smallest integer such that ``max|x| < 4096 * 2**k``; bins up to the one
+    holding the max. Computed in float64 from the float32 values (exact: scaling by a power of two).
+    """
+    a = np.abs(values.astype(np.float64))
+    m = float(a.max()) if a.size else 0.0
+    if m == 0.0:
+        return np.array([a.size]), np.array([0.0, 1.0])
+    k = 0
+    while m >= 4096 * 2.0**k:
+        k += 1
+    while m < 4096 * 2.0 ** (k - 1):
+        k -= 1
+    width = 2.0**k
+    n = int(np.floor(m / width)) + 1
+    counts = np.bincount(np.floor(a / width).astype(np.int64), minlength=n)
+    return counts, np.arange(n + 1, dtype=np.float64) * width
+
+
+def _accumulate(values: np.ndarray) -> _Accumulator:
+    acc = _Accumulator(1)
+    acc.update(np.abs(values), float(values.min()), float(values.max()))
+    return acc
+
+
+def _random_values(log2_max: float, size: int, seed: int, zeros: bool) -> np.ndarray:
+    if zeros:
+        return np.zeros(size, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    x = (rng.uniform(-1.0, 1.0, size) * 2.0**log2_max).astype(np.float32)
+    x[rng.integers(size)] = np.float32(2.0**log2_max)  # the max of the side, exactly
+    return x
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(-24, 24),
+    st.floats(-24, 24),
+    st.integers(1, 400),
+    st.integers(1, 400),
+    st.integers(0, 2**31),
+    st.sampled_from(["none", "left", "right"]),
+)
+def test_merge_of_any_two_ranges_in_either_order_is_the_histogram_of_the_union(
+    log_a: float, log_b: float, size_a: int, size_b: int, seed: int, zero_side: str
+) -> None:
+    """Merging accumulators whose bin widths differ by any power of two (a YOLO output Concat merges box
+    coordinates up to imgsz with class scores near 0) gives the direct histogram of all values."""
+    xa = _random_values(log_a, size_a, seed, zero_side == "left")
+    xb = _random_values(log_b, size_b, seed + 1, zero_side == "right")
+    want_counts, want_edges = _direct_histogram(np.concatenate([xa, xb]))
+    for first, second in ((xa, xb), (xb, xa)):
+        acc = _accumulate(first)
+        acc.merge(_accumulate(second))
+        h = acc.finalize("t")
+        assert h.count == size_a + size_b
+        assert h.max_abs == float(np.abs(np.concatenate([xa, xb])).max())
+        if h.max_abs == 0.0:
+            assert h.counts[0] == size_a + size_b and h.counts[1:].sum() == 0
+            continue
+        np.testing.assert_array_equal(h.edges, want_edges)
+        np.testing.assert_array_equal(h.counts, want_counts)
+
+
+def test_merging_a_tiny_range_into_a_wide_one_does_not_crash() -> None:
+    """max 640 then max 0.1 (bin widths 2**-3 and 2**-15): once a reshape of 4096 bins into 8192."""
+    wide, tiny = np.array([640.0, -3.0], np.float32), np.array([0.1, 0.05], np.float32)
+    acc = _accumulate(wide)
+    acc.merge(_accumulate(tiny))
+    h = acc.finalize("t")
+    want_counts, _ = _direct_histogram(np.concatenate([wide, tiny]))
+    np.testing.assert_array_equal(h.counts, want_counts)
