@@ -428,6 +428,7 @@ def quantize(
     seed: int = 0,
     output: str | os.PathLike[str] | None = None,
     table: Any = None,
+    force_cache: bool = False,
     progress: bool = True,
     percentile: float = DEFAULT_PERCENTILE,
     head_policy: bool = True,
@@ -442,7 +443,8 @@ def quantize(
     """Calibrate ``model`` on ``source`` and write an explicit Q/DQ INT8 ONNX.
 
     ``table`` (a :class:`calibrators.table.CalibrationTable` or the path of a saved cache) supplies the
-    ranges instead of calibrating; ``histograms`` (from :func:`collect_statistics` or a calibration run)
+    ranges instead of calibrating; a saved cache made from another model is refused unless
+    ``force_cache`` (a table object is taken as the caller's checked choice); ``histograms`` (from :func:`collect_statistics` or a calibration run)
     skip the image pass and take precedence over ``table`` (ranges are then computed with ``algo``).
     ``max_drop`` (mAP50-95 points) with ``data`` keeps the most sensitive layers in float until the INT8
     model is within ``max_drop`` of FP32.
@@ -466,16 +468,25 @@ def quantize(
     if table is not None and histograms is None:
         from calibrators.table import CalibrationTable
 
-        tab = table if isinstance(table, CalibrationTable) else CalibrationTable.load(table)
+        if isinstance(table, CalibrationTable):
+            tab = table  # the caller's own (already checked) table
+        else:
+            tab = CalibrationTable.load(table)
+            diffs = tab.differences(model_sha256=sha256_file(mpath))
+            if diffs and not force_cache:
+                raise TrtqError(
+                    f"calibration cache {table} was made for something else: {'; '.join(diffs)}. "
+                    "Recalibrate (pass --calib without this --cache) or pass --force-cache to use it anyway"
+                )
+            for d in diffs:
+                logger.warning("calibration cache %s does not match this model (%s); using it anyway (--force-cache)",
+                               table, d)
         missing = [t for t in tensors if t not in tab.amax]
         if missing:
             raise TrtqError(
                 f"the calibration table has no range for {len(missing)} tensor(s) to quantize (first: {missing[0]!r}); "
                 "it was made for another model or tensor set: recalibrate"
             )
-        diffs = tab.differences(model_sha256=sha256_file(mpath))
-        for d in diffs:
-            logger.warning("calibration table: %s", d)
         amax = {t: float(tab.amax[t]) for t in tensors}
         if algo != tab.algorithm:
             logger.warning("using the calibration table's %s ranges (algorithm %s applies only when calibrating "
