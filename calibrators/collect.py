@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from trtq import onnxgraph
 from trtq.errors import TrtqError
 
 logger = logging.getLogger(__name__)
@@ -223,8 +224,7 @@ def calibration_tensors(model: Any) -> list[str]:
     from onnx import TensorProto
 
     types = _float_types(model)
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = onnxgraph.constant_names(model.graph)
     names: list[str] = []
     seen: set[str] = set()
 
@@ -319,16 +319,10 @@ class StatsPlan:
 
 
 def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, tuple[int, ...]], max_positions: int | None) -> StatsPlan:
-    consumers: dict[str, list[Any]] = {}
-    producer: dict[str, Any] = {}
-    for node in model.graph.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
-        for t in node.output:
-            producer[t] = node
+    consumers = onnxgraph.consumers(model.graph)
+    producer = onnxgraph.producers(model.graph)
     graph_outputs = {o.name for o in model.graph.output}
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = onnxgraph.constant_names(model.graph)
 
     def silu_of(t: str) -> tuple[str, str] | None:
         """For a Conv output x used only by Sigmoid(x) and Mul(x, Sigmoid(x)): (mul_output, sigmoid_output)."""
@@ -397,7 +391,7 @@ def build_stats_graph(
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = onnxgraph.default_opset(m)
     if opset < 13:
         raise TrtqError(f"the model's opset {opset} is too old for INT8; re-export it with opset >= 13")
     outputs: dict[str, tuple[str, str, str, int]] = {}

@@ -21,6 +21,8 @@ from typing import Any
 
 import onnx
 
+from trtq import onnxgraph
+
 logger = logging.getLogger(__name__)
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -42,19 +44,6 @@ def node_key(node: onnx.NodeProto) -> str:
     return node.name or (node.output[0] if node.output else node.op_type)
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output if out}
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    result: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                result.setdefault(name, []).append(node)
-    return result
-
-
 def _fed_by_softmax(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> bool:
     """True when ``node``'s data input comes from a Softmax, possibly through layout-only ops."""
     name = node.input[0] if node.input else ""
@@ -72,7 +61,7 @@ def _fed_by_softmax(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) 
 
 def _head_region(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
     """(nodes of the head region in graph order, the final weighted ops that feed it)."""
-    producers = _producers(graph)
+    producers = onnxgraph.producers(graph)
     region: set[int] = set()
     finals: set[int] = set()
     stack = [o.name for o in graph.output]
@@ -138,8 +127,8 @@ def float_nodes(model: onnx.ModelProto) -> dict[str, str]:
         logger.info("head policy: no weighted op feeds the outputs; nothing to keep in float")
         return {}
 
-    producers = _producers(graph)
-    consumers = _consumers(graph)
+    producers = onnxgraph.producers(graph)
+    consumers = onnxgraph.consumers(graph)
     region_ids = {id(n) for n in region}
     allowed = region_ids | {id(n) for n in finals}
     output_names = {o.name for o in graph.output}

@@ -27,12 +27,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from calibrators.ranges import QMAX  # symmetric INT8: q in [-127, 127] (TensorRT never uses -128)
+from trtq import onnxgraph
 from trtq.errors import TrtqError
 from trtq.headpolicy import WEIGHTED_OPS, node_key
 
 logger = logging.getLogger(__name__)
 
-QMAX = 127.0  # symmetric INT8: q in [-127, 127] (TensorRT never uses -128)
 MIN_OPSET = 13  # per-channel DequantizeLinear (axis) needs opset 13
 # Single-input ops that commute with per-tensor quantization: TensorRT moves Q/DQ across them.
 COMMUTING_OPS = frozenset(
@@ -67,10 +68,6 @@ class QdqPlan:
 
 def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return {init.name: init for init in graph.initializer}
-
-
-def _constant_outputs(graph: onnx.GraphProto) -> set[str]:
-    return {out for node in graph.node if node.op_type == "Constant" for out in node.output}
 
 
 def match_nodes(model: onnx.ModelProto, patterns: Iterable[str]) -> dict[str, list[str]]:
@@ -148,13 +145,9 @@ def plan_qdq(
     """
     graph = model.graph
     inits = _initializers(graph)
-    constants = _constant_outputs(graph) | set(inits)
-    producers = {out: n for n in graph.node for out in n.output if out}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for name in n.input:
-            if name:
-                consumers.setdefault(name, []).append(n)
+    constants = onnxgraph.constant_names(graph)
+    producers = onnxgraph.producers(graph)
+    consumers = onnxgraph.consumers(graph)
 
     plan = QdqPlan()
     plan.float_nodes.update(keep_float or {})
@@ -309,9 +302,7 @@ def dequantize_weight(q: np.ndarray, scale: np.ndarray, axis: int | None) -> np.
 
 def ensure_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> onnx.ModelProto:
     """Return ``model`` at opset >= ``minimum`` (converted with onnx's version converter if older)."""
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if current is None:
-        raise TrtqError("the model declares no default ONNX opset; re-export it with `trtq export`")
+    current = onnxgraph.default_opset(model)
     if current >= minimum:
         return model
     from onnx import version_converter

@@ -22,13 +22,20 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
-from trtq import __version__
+from calibrators.ranges import (
+    ALGORITHMS,
+    DEFAULT_ALGO,
+    DEFAULT_PERCENTILE,
+    QMAX,
+    check_algorithm,
+    check_percentile,
+)
+from trtq import __version__, onnxgraph
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, sha256_file, write_json, write_text
 from trtq.headpolicy import float_nodes as head_float_nodes
 from trtq.headpolicy import node_key
-from trtq.qdq import QMAX, QdqPlan, insert_qdq, plan_qdq, qdq_summary
+from trtq.qdq import QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +269,7 @@ def build_report(
         "percentile": percentile,
         "options": dict(options),
         "calibration": dict(calibration),
-        "opset": next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), None),
+        "opset": onnxgraph.default_opset(qmodel),
         "counts": {
             "quantized_activations": len(acts),
             "quantized_weights": len(weights),
@@ -450,8 +457,9 @@ def quantize(
     model is within ``max_drop`` of FP32.
     """
     t0 = time.perf_counter()
-    if algo not in QUANTIZE_ALGOS:
-        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(QUANTIZE_ALGOS)}")
+    check_algorithm(algo, QUANTIZE_ALGOS)
+    if algo in ("percentile", "auto"):
+        check_percentile(percentile)  # validate before the image pass
     if max_drop is not None and data is None:
         raise TrtqError("--max-drop needs labelled data to measure mAP: pass --data DATA (a data yaml or labelled folder)")
     if max_drop is not None and max_drop < 0:
