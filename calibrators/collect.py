@@ -355,7 +355,7 @@ def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, t
                 want(pair[0])
                 return
         pair = silu_of(t)
-        if pair is not None:
+        if pair is not None and node is not None and node.op_type == "Conv":  # TensorRT fuses Conv + SiLU only
             alias[t] = (pair[0], "silu_preact")
             want(pair[0])
             return

@@ -190,7 +190,7 @@ def collect_statistics(
 
 def _unquantized_summary(model: onnx.ModelProto, plan: QdqPlan) -> dict[str, dict[str, Any]]:
     quantized_readers = {r for users in plan.activations.values() for r in users}
-    weighted = {v[0] for v in plan.weights.values()}
+    weighted = {r for w, v in plan.weights.items() for r in plan.weight_readers.get(w) or [v[0]]}
     summary: dict[str, dict[str, Any]] = {}
     for node in model.graph.node:
         key = node_key(node)

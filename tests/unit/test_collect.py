@@ -316,3 +316,30 @@ def test_merging_a_tiny_range_into_a_wide_one_does_not_crash() -> None:
     h = acc.finalize("t")
     want_counts, _ = _direct_histogram(np.concatenate([wide, tiny]))
     np.testing.assert_array_equal(h.counts, want_counts)
+
+
+def test_only_a_conv_output_takes_its_silu_range(tmp_path: Path) -> None:
+    """TensorRT fuses Conv + SiLU, so a Conv's pre-activation never needs its own range. Any other
+    producer's output is a real tensor: it is measured, negative tail included."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    bias = numpy_helper.from_array(np.full((1, 3, 1, 1), -2.0, np.float32), "bias")
+    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32) * 0.1, "w")
+    nodes = [
+        helper.make_node("Add", ["images", "bias"], ["pre"], name="add"),
+        helper.make_node("Sigmoid", ["pre"], ["sig"], name="sig"),
+        helper.make_node("Mul", ["pre", "sig"], ["silu"], name="mul"),
+        helper.make_node("Conv", ["silu", "w"], ["out"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [bias, w],
+    )
+    path = tmp_path / "add_silu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    plan = plan_statistics(onnx.load(str(path)), ["pre", "silu"], {}, None)
+    assert "pre" in plan.measured and "pre" not in plan.alias
+    feeds = [{"images": np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)}]
+    h = collect_histograms(path, feeds, ["pre", "silu"], max_positions=None)
+    assert h["pre"].derived == "" and h["pre"].min_value < -1.0  # images in [0, 1) minus 2
+    assert h["silu"].min_value > -0.279  # the SiLU's own range is much narrower
