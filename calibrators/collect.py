@@ -9,7 +9,7 @@ number of images, plus the exact running max |x|:
   ``max_positions`` per image; see :func:`_sample_positions`). Small tensors are returned whole. So the costly part, copying tens of
   millions of activations out of ONNX Runtime, is avoided, and each image contributes the same sample
   whatever the batch size (1 batch of 8 == 8 batches of 1, bit for bit).
-- The returned |x| values go into a linear histogram whose bin width is a power of two, 2**k, with k
+- The returned values' |x| go into a linear histogram whose bin width is a power of two, 2**k, with k
   the smallest integer such that max |x| < 4096 * 2**k: between 2048 and 4096 bins span the data. When
   a later batch raises the max, adjacent bins merge in pairs, which is exact (never a re-binning that
   splits counts), so the result depends only on the values seen, not on batching or order.
@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_POSITIONS = 256  # spatial positions sampled per tensor and image (every channel at each)
 CAPACITY = 4096  # histogram bins: the data spans between CAPACITY/2 and CAPACITY of them
+# Sampled tensors with at most this many spatial positions are gathered channels-last (see build_stats_graph):
+# below it a transpose costs less than ONNX Runtime's per-value Gather; above it (160x160 and up) more.
+CHANNELS_LAST_MAX_SPATIAL = 8192
 
 # Ops whose float inputs/outputs TensorRT may run in INT8 (all of them get a range in the cache).
 QUANTIZABLE_OPS = frozenset(
@@ -120,14 +123,15 @@ class _Accumulator:
             self.k = k_needed
 
     def update(self, values: np.ndarray, vmin: float, vmax: float) -> None:
-        """Add one batch: ``values`` are (a sample of) |x|, ``vmin``/``vmax`` the exact signed range of x."""
+        """Add one batch: ``values`` are (a sample of) x or of |x| (only |x| counts), ``vmin``/``vmax`` the
+        exact signed range of x."""
         v = values.reshape(-1)
         if v.dtype != np.float32:
             v = v.astype(np.float32)
         vmin, vmax = float(vmin), float(vmax)
         if not (np.isfinite(vmin) and np.isfinite(vmax)):
             v = v[np.isfinite(v)]
-            vmax = float(v.max()) if v.size else 0.0
+            vmax = float(np.abs(v).max()) if v.size else 0.0
             vmin = -vmax
             logger.warning("non-finite activations were left out of the calibration statistics")
         self.min_value = min(self.min_value, vmin)
@@ -139,10 +143,11 @@ class _Accumulator:
         if self.k is None:
             self.zeros += v.size
             return
-        # Scaling by a power of two is exact; the cast truncates: key = floor(|x| / 2**k).
+        # Scaling by a power of two is exact; the cast truncates towards 0: key = |trunc(x / 2**k)| = floor(|x| / 2**k).
         scratch = _scratch(v.size)
         np.multiply(v, np.float32(2.0**-self.k), out=scratch[0])
         np.copyto(scratch[1], scratch[0], casting="unsafe")
+        np.abs(scratch[1], out=scratch[1])
         hist = np.bincount(scratch[1], minlength=CAPACITY)
         if hist.size > CAPACITY:  # only if a caller's values exceed the range it reported
             hist[CAPACITY - 1] += hist[CAPACITY:].sum()
@@ -404,15 +409,28 @@ def build_stats_graph(
         positions = _sample_positions(shapes.get(name, ()), max_positions)
         src = name
         if positions is not None:
-            if len(shapes[name]) > 3:  # NCHW -> N, C, H*W
+            shape = shapes[name]
+            axis = 2
+            if len(shape) > 3 and int(np.prod(shape[2:])) <= CHANNELS_LAST_MAX_SPATIAL:
+                # NCHW -> N, H*W, C: each sampled position is then one contiguous block of C values. Same
+                # values as gathering from N, C, H*W (the histogram does not depend on their order), but
+                # ONNX Runtime's Gather copies a block per index instead of one value per index and channel.
+                perm = [0, *range(2, len(shape)), 1]
+                g.node.append(helper.make_node("Transpose", [name], [f"{tag}_nhwc"], name=f"{tag}_Transpose", perm=perm))
+                g.initializer.append(helper.make_tensor(f"{tag}_shape", TensorProto.INT64, [3], [0, -1, shape[1]]))
+                g.node.append(helper.make_node("Reshape", [f"{tag}_nhwc", f"{tag}_shape"], [f"{tag}_flat"], name=f"{tag}_Reshape"))
+                src, axis = f"{tag}_flat", 1
+            elif len(shape) > 3:  # NCHW -> N, C, H*W
                 g.initializer.append(helper.make_tensor(f"{tag}_shape", TensorProto.INT64, [3], [0, 0, -1]))
                 g.node.append(helper.make_node("Reshape", [name, f"{tag}_shape"], [f"{tag}_flat"], name=f"{tag}_Reshape"))
                 src = f"{tag}_flat"
             g.initializer.append(numpy_helper.from_array(positions, f"{tag}_positions"))
-            g.node.append(helper.make_node("Gather", [src, f"{tag}_positions"], [f"{tag}_gather"], name=f"{tag}_Gather", axis=2))
+            g.node.append(helper.make_node("Gather", [src, f"{tag}_positions"], [f"{tag}_gather"], name=f"{tag}_Gather", axis=axis))
             src = f"{tag}_gather"
-        sample = f"{tag}_abs"  # |x| of the sample, computed by ONNX Runtime
-        g.node.append(helper.make_node("Abs", [src], [sample], name=f"{tag}_Abs"))
+        if src == name:  # returned whole, under a name of its own (the tensor may be a graph output already)
+            g.node.append(helper.make_node("Identity", [name], [f"{tag}_all"], name=f"{tag}_Identity"))
+            src = f"{tag}_all"
+        sample = src  # signed values: |x| is taken while binning them (one ONNX Runtime node less per tensor)
         g.output.append(helper.make_tensor_value_info(sample, TensorProto.FLOAT, None))
         g.output.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))
         g.output.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, []))

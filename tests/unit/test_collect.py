@@ -343,3 +343,32 @@ def test_only_a_conv_output_takes_its_silu_range(tmp_path: Path) -> None:
     h = collect_histograms(path, feeds, ["pre", "silu"], max_positions=None)
     assert h["pre"].derived == "" and h["pre"].min_value < -1.0  # images in [0, 1) minus 2
     assert h["silu"].min_value > -0.279  # the SiLU's own range is much narrower
+
+
+@pytest.mark.parametrize("hw", [32, 96])  # 32x32: gathered channels-last; 96x96: channels-first
+def test_sampled_histogram_is_exactly_that_of_the_sampled_positions(tmp_path: Path, hw: int) -> None:
+    """Whatever layout the statistics graph gathers in, the histogram holds exactly the values at the
+    sampled positions of every channel of every image, and the range is that of every value."""
+    from calibrators.collect import CHANNELS_LAST_MAX_SPATIAL, _sample_positions
+
+    assert (hw * hw <= CHANNELS_LAST_MAX_SPATIAL) == (hw == 32)
+    model = make_tiny_conv_onnx(tmp_path / f"m{hw}.onnx", hw=hw, batch="N")
+    feeds = _batches(4, 2, hw=hw, seed=5)
+    names = ["a0", "r1", "p1"]
+    hists = collect_histograms(model, feeds, names, max_positions=64)
+    m = onnx.load(str(model))
+    for n in names:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    acts = {n: np.concatenate([sess.run([n], f)[0] for f in feeds]) for n in names}  # [images, C, H, W]
+    for n in names:
+        x = acts[n]
+        pos = _sample_positions(x.shape, 64)
+        assert pos is not None
+        sample = np.abs(x.reshape(x.shape[0], x.shape[1], -1)[:, :, pos].astype(np.float64))
+        h = hists[n]
+        assert h.count == sample.size and h.positions == len(pos)
+        assert (h.min_value, h.max_value) == (float(x.min()), float(x.max()))
+        expected = np.bincount(np.floor(sample.ravel() / h.edges[1]).astype(np.int64), minlength=len(h.counts))
+        expected[len(h.counts) - 1] += expected[len(h.counts) :].sum()
+        np.testing.assert_array_equal(h.counts, expected[: len(h.counts)])
