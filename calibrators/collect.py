@@ -4,19 +4,23 @@ For every tensor that will be quantized, keep a histogram of |x| whose memory do
 number of images, plus the exact running max |x|:
 
 - The model is extended *in the graph* with, per tensor, a ``ReduceMax`` and a ``ReduceMin`` (the exact
-  signed range, computed by ONNX Runtime's parallel kernels and returned as scalars) and, for large
-  tensors, a ``Gather`` of a fixed stratified subset of spatial positions (every channel at each; at most
-  ``max_positions`` per image; see :func:`_sample_positions`). Small tensors are returned whole. So the costly part, copying tens of
-  millions of activations out of ONNX Runtime, is avoided, and each image contributes the same sample
-  whatever the batch size (1 batch of 8 == 8 batches of 1, bit for bit).
+  signed range, computed by ONNX Runtime and returned as scalars, or per channel for a tensor that a
+  Split divides) and, for large tensors, a ``Gather`` of a fixed stratified subset of spatial positions
+  (every channel at each; at most ``max_positions`` per image; see :func:`_sample_positions`). Small
+  tensors are returned whole. So the costly part, copying tens of millions of activations out of ONNX
+  Runtime, is avoided, and each image contributes the same sample whatever the batch size (1 batch of
+  8 == 8 batches of 1, bit for bit).
+- On the CPU, images run side by side, one per core (see :func:`_parallelism`), each binned into its
+  own accumulators, which merge exactly at the end: the result does not depend on that either.
 - The returned values' |x| go into a linear histogram whose bin width is a power of two, 2**k, with k
   the smallest integer such that max |x| < 4096 * 2**k: between 2048 and 4096 bins span the data. When
   a later batch raises the max, adjacent bins merge in pairs, which is exact (never a re-binning that
   splits counts), so the result depends only on the values seen, not on batching or order.
 - The ``(counts, edges)`` handed to :mod:`calibrators.ranges` are those bins up to the one holding the max.
 - Tensors that need no measurement of their own are derived exactly: a Concat output's histogram is the
-  sum of its inputs' (same sampling density), a SiLU's Sigmoid output has range [0, 1], and a Conv output
-  consumed only by its SiLU (fused into one layer by TensorRT) takes the SiLU output's range.
+  sum of its inputs' (same sampling density), a Split output is its channels of the Split input (same
+  sample, exact range from the per-channel one), a SiLU's Sigmoid output has range [0, 1], and a Conv
+  output consumed only by its SiLU (fused into one layer by TensorRT) takes the SiLU output's range.
 
 ``max_positions=None`` histograms every value (exact mode, slower).
 """
@@ -24,10 +28,10 @@ number of images, plus the exact running max |x|:
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +325,48 @@ class StatsPlan:
     # tensor -> (source, rule): "silu_preact" (a Conv output consumed only by its SiLU: fused away by
     # TensorRT; takes the SiLU output's range) or "sigmoid" (a SiLU's Sigmoid: range [0, 1]).
     alias: dict[str, tuple[str, str]]
+    # Split output -> (measured input, first channel, end channel): the same sample and the exact range of
+    # those channels of the input, whose range is therefore measured per channel.
+    split: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+
+
+def _constant_value(model: Any, name: str) -> np.ndarray | None:
+    """The value of an initializer or of a ``Constant`` node's output, else None."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def _split_channels(model: Any, node: Any, shapes: dict[str, tuple[int, ...]]) -> list[tuple[int, int]] | None:
+    """``[(first, end), ...]`` channel ranges of a Split along the channel axis, one per output; None for any
+    other Split or one whose sizes are not static."""
+    shape = shapes.get(node.input[0]) if node.input else None
+    if not shape or len(shape) < 2:
+        return None
+    axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 0)
+    if axis % len(shape) != 1:
+        return None
+    channels = shape[1]
+    sizes: list[int] | None = None
+    if len(node.input) > 1 and node.input[1]:
+        value = _constant_value(model, node.input[1])
+        sizes = None if value is None else [int(v) for v in value.reshape(-1)]
+    elif any(a.name == "split" for a in node.attribute):  # opset < 13
+        sizes = [int(v) for a in node.attribute if a.name == "split" for v in a.ints]
+    elif node.output and channels % len(node.output) == 0 and not any(a.name == "num_outputs" for a in node.attribute):
+        sizes = [channels // len(node.output)] * len(node.output)
+    if sizes is None or len(sizes) != len(node.output) or sum(sizes) != channels or min(sizes) <= 0:
+        return None
+    ends = np.cumsum(sizes).tolist()
+    return [(int(e - n), int(e)) for n, e in zip(sizes, ends, strict=True)]
 
 
 def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, tuple[int, ...]], max_positions: int | None) -> StatsPlan:
@@ -345,6 +391,7 @@ def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, t
     measured: list[str] = []
     concat: dict[str, list[str]] = {}
     alias: dict[str, tuple[str, str]] = {}
+    split: dict[str, tuple[str, int, int]] = {}
     seen: set[str] = set()
 
     def want(t: str) -> None:
@@ -372,11 +419,21 @@ def plan_statistics(model: Any, tensor_names: Sequence[str], shapes: dict[str, t
                 for i in ins:
                     want(i)
                 return
+        if node is not None and node.op_type == "Split" and node.input[0] not in constants:
+            ranges = _split_channels(model, node, shapes)
+            src = node.input[0]
+            if ranges is not None:
+                want(src)
+                if src in measured:  # not itself derived: its sample holds every channel
+                    for out, (first, end) in zip(node.output, ranges, strict=True):
+                        if out == t:
+                            split[t] = (src, first, end)
+                            return
         measured.append(t)
 
     for t in tensor_names:
         want(t)
-    return StatsPlan(measured, concat, alias)
+    return StatsPlan(measured, concat, alias, split)
 
 
 @dataclass
@@ -384,12 +441,21 @@ class StatsGraph:
     model_bytes: bytes
     # tensor -> (sample output, min output, max output, sampled positions per image (0 = all))
     outputs: dict[str, tuple[str, str, str, int]]
+    # tensor -> the axis of its sample output that holds the channels
+    channel_axis: dict[str, int] = field(default_factory=dict)
 
 
 def build_stats_graph(
-    model: Any, measured: Sequence[str], shapes: dict[str, tuple[int, ...]], max_positions: int | None
+    model: Any,
+    measured: Sequence[str],
+    shapes: dict[str, tuple[int, ...]],
+    max_positions: int | None,
+    *,
+    per_channel: Collection[str] = (),
 ) -> StatsGraph:
-    """Extend ``model`` with exact range reductions and spatial sampling outputs for ``measured`` tensors."""
+    """Extend ``model`` with exact range reductions and spatial sampling outputs for ``measured`` tensors.
+
+    The min and max outputs are scalars, or one per channel for the tensors in ``per_channel``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -400,14 +466,25 @@ def build_stats_graph(
     if opset < 13:
         raise TrtqError(f"the model's opset {opset} is too old for INT8; re-export it with opset >= 13")
     outputs: dict[str, tuple[str, str, str, int]] = {}
+    channel_axis: dict[str, int] = {}
     for i, name in enumerate(measured):
         tag = f"trtq_stats_{i}"
         mn, mx = f"{tag}_min", f"{tag}_max"
-        # No axes: reduce over every axis (valid before and after opset 18, where axes became an input).
-        g.node.append(helper.make_node("ReduceMin", [name], [mn], name=f"{tag}_ReduceMin", keepdims=0))
-        g.node.append(helper.make_node("ReduceMax", [name], [mx], name=f"{tag}_ReduceMax", keepdims=0))
+        if name in per_channel:  # over every axis but the channels'
+            axes = [a for a in range(len(shapes[name])) if a != 1]
+            for op, out in (("ReduceMin", mn), ("ReduceMax", mx)):
+                if opset >= 18:  # axes became an input
+                    g.initializer.append(helper.make_tensor(f"{tag}_axes", TensorProto.INT64, [len(axes)], axes))
+                    g.node.append(helper.make_node(op, [name, f"{tag}_axes"], [out], name=f"{tag}_{op}", keepdims=0))
+                else:
+                    g.node.append(helper.make_node(op, [name], [out], name=f"{tag}_{op}", keepdims=0, axes=axes))
+        else:
+            # No axes: reduce over every axis (valid before and after opset 18, where axes became an input).
+            g.node.append(helper.make_node("ReduceMin", [name], [mn], name=f"{tag}_ReduceMin", keepdims=0))
+            g.node.append(helper.make_node("ReduceMax", [name], [mx], name=f"{tag}_ReduceMax", keepdims=0))
         positions = _sample_positions(shapes.get(name, ()), max_positions)
         src = name
+        channel_axis[name] = 1
         if positions is not None:
             shape = shapes[name]
             axis = 2
@@ -420,6 +497,7 @@ def build_stats_graph(
                 g.initializer.append(helper.make_tensor(f"{tag}_shape", TensorProto.INT64, [3], [0, -1, shape[1]]))
                 g.node.append(helper.make_node("Reshape", [f"{tag}_nhwc", f"{tag}_shape"], [f"{tag}_flat"], name=f"{tag}_Reshape"))
                 src, axis = f"{tag}_flat", 1
+                channel_axis[name] = 2
             elif len(shape) > 3:  # NCHW -> N, C, H*W
                 g.initializer.append(helper.make_tensor(f"{tag}_shape", TensorProto.INT64, [3], [0, 0, -1]))
                 g.node.append(helper.make_node("Reshape", [name, f"{tag}_shape"], [f"{tag}_flat"], name=f"{tag}_Reshape"))
@@ -432,22 +510,70 @@ def build_stats_graph(
             src = f"{tag}_all"
         sample = src  # signed values: |x| is taken while binning them (one ONNX Runtime node less per tensor)
         g.output.append(helper.make_tensor_value_info(sample, TensorProto.FLOAT, None))
-        g.output.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))
-        g.output.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, []))
+        g.output.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, None))
+        g.output.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, None))
         outputs[name] = (sample, mn, mx, 0 if positions is None else len(positions))
-    return StatsGraph(m.SerializeToString(), outputs)
+    return StatsGraph(m.SerializeToString(), outputs, channel_axis)
 
 
-def make_session(model: bytes | str | Path, providers: Sequence[str] | None = None) -> Any:
-    """An ONNX Runtime session for calibration: the CUDA provider where present, else the CPU."""
+#: Images calibrated at once on the CPU (see :func:`_parallelism`); each one in flight adds about 250 MB
+#: (YOLOv8n at 640), so two keep the peak near 750 MB.
+MAX_PARALLEL_IMAGES = 2
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _parallelism(providers: Sequence[str]) -> tuple[int, int | None]:
+    """(images run at once, ONNX Runtime intra-op threads per run; None = its default).
+
+    On the CPU, images run side by side, each on its own core(s): a small network like YOLOv8n keeps
+    one core busy far better than it keeps several busy with one image (ONNX Runtime's threads wait for
+    each other at every layer), and it leaves no core idle while the statistics of an image are binned.
+    The histograms do not depend on which image ran where (the accumulators merge exactly). Other
+    providers (CUDA) run one image at a time with their defaults.
+    """
+    if any(p != "CPUExecutionProvider" for p in providers):
+        return 1, None
+    cores = _usable_cores()
+    streams = max(1, min(cores, MAX_PARALLEL_IMAGES))
+    return streams, max(1, cores // streams)
+
+
+def make_session(
+    model: bytes | str | Path, providers: Sequence[str] | None = None, *, threads: int | None = None
+) -> Any:
+    """An ONNX Runtime session for calibration: the CUDA provider where present, else the CPU.
+
+    ``threads``: intra-op threads of the session (None: ONNX Runtime's default, one per core)."""
     import onnxruntime as ort
 
     from trtq.runtime import ort_session
 
     if providers is None:
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort_session(model if isinstance(model, bytes) else Path(model), providers)
+        providers = _default_providers()
+    if threads is None:
+        return ort_session(model if isinstance(model, bytes) else Path(model), providers)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
+                                    providers=list(providers))
+    except Exception as exc:
+        raise TrtqError(f"ONNX Runtime cannot load the statistics model: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 def collect_histograms(
@@ -459,12 +585,15 @@ def collect_histograms(
     progress: bool = False,
     providers: Sequence[str] | None = None,
     total: int | None = None,
+    parallel: int | None = None,
 ) -> dict[str, TensorHistogram]:
     """Stream ``batches`` through the model and return one |x| histogram per requested tensor.
 
-    ``tensor_names`` defaults to :func:`calibration_tensors`. Memory is O(tensors x 32768) whatever the
-    number of batches. ``max_positions`` caps the spatial positions histogrammed per tensor and image
-    (the exact range is always computed over every value); ``None`` histograms every value.
+    ``tensor_names`` defaults to :func:`calibration_tensors`. Memory is O(tensors x 32768) per image in
+    flight, whatever the number of batches. ``max_positions`` caps the spatial positions histogrammed per
+    tensor and image (the exact range is always computed over every value); ``None`` histograms every
+    value. ``parallel`` overrides the number of batches run at once (default: see :func:`_parallelism`);
+    the result does not depend on it.
     """
     import onnx
 
@@ -480,65 +609,96 @@ def collect_histograms(
     if missing:
         raise TrtqError(f"tensors not in {model_path}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
 
-    session: Any = None
-    plan: StatsPlan | None = None
-    graph: StatsGraph | None = None
-    output_names: list[str] = []
-    accs: dict[str, _Accumulator] = {}
-    first_shapes: dict[str, tuple[int, ...]] | None = None
-    # Histogram updates run in a worker thread, overlapping the next inference (ONNX Runtime releases
-    # the GIL while it runs). The queue is short, so memory stays bounded.
-    work: queue.Queue[dict[str, np.ndarray] | None] = queue.Queue(maxsize=2)
+    feeds = iter(batches)
+    first = next(feeds, None)
+    if first is None:
+        raise TrtqError("calibration received no batches")
+    first_shapes = {k: tuple(v.shape) for k, v in first.items()}
+    tensor_shapes = _shapes(model, first_shapes)
+    plan = plan_statistics(model, names, tensor_shapes, max_positions)
+    sources = {src for src, _, _ in plan.split.values()}
+    graph = build_stats_graph(model, plan.measured, tensor_shapes, max_positions, per_channel=sources)
+    chosen = list(providers) if providers is not None else _default_providers()
+    streams, threads = _parallelism(chosen)
+    if parallel is not None:
+        streams = max(1, int(parallel))
+    session = make_session(graph.model_bytes, chosen, threads=threads)
+    output_names = list(dict.fromkeys(x for n in plan.measured for x in graph.outputs[n][:3]))
+
+    def new_accumulators() -> dict[str, _Accumulator]:
+        assert graph is not None
+        accs = {n: _Accumulator(graph.outputs[n][3]) for n in plan.measured}
+        for n, (src, _, _) in plan.split.items():
+            accs[n] = _Accumulator(graph.outputs[src][3])
+        return accs
+
+    def add(accs: dict[str, _Accumulator], results: dict[str, np.ndarray]) -> None:
+        for n in plan.measured:
+            sample, mn, mx, _ = graph.outputs[n]
+            accs[n].update(results[sample], float(results[mn].min()), float(results[mx].max()))
+        for n, (src, first_channel, end_channel) in plan.split.items():
+            sample, mn, mx, _ = graph.outputs[src]
+            part = results[sample][(slice(None),) * graph.channel_axis[src] + (slice(first_channel, end_channel),)]
+            lo, hi = results[mn][first_channel:end_channel].min(), results[mx][first_channel:end_channel].max()
+            accs[n].update(part, float(lo), float(hi))
+
+    # Each worker takes the next batch (decoding it while the others run), runs it on one core and bins
+    # its statistics into its own accumulators; they are merged at the end (exactly).
+    lock = threading.Lock()
+    pending: list[dict[str, np.ndarray]] = [first]
     failures: list[BaseException] = []
-
-    def worker() -> None:
-        while (results := work.get()) is not None:
-            if failures:
-                continue  # keep draining so the producer never blocks
-            try:
-                assert graph is not None and plan is not None
-                for n in plan.measured:
-                    sample, mn, mx, _ = graph.outputs[n]
-                    accs[n].update(results[sample], float(results[mn]), float(results[mx]))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-                failures.append(exc)
-
-    thread = threading.Thread(target=worker, name="trtq-histograms", daemon=True)
-    thread.start()
+    per_worker: list[dict[str, _Accumulator]] = [new_accumulators() for _ in range(streams)]
     bar = None
     if progress:
         from tqdm import tqdm
 
         # disable=None: no bar when stderr is not a terminal (logs, CI, pipes)
         bar = tqdm(total=total, unit="img", desc="calibrating", leave=False, dynamic_ncols=True, disable=None)
-    try:
-        for feed in batches:
-            shapes = {k: tuple(v.shape) for k, v in feed.items()}
-            if first_shapes is None:
-                first_shapes = shapes
-                tensor_shapes = _shapes(model, shapes)
-                plan = plan_statistics(model, names, tensor_shapes, max_positions)
-                graph = build_stats_graph(model, plan.measured, tensor_shapes, max_positions)
-                session = make_session(graph.model_bytes, providers)
-                output_names = list(dict.fromkeys(x for n in plan.measured for x in graph.outputs[n][:3]))
-                accs = {n: _Accumulator(graph.outputs[n][3]) for n in plan.measured}
-            elif any(v[1:] != first_shapes[k][1:] for k, v in shapes.items()):
-                raise TrtqError("calibration batches changed image size mid-stream")
-            results = dict(zip(output_names, session.run(output_names, feed), strict=True))
+
+    def next_feed() -> dict[str, np.ndarray] | None:
+        with lock:
             if failures:
-                break
-            work.put(results)
-            if bar is not None:
-                bar.update(next(iter(shapes.values()))[0])
+                return None
+            feed = pending.pop() if pending else next(feeds, None)
+        if feed is not None and any(tuple(v.shape)[1:] != first_shapes[k][1:] for k, v in feed.items()):
+            raise TrtqError("calibration batches changed image size mid-stream")
+        return feed
+
+    def work(accs: dict[str, _Accumulator]) -> None:
+        try:
+            while (feed := next_feed()) is not None:
+                results = dict(zip(output_names, session.run(output_names, feed), strict=True))
+                add(accs, results)
+                if bar is not None:
+                    with lock:
+                        bar.update(next(iter(feed.values())).shape[0])
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            with lock:
+                failures.append(exc)
+
+    workers = [threading.Thread(target=work, args=(accs,), name=f"trtq-calibrate-{i}", daemon=True)
+               for i, accs in enumerate(per_worker)]
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            while t.is_alive():
+                t.join(0.2)
+    except BaseException:  # Ctrl-C: let the workers stop at their next batch
+        with lock:
+            failures.append(KeyboardInterrupt())
+        raise
     finally:
-        work.put(None)
-        thread.join()
         if bar is not None:
             bar.close()
     if failures:
         raise failures[0]
-    if plan is None:
-        raise TrtqError("calibration received no batches")
+    accs = per_worker[0]
+    for other in per_worker[1:]:
+        for n, acc in accs.items():
+            acc.merge(other[n])
+    for n, (src, first_channel, end_channel) in plan.split.items():
+        accs[n].derived = f"channels {first_channel}:{end_channel} of {src} (Split): its sample and exact range"
     return {n: _resolve(n, plan, accs).finalize(n) for n in names}
 
 

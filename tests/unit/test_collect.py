@@ -345,30 +345,91 @@ def test_only_a_conv_output_takes_its_silu_range(tmp_path: Path) -> None:
     assert h["silu"].min_value > -0.279  # the SiLU's own range is much narrower
 
 
+def _assert_exact_sampled_histograms(model: Path, feeds: list[dict[str, np.ndarray]], hists: dict, names: list[str], max_positions: int) -> None:
+    """Independent reference: every value of the tensors from ONNX Runtime, picked at the sampled positions
+    of every channel and image with numpy, binned directly at the histogram's width."""
+    from calibrators.collect import _sample_positions
+
+    m = onnx.load(str(model))
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    acts = {n: np.concatenate([sess.run([n], f)[0] for f in feeds]) for n in names}  # [images, C, H, W]
+    for n in names:
+        x = acts[n]
+        pos = _sample_positions(x.shape, max_positions)
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        sample = np.abs((flat if pos is None else flat[:, :, pos]).astype(np.float64))
+        h = hists[n]
+        assert h.count == sample.size and h.positions == (0 if pos is None else len(pos)), n
+        assert (h.min_value, h.max_value) == (float(x.min()), float(x.max())), n
+        expected = np.bincount(np.floor(sample.ravel() / h.edges[1]).astype(np.int64), minlength=len(h.counts))
+        expected[len(h.counts) - 1] += expected[len(h.counts) :].sum()
+        np.testing.assert_array_equal(h.counts, expected[: len(h.counts)], err_msg=n)
+
+
 @pytest.mark.parametrize("hw", [32, 96])  # 32x32: gathered channels-last; 96x96: channels-first
 def test_sampled_histogram_is_exactly_that_of_the_sampled_positions(tmp_path: Path, hw: int) -> None:
     """Whatever layout the statistics graph gathers in, the histogram holds exactly the values at the
     sampled positions of every channel of every image, and the range is that of every value."""
-    from calibrators.collect import CHANNELS_LAST_MAX_SPATIAL, _sample_positions
+    from calibrators.collect import CHANNELS_LAST_MAX_SPATIAL
 
     assert (hw * hw <= CHANNELS_LAST_MAX_SPATIAL) == (hw == 32)
     model = make_tiny_conv_onnx(tmp_path / f"m{hw}.onnx", hw=hw, batch="N")
     feeds = _batches(4, 2, hw=hw, seed=5)
     names = ["a0", "r1", "p1"]
+    _assert_exact_sampled_histograms(model, feeds, collect_histograms(model, feeds, names, max_positions=64), names, 64)
+
+
+def _split_model(path: Path, hw: int) -> Path:
+    """Conv -> SiLU -> Split into channels [2, 6] (sizes from a Constant node), then an equal Split (no
+    sizes) of the second part into [3, 3], as in a C2f block; the parts meet again in a Concat."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.4).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["images", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["s"], name="sig"),
+        helper.make_node("Mul", ["c", "s"], ["a"], name="mul"),
+        helper.make_node("Constant", [], ["sizes"], name="sizes", value=numpy_helper.from_array(np.array([2, 6], np.int64))),
+        helper.make_node("Split", ["a", "sizes"], ["a0", "a1"], name="split", axis=1),
+        helper.make_node("Split", ["a1"], ["b0", "b1"], name="split_even", axis=1),
+        helper.make_node("Concat", ["a0", "b0", "b1"], ["out"], name="cat", axis=1),
+    ]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, hw, hw])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8, hw, hw])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("hw", [8, 32, 96])  # returned whole, gathered channels-last, channels-first
+def test_split_outputs_take_their_channels_of_the_measured_input(tmp_path: Path, hw: int) -> None:
+    from calibrators.collect import plan_statistics
+
+    model = _split_model(tmp_path / "split.onnx", hw)
+    shapes = {t: (1, c, hw, hw) for t, c in (("a", 8), ("a0", 2), ("a1", 6), ("b0", 3), ("b1", 3))}
+    plan = plan_statistics(onnx.load(str(model)), ["a", "a0", "a1", "b0", "b1"], shapes, 64)
+    # a1 is itself derived, so the parts of its own Split are measured
+    assert plan.measured == ["a", "b0", "b1"] and plan.split == {"a0": ("a", 0, 2), "a1": ("a", 2, 8)}
+    feeds = _batches(3, 1, hw=hw, seed=9)
+    names = ["a", "a0", "a1", "b0", "b1"]
     hists = collect_histograms(model, feeds, names, max_positions=64)
-    m = onnx.load(str(model))
-    for n in names:
-        m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    acts = {n: np.concatenate([sess.run([n], f)[0] for f in feeds]) for n in names}  # [images, C, H, W]
-    for n in names:
-        x = acts[n]
-        pos = _sample_positions(x.shape, 64)
-        assert pos is not None
-        sample = np.abs(x.reshape(x.shape[0], x.shape[1], -1)[:, :, pos].astype(np.float64))
-        h = hists[n]
-        assert h.count == sample.size and h.positions == len(pos)
-        assert (h.min_value, h.max_value) == (float(x.min()), float(x.max()))
-        expected = np.bincount(np.floor(sample.ravel() / h.edges[1]).astype(np.int64), minlength=len(h.counts))
-        expected[len(h.counts) - 1] += expected[len(h.counts) :].sum()
-        np.testing.assert_array_equal(h.counts, expected[: len(h.counts)])
+    assert hists["a0"].derived.startswith("channels 0:2 of a") and not hists["a"].derived
+    _assert_exact_sampled_histograms(model, feeds, hists, names, 64)
+
+
+def test_result_does_not_depend_on_how_many_images_run_at_once(dyn_model: Path) -> None:
+    feeds = _batches(7, 1, seed=4)
+    runs = [collect_histograms(dyn_model, feeds, max_positions=64, parallel=k) for k in (1, 2, 3)]
+    for other in runs[1:]:
+        assert other.keys() == runs[0].keys()
+        for n, h in runs[0].items():
+            o = other[n]
+            assert (o.count, o.min_value, o.max_value, o.positions) == (h.count, h.min_value, h.max_value, h.positions)
+            np.testing.assert_array_equal(o.counts, h.counts)
+            np.testing.assert_array_equal(o.edges, h.edges)
