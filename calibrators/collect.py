@@ -361,7 +361,11 @@ def _split_channels(model: Any, node: Any, shapes: dict[str, tuple[int, ...]]) -
         sizes = None if value is None else [int(v) for v in value.reshape(-1)]
     elif any(a.name == "split" for a in node.attribute):  # opset < 13
         sizes = [int(v) for a in node.attribute if a.name == "split" for v in a.ints]
-    elif node.output and channels % len(node.output) == 0 and not any(a.name == "num_outputs" for a in node.attribute):
+    elif any(a.name == "num_outputs" for a in node.attribute):  # opset >= 18: ceil(C / n) each, the rest last
+        n = next(int(a.i) for a in node.attribute if a.name == "num_outputs")
+        size = -(-channels // n) if n > 0 else 0
+        sizes = [size] * (n - 1) + [channels - size * (n - 1)]
+    elif node.output and channels % len(node.output) == 0:
         sizes = [channels // len(node.output)] * len(node.output)
     if sizes is None or len(sizes) != len(node.output) or sum(sizes) != channels or min(sizes) <= 0:
         return None
@@ -472,9 +476,10 @@ def build_stats_graph(
         mn, mx = f"{tag}_min", f"{tag}_max"
         if name in per_channel:  # over every axis but the channels'
             axes = [a for a in range(len(shapes[name])) if a != 1]
+            if opset >= 18:  # axes became an input
+                g.initializer.append(helper.make_tensor(f"{tag}_axes", TensorProto.INT64, [len(axes)], axes))
             for op, out in (("ReduceMin", mn), ("ReduceMax", mx)):
-                if opset >= 18:  # axes became an input
-                    g.initializer.append(helper.make_tensor(f"{tag}_axes", TensorProto.INT64, [len(axes)], axes))
+                if opset >= 18:
                     g.node.append(helper.make_node(op, [name, f"{tag}_axes"], [out], name=f"{tag}_{op}", keepdims=0))
                 else:
                     g.node.append(helper.make_node(op, [name], [out], name=f"{tag}_{op}", keepdims=0, axes=axes))

@@ -383,7 +383,7 @@ def test_sampled_histogram_is_exactly_that_of_the_sampled_positions(tmp_path: Pa
     _assert_exact_sampled_histograms(model, feeds, collect_histograms(model, feeds, names, max_positions=64), names, 64)
 
 
-def _split_model(path: Path, hw: int) -> Path:
+def _split_model(path: Path, hw: int, opset: int = 17) -> Path:
     """Conv -> SiLU -> Split into channels [2, 6] (sizes from a Constant node), then an equal Split (no
     sizes) of the second part into [3, 3], as in a C2f block; the parts meet again in a Concat."""
     from onnx import TensorProto, helper, numpy_helper
@@ -396,22 +396,25 @@ def _split_model(path: Path, hw: int) -> Path:
         helper.make_node("Mul", ["c", "s"], ["a"], name="mul"),
         helper.make_node("Constant", [], ["sizes"], name="sizes", value=numpy_helper.from_array(np.array([2, 6], np.int64))),
         helper.make_node("Split", ["a", "sizes"], ["a0", "a1"], name="split", axis=1),
-        helper.make_node("Split", ["a1"], ["b0", "b1"], name="split_even", axis=1),
+        helper.make_node("Split", ["a1"], ["b0", "b1"], name="split_even", axis=1,
+                         **({"num_outputs": 2} if opset >= 18 else {})),
         helper.make_node("Concat", ["a0", "b0", "b1"], ["out"], name="cat", axis=1),
     ]
     graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, hw, hw])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8, hw, hw])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
 
 
-@pytest.mark.parametrize("hw", [8, 32, 96])  # returned whole, gathered channels-last, channels-first
-def test_split_outputs_take_their_channels_of_the_measured_input(tmp_path: Path, hw: int) -> None:
+@pytest.mark.parametrize(
+    "hw,opset", [(8, 17), (32, 17), (96, 17), (32, 18)]  # returned whole, gathered channels-last, channels-first
+)
+def test_split_outputs_take_their_channels_of_the_measured_input(tmp_path: Path, hw: int, opset: int) -> None:
     from calibrators.collect import plan_statistics
 
-    model = _split_model(tmp_path / "split.onnx", hw)
+    model = _split_model(tmp_path / "split.onnx", hw, opset)
     shapes = {t: (1, c, hw, hw) for t, c in (("a", 8), ("a0", 2), ("a1", 6), ("b0", 3), ("b1", 3))}
     plan = plan_statistics(onnx.load(str(model)), ["a", "a0", "a1", "b0", "b1"], shapes, 64)
     # a1 is itself derived, so the parts of its own Split are measured
