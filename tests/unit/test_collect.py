@@ -436,3 +436,12 @@ def test_result_does_not_depend_on_how_many_images_run_at_once(dyn_model: Path) 
             assert (o.count, o.min_value, o.max_value, o.positions) == (h.count, h.min_value, h.max_value, h.positions)
             np.testing.assert_array_equal(o.counts, h.counts)
             np.testing.assert_array_equal(o.edges, h.edges)
+
+
+def test_images_run_side_by_side_only_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from calibrators import collect
+
+    assert collect._parallelism(["CUDAExecutionProvider", "CPUExecutionProvider"]) == (1, None)
+    for cores, expected in ((1, (1, 1)), (2, (2, 1)), (16, (2, 8))):
+        monkeypatch.setattr(collect, "_usable_cores", lambda cores=cores: cores)
+        assert collect._parallelism(["CPUExecutionProvider"]) == expected
