@@ -16,7 +16,13 @@ from calibrators.collect import (
     calibration_tensors,
     collect_histograms,
 )
-from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE, compute_amax
+from calibrators.ranges import (
+    DEFAULT_ALGO,
+    DEFAULT_PERCENTILE,
+    check_algorithm,
+    check_percentile,
+    compute_amax,
+)
 from calibrators.table import DEFAULT_TRT_VERSION, CalibrationTable, sidecar_path, trt_version_code
 from trtq.errors import TrtqError
 from trtq.fileio import default_output
@@ -61,8 +67,7 @@ def amax_table(
     max: the image range is known ([0, 1]) and clipping bright pixels only loses information. A range
     fixed by the graph (``known_amax``) is used as it is. Bin-based ranges never exceed the data's max.
     """
-    if algo not in ALGORITHMS:
-        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    check_algorithm(algo)
     inputs = set(graph_inputs)
     out: dict[str, float] = {}
     done: dict[bytes, float] = {}  # derived tensors share their source's histogram: compute each once
@@ -106,9 +111,11 @@ def calibrate(
     The cache goes to ``output`` (default ``<model>.<algo>.cache`` next to the model) with a JSON
     sidecar ``<cache>.json`` recording what it was made from. Both are written atomically.
     """
-    if algo not in ALGORITHMS:
-        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
-    trt_version_code(trt_version)  # validate early: a typo should not cost a calibration run
+    # validate early: a typo should not cost a calibration run
+    check_algorithm(algo)
+    if algo == "percentile":
+        check_percentile(percentile)
+    trt_version_code(trt_version)
     model = Path(model)
     if model.suffix.lower() != ".onnx":
         raise TrtqError(f"{model}: calibrate takes an ONNX model (run `trtq export {model}` first)")

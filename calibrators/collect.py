@@ -4,19 +4,23 @@ For every tensor that will be quantized, keep a histogram of |x| whose memory do
 number of images, plus the exact running max |x|:
 
 - The model is extended *in the graph* with, per tensor, a ``ReduceMax`` and a ``ReduceMin`` (the exact
-  signed range, computed by ONNX Runtime's parallel kernels and returned as scalars) and, for large
-  tensors, a ``Gather`` of a fixed stratified subset of spatial positions (every channel at each; at most
-  ``max_positions`` per image; see :func:`_sample_positions`). Small tensors are returned whole. So the costly part, copying tens of
-  millions of activations out of ONNX Runtime, is avoided, and each image contributes the same sample
-  whatever the batch size (1 batch of 8 == 8 batches of 1, bit for bit).
-- The returned |x| values go into a linear histogram whose bin width is a power of two, 2**k, with k
+  signed range, computed by ONNX Runtime and returned as scalars, or per channel for a tensor that a
+  Split divides) and, for large tensors, a ``Gather`` of a fixed stratified subset of spatial positions
+  (every channel at each; at most ``max_positions`` per image; see :func:`_sample_positions`). Small
+  tensors are returned whole. So the costly part, copying tens of millions of activations out of ONNX
+  Runtime, is avoided, and each image contributes the same sample whatever the batch size (1 batch of
+  8 == 8 batches of 1, bit for bit).
+- On the CPU, images run side by side, one per core (see :func:`_parallelism`), each binned into its
+  own accumulators, which merge exactly at the end: the result does not depend on that either.
+- The returned values' |x| go into a linear histogram whose bin width is a power of two, 2**k, with k
   the smallest integer such that max |x| < 4096 * 2**k: between 2048 and 4096 bins span the data. When
   a later batch raises the max, adjacent bins merge in pairs, which is exact (never a re-binning that
   splits counts), so the result depends only on the values seen, not on batching or order.
 - The ``(counts, edges)`` handed to :mod:`calibrators.ranges` are those bins up to the one holding the max.
 - Tensors that need no measurement of their own are derived exactly: a Concat output's histogram is the
-  sum of its inputs' (same sampling density), a SiLU's Sigmoid output has range [0, 1], and a Conv output
-  consumed only by its SiLU (fused into one layer by TensorRT) takes the SiLU output's range.
+  sum of its inputs' (same sampling density), a Split output is its channels of the Split input (same
+  sample, exact range from the per-channel one), a SiLU's Sigmoid output has range [0, 1], and a Conv
+  output consumed only by its SiLU (fused into one layer by TensorRT) takes the SiLU output's range.
 
 ``max_positions=None`` histograms every value (exact mode, slower).
 """
@@ -24,21 +28,25 @@ number of images, plus the exact running max |x|:
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trtq import onnxgraph
 from trtq.errors import TrtqError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_POSITIONS = 256  # spatial positions sampled per tensor and image (every channel at each)
 CAPACITY = 4096  # histogram bins: the data spans between CAPACITY/2 and CAPACITY of them
+# Sampled tensors with at most this many spatial positions are gathered channels-last (see build_stats_graph):
+# below it a transpose costs less than ONNX Runtime's per-value Gather; above it (160x160 and up) more.
+CHANNELS_LAST_MAX_SPATIAL = 8192
 
 # Ops whose float inputs/outputs TensorRT may run in INT8 (all of them get a range in the cache).
 QUANTIZABLE_OPS = frozenset(
@@ -119,14 +127,15 @@ class _Accumulator:
             self.k = k_needed
 
     def update(self, values: np.ndarray, vmin: float, vmax: float) -> None:
-        """Add one batch: ``values`` are (a sample of) |x|, ``vmin``/``vmax`` the exact signed range of x."""
+        """Add one batch: ``values`` are (a sample of) x or of |x| (only |x| counts), ``vmin``/``vmax`` the
+        exact signed range of x."""
         v = values.reshape(-1)
         if v.dtype != np.float32:
             v = v.astype(np.float32)
         vmin, vmax = float(vmin), float(vmax)
         if not (np.isfinite(vmin) and np.isfinite(vmax)):
             v = v[np.isfinite(v)]
-            vmax = float(v.max()) if v.size else 0.0
+            vmax = float(np.abs(v).max()) if v.size else 0.0
             vmin = -vmax
             logger.warning("non-finite activations were left out of the calibration statistics")
         self.min_value = min(self.min_value, vmin)
@@ -138,10 +147,11 @@ class _Accumulator:
         if self.k is None:
             self.zeros += v.size
             return
-        # Scaling by a power of two is exact; the cast truncates: key = floor(|x| / 2**k).
+        # Scaling by a power of two is exact; the cast truncates towards 0: key = |trunc(x / 2**k)| = floor(|x| / 2**k).
         scratch = _scratch(v.size)
         np.multiply(v, np.float32(2.0**-self.k), out=scratch[0])
         np.copyto(scratch[1], scratch[0], casting="unsafe")
+        np.abs(scratch[1], out=scratch[1])
         hist = np.bincount(scratch[1], minlength=CAPACITY)
         if hist.size > CAPACITY:  # only if a caller's values exceed the range it reported
             hist[CAPACITY - 1] += hist[CAPACITY:].sum()
@@ -168,11 +178,12 @@ class _Accumulator:
         assert other.k is not None
         self._grow_to(max(self.max_abs, CAPACITY * 2.0**other.k * 0.5))
         assert self.k is not None
-        factor = 1 << min(self.k - other.k, 62)
-        if factor >= CAPACITY:  # the other's whole range falls into this one's first bin
-            counts = np.array([other.counts.sum()], dtype=np.int64)
-        else:
-            counts = other.counts.reshape(-1, factor).sum(axis=1) if factor > 1 else other.counts
+        shift = self.k - other.k
+        if shift >= CAPACITY.bit_length() - 1:  # other's whole span, CAPACITY * 2**other.k, fits in bin 0
+            self.counts[0] += other.counts.sum()
+            return
+        factor = 1 << shift
+        counts = other.counts.reshape(-1, factor).sum(axis=1) if factor > 1 else other.counts
         self.counts[: counts.size] += counts
 
     def _add_zeros(self, n: int) -> None:
@@ -222,8 +233,7 @@ def calibration_tensors(model: Any) -> list[str]:
     from onnx import TensorProto
 
     types = _float_types(model)
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = onnxgraph.constant_names(model.graph)
     names: list[str] = []
     seen: set[str] = set()
 
@@ -315,6 +325,52 @@ class StatsPlan:
     # tensor -> (source, rule): "silu_preact" (a Conv output consumed only by its SiLU: fused away by
     # TensorRT; takes the SiLU output's range) or "sigmoid" (a SiLU's Sigmoid: range [0, 1]).
     alias: dict[str, tuple[str, str]]
+    # Split output -> (measured input, first channel, end channel): the same sample and the exact range of
+    # those channels of the input, whose range is therefore measured per channel.
+    split: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+
+
+def _constant_value(model: Any, name: str) -> np.ndarray | None:
+    """The value of an initializer or of a ``Constant`` node's output, else None."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def _split_channels(model: Any, node: Any, shapes: dict[str, tuple[int, ...]]) -> list[tuple[int, int]] | None:
+    """``[(first, end), ...]`` channel ranges of a Split along the channel axis, one per output; None for any
+    other Split or one whose sizes are not static."""
+    shape = shapes.get(node.input[0]) if node.input else None
+    if not shape or len(shape) < 2:
+        return None
+    axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 0)
+    if axis % len(shape) != 1:
+        return None
+    channels = shape[1]
+    sizes: list[int] | None = None
+    if len(node.input) > 1 and node.input[1]:
+        value = _constant_value(model, node.input[1])
+        sizes = None if value is None else [int(v) for v in value.reshape(-1)]
+    elif any(a.name == "split" for a in node.attribute):  # opset < 13
+        sizes = [int(v) for a in node.attribute if a.name == "split" for v in a.ints]
+    elif any(a.name == "num_outputs" for a in node.attribute):  # opset >= 18: ceil(C / n) each, the rest last
+        n = next(int(a.i) for a in node.attribute if a.name == "num_outputs")
+        size = -(-channels // n) if n > 0 else 0
+        sizes = [size] * (n - 1) + [channels - size * (n - 1)]
+    elif node.output and channels % len(node.output) == 0:
+        sizes = [channels // len(node.output)] * len(node.output)
+    if sizes is None or len(sizes) != len(node.output) or sum(sizes) != channels or min(sizes) <= 0:
+        return None
+    ends = np.cumsum(sizes).tolist()
+    return [(int(e - n), int(e)) for n, e in zip(sizes, ends, strict=True)]
 
 
 def plan_statistics(
@@ -325,16 +381,10 @@ def plan_statistics(
     *,
     fused_silu: bool = True,
 ) -> StatsPlan:
-    consumers: dict[str, list[Any]] = {}
-    producer: dict[str, Any] = {}
-    for node in model.graph.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
-        for t in node.output:
-            producer[t] = node
+    consumers = onnxgraph.consumers(model.graph)
+    producer = onnxgraph.producers(model.graph)
     graph_outputs = {o.name for o in model.graph.output}
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = onnxgraph.constant_names(model.graph)
 
     def silu_of(t: str) -> tuple[str, str] | None:
         """For a Conv output x used only by Sigmoid(x) and Mul(x, Sigmoid(x)): (mul_output, sigmoid_output)."""
@@ -352,6 +402,7 @@ def plan_statistics(
     measured: list[str] = []
     concat: dict[str, list[str]] = {}
     alias: dict[str, tuple[str, str]] = {}
+    split: dict[str, tuple[str, int, int]] = {}
     seen: set[str] = set()
 
     def want(t: str) -> None:
@@ -367,7 +418,7 @@ def plan_statistics(
                 want(pair[0])
                 return
         pair = silu_of(t) if fused_silu else None
-        if pair is not None:
+        if pair is not None and node is not None and node.op_type == "Conv":  # TensorRT fuses Conv + SiLU only
             alias[t] = (pair[0], "silu_preact")
             want(pair[0])
             return
@@ -379,11 +430,21 @@ def plan_statistics(
                 for i in ins:
                     want(i)
                 return
+        if node is not None and node.op_type == "Split" and node.input[0] not in constants:
+            ranges = _split_channels(model, node, shapes)
+            src = node.input[0]
+            if ranges is not None:
+                want(src)
+                if src in measured:  # not itself derived: its sample holds every channel
+                    for out, (first, end) in zip(node.output, ranges, strict=True):
+                        if out == t:
+                            split[t] = (src, first, end)
+                            return
         measured.append(t)
 
     for t in tensor_names:
         want(t)
-    return StatsPlan(measured, concat, alias)
+    return StatsPlan(measured, concat, alias, split)
 
 
 @dataclass
@@ -391,54 +452,138 @@ class StatsGraph:
     model_bytes: bytes
     # tensor -> (sample output, min output, max output, sampled positions per image (0 = all))
     outputs: dict[str, tuple[str, str, str, int]]
+    # tensor -> the axis of its sample output that holds the channels
+    channel_axis: dict[str, int] = field(default_factory=dict)
 
 
 def build_stats_graph(
-    model: Any, measured: Sequence[str], shapes: dict[str, tuple[int, ...]], max_positions: int | None
+    model: Any,
+    measured: Sequence[str],
+    shapes: dict[str, tuple[int, ...]],
+    max_positions: int | None,
+    *,
+    per_channel: Collection[str] = (),
 ) -> StatsGraph:
-    """Extend ``model`` with exact range reductions and spatial sampling outputs for ``measured`` tensors."""
+    """Extend ``model`` with exact range reductions and spatial sampling outputs for ``measured`` tensors.
+
+    The min and max outputs are scalars, or one per channel for the tensors in ``per_channel``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
+    opset = onnxgraph.default_opset(m)  # opset 11-12 models are calibrated as they are (axes attributes)
     outputs: dict[str, tuple[str, str, str, int]] = {}
+    channel_axis: dict[str, int] = {}
     for i, name in enumerate(measured):
         tag = f"trtq_stats_{i}"
         mn, mx = f"{tag}_min", f"{tag}_max"
-        # No axes: reduce over every axis (valid before and after opset 18, where axes became an input).
-        g.node.append(helper.make_node("ReduceMin", [name], [mn], name=f"{tag}_ReduceMin", keepdims=0))
-        g.node.append(helper.make_node("ReduceMax", [name], [mx], name=f"{tag}_ReduceMax", keepdims=0))
+        if name in per_channel:  # over every axis but the channels'
+            axes = [a for a in range(len(shapes[name])) if a != 1]
+            if opset >= 18:  # axes became an input
+                g.initializer.append(helper.make_tensor(f"{tag}_axes", TensorProto.INT64, [len(axes)], axes))
+            for op, out in (("ReduceMin", mn), ("ReduceMax", mx)):
+                if opset >= 18:
+                    g.node.append(helper.make_node(op, [name, f"{tag}_axes"], [out], name=f"{tag}_{op}", keepdims=0))
+                else:
+                    g.node.append(helper.make_node(op, [name], [out], name=f"{tag}_{op}", keepdims=0, axes=axes))
+        else:
+            # No axes: reduce over every axis (valid before and after opset 18, where axes became an input).
+            g.node.append(helper.make_node("ReduceMin", [name], [mn], name=f"{tag}_ReduceMin", keepdims=0))
+            g.node.append(helper.make_node("ReduceMax", [name], [mx], name=f"{tag}_ReduceMax", keepdims=0))
         positions = _sample_positions(shapes.get(name, ()), max_positions)
         src = name
+        channel_axis[name] = 1
         if positions is not None:
-            if len(shapes[name]) > 3:  # NCHW -> N, C, H*W
+            shape = shapes[name]
+            axis = 2
+            if len(shape) > 3 and int(np.prod(shape[2:])) <= CHANNELS_LAST_MAX_SPATIAL:
+                # NCHW -> N, H*W, C: each sampled position is then one contiguous block of C values. Same
+                # values as gathering from N, C, H*W (the histogram does not depend on their order), but
+                # ONNX Runtime's Gather copies a block per index instead of one value per index and channel.
+                perm = [0, *range(2, len(shape)), 1]
+                g.node.append(helper.make_node("Transpose", [name], [f"{tag}_nhwc"], name=f"{tag}_Transpose", perm=perm))
+                g.initializer.append(helper.make_tensor(f"{tag}_shape", TensorProto.INT64, [3], [0, -1, shape[1]]))
+                g.node.append(helper.make_node("Reshape", [f"{tag}_nhwc", f"{tag}_shape"], [f"{tag}_flat"], name=f"{tag}_Reshape"))
+                src, axis = f"{tag}_flat", 1
+                channel_axis[name] = 2
+            elif len(shape) > 3:  # NCHW -> N, C, H*W
                 g.initializer.append(helper.make_tensor(f"{tag}_shape", TensorProto.INT64, [3], [0, 0, -1]))
                 g.node.append(helper.make_node("Reshape", [name, f"{tag}_shape"], [f"{tag}_flat"], name=f"{tag}_Reshape"))
                 src = f"{tag}_flat"
             g.initializer.append(numpy_helper.from_array(positions, f"{tag}_positions"))
-            g.node.append(helper.make_node("Gather", [src, f"{tag}_positions"], [f"{tag}_gather"], name=f"{tag}_Gather", axis=2))
+            g.node.append(helper.make_node("Gather", [src, f"{tag}_positions"], [f"{tag}_gather"], name=f"{tag}_Gather", axis=axis))
             src = f"{tag}_gather"
-        sample = f"{tag}_abs"  # |x| of the sample, computed by ONNX Runtime
-        g.node.append(helper.make_node("Abs", [src], [sample], name=f"{tag}_Abs"))
+        if src == name:  # returned whole, under a name of its own (the tensor may be a graph output already)
+            g.node.append(helper.make_node("Identity", [name], [f"{tag}_all"], name=f"{tag}_Identity"))
+            src = f"{tag}_all"
+        sample = src  # signed values: |x| is taken while binning them (one ONNX Runtime node less per tensor)
         g.output.append(helper.make_tensor_value_info(sample, TensorProto.FLOAT, None))
-        g.output.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))
-        g.output.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, []))
+        g.output.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, None))
+        g.output.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, None))
         outputs[name] = (sample, mn, mx, 0 if positions is None else len(positions))
-    return StatsGraph(m.SerializeToString(), outputs)
+    return StatsGraph(m.SerializeToString(), outputs, channel_axis)
 
 
-def make_session(model: bytes | str | Path, providers: Sequence[str] | None = None) -> Any:
-    """An ONNX Runtime session for calibration: the CUDA provider where present, else the CPU."""
+#: Images calibrated at once on the CPU (see :func:`_parallelism`); each one in flight adds about 250 MB
+#: (YOLOv8n at 640), so two keep the peak near 750 MB.
+MAX_PARALLEL_IMAGES = 2
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _parallelism(providers: Sequence[str]) -> tuple[int, int | None]:
+    """(images run at once, ONNX Runtime intra-op threads per run; None = its default).
+
+    On the CPU, images run side by side, each on its own core(s): a small network like YOLOv8n keeps
+    one core busy far better than it keeps several busy with one image (ONNX Runtime's threads wait for
+    each other at every layer), and it leaves no core idle while the statistics of an image are binned.
+    The histograms do not depend on which image ran where (the accumulators merge exactly). Other
+    providers (CUDA) run one image at a time with their defaults.
+    """
+    if any(p != "CPUExecutionProvider" for p in providers):
+        return 1, None
+    cores = _usable_cores()
+    streams = max(1, min(cores, MAX_PARALLEL_IMAGES))
+    return streams, max(1, cores // streams)
+
+
+def make_session(
+    model: bytes | str | Path, providers: Sequence[str] | None = None, *, threads: int | None = None
+) -> Any:
+    """An ONNX Runtime session for calibration: the CUDA provider where present, else the CPU.
+
+    ``threads``: intra-op threads of the session (None: ONNX Runtime's default, one per core)."""
     import onnxruntime as ort
 
     from trtq.ort import ort_session
 
     if providers is None:
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    return ort_session(model if isinstance(model, bytes) else Path(model), providers)
+        providers = _default_providers()
+    if threads is None:
+        return ort_session(model if isinstance(model, bytes) else Path(model), providers)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
+                                    providers=list(providers))
+    except Exception as exc:
+        raise TrtqError(f"ONNX Runtime cannot load the statistics model: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 def collect_histograms(
@@ -451,14 +596,16 @@ def collect_histograms(
     providers: Sequence[str] | None = None,
     total: int | None = None,
     fused_silu: bool = True,
+    parallel: int | None = None,
 ) -> dict[str, TensorHistogram]:
     """Stream ``batches`` through the model and return one |x| histogram per requested tensor.
 
-    ``tensor_names`` defaults to :func:`calibration_tensors`. Memory is O(tensors x 32768) whatever the
-    number of batches. ``max_positions`` caps the spatial positions histogrammed per tensor and image
-    (the exact range is always computed over every value); ``None`` histograms every value.
-    ``fused_silu=False`` measures a Conv output that feeds only its SiLU instead of giving it the SiLU
-    output's range (for targets that do not fuse SiLU into the Conv).
+    ``tensor_names`` defaults to :func:`calibration_tensors`. Memory is O(tensors x 32768) per image in
+    flight, whatever the number of batches. ``max_positions`` caps the spatial positions histogrammed per
+    tensor and image (the exact range is always computed over every value); ``None`` histograms every
+    value. ``fused_silu=False`` measures a Conv output that feeds only its SiLU instead of giving it the
+    SiLU output's range (for targets that do not fuse SiLU into the Conv). ``parallel`` overrides the
+    number of batches run at once (default: see :func:`_parallelism`); the result does not depend on it.
     """
     import onnx
 
@@ -477,65 +624,96 @@ def collect_histograms(
     if missing:
         raise TrtqError(f"tensors not in {model_path}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
 
-    session: Any = None
-    plan: StatsPlan | None = None
-    graph: StatsGraph | None = None
-    output_names: list[str] = []
-    accs: dict[str, _Accumulator] = {}
-    first_shapes: dict[str, tuple[int, ...]] | None = None
-    # Histogram updates run in a worker thread, overlapping the next inference (ONNX Runtime releases
-    # the GIL while it runs). The queue is short, so memory stays bounded.
-    work: queue.Queue[dict[str, np.ndarray] | None] = queue.Queue(maxsize=2)
+    feeds = iter(batches)
+    first = next(feeds, None)
+    if first is None:
+        raise TrtqError("calibration received no batches")
+    first_shapes = {k: tuple(v.shape) for k, v in first.items()}
+    tensor_shapes = _shapes(model, first_shapes)
+    plan = plan_statistics(model, names, tensor_shapes, max_positions, fused_silu=fused_silu)
+    sources = {src for src, _, _ in plan.split.values()}
+    graph = build_stats_graph(model, plan.measured, tensor_shapes, max_positions, per_channel=sources)
+    chosen = list(providers) if providers is not None else _default_providers()
+    streams, threads = _parallelism(chosen)
+    if parallel is not None:
+        streams = max(1, int(parallel))
+    session = make_session(graph.model_bytes, chosen, threads=threads)
+    output_names = list(dict.fromkeys(x for n in plan.measured for x in graph.outputs[n][:3]))
+
+    def new_accumulators() -> dict[str, _Accumulator]:
+        assert graph is not None
+        accs = {n: _Accumulator(graph.outputs[n][3]) for n in plan.measured}
+        for n, (src, _, _) in plan.split.items():
+            accs[n] = _Accumulator(graph.outputs[src][3])
+        return accs
+
+    def add(accs: dict[str, _Accumulator], results: dict[str, np.ndarray]) -> None:
+        for n in plan.measured:
+            sample, mn, mx, _ = graph.outputs[n]
+            accs[n].update(results[sample], float(results[mn].min()), float(results[mx].max()))
+        for n, (src, first_channel, end_channel) in plan.split.items():
+            sample, mn, mx, _ = graph.outputs[src]
+            part = results[sample][(slice(None),) * graph.channel_axis[src] + (slice(first_channel, end_channel),)]
+            lo, hi = results[mn][first_channel:end_channel].min(), results[mx][first_channel:end_channel].max()
+            accs[n].update(part, float(lo), float(hi))
+
+    # Each worker takes the next batch (decoding it while the others run), runs it on one core and bins
+    # its statistics into its own accumulators; they are merged at the end (exactly).
+    lock = threading.Lock()
+    pending: list[dict[str, np.ndarray]] = [first]
     failures: list[BaseException] = []
-
-    def worker() -> None:
-        while (results := work.get()) is not None:
-            if failures:
-                continue  # keep draining so the producer never blocks
-            try:
-                assert graph is not None and plan is not None
-                for n in plan.measured:
-                    sample, mn, mx, _ = graph.outputs[n]
-                    accs[n].update(results[sample], float(results[mn]), float(results[mx]))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-                failures.append(exc)
-
-    thread = threading.Thread(target=worker, name="trtq-histograms", daemon=True)
-    thread.start()
+    per_worker: list[dict[str, _Accumulator]] = [new_accumulators() for _ in range(streams)]
     bar = None
     if progress:
         from tqdm import tqdm
 
         # disable=None: no bar when stderr is not a terminal (logs, CI, pipes)
         bar = tqdm(total=total, unit="img", desc="calibrating", leave=False, dynamic_ncols=True, disable=None)
-    try:
-        for feed in batches:
-            shapes = {k: tuple(v.shape) for k, v in feed.items()}
-            if first_shapes is None:
-                first_shapes = shapes
-                tensor_shapes = _shapes(model, shapes)
-                plan = plan_statistics(model, names, tensor_shapes, max_positions, fused_silu=fused_silu)
-                graph = build_stats_graph(model, plan.measured, tensor_shapes, max_positions)
-                session = make_session(graph.model_bytes, providers)
-                output_names = list(dict.fromkeys(x for n in plan.measured for x in graph.outputs[n][:3]))
-                accs = {n: _Accumulator(graph.outputs[n][3]) for n in plan.measured}
-            elif any(v[1:] != first_shapes[k][1:] for k, v in shapes.items()):
-                raise TrtqError("calibration batches changed image size mid-stream")
-            results = dict(zip(output_names, session.run(output_names, feed), strict=True))
+
+    def next_feed() -> dict[str, np.ndarray] | None:
+        with lock:
             if failures:
-                break
-            work.put(results)
-            if bar is not None:
-                bar.update(next(iter(shapes.values()))[0])
+                return None
+            feed = pending.pop() if pending else next(feeds, None)
+        if feed is not None and any(tuple(v.shape)[1:] != first_shapes[k][1:] for k, v in feed.items()):
+            raise TrtqError("calibration batches changed image size mid-stream")
+        return feed
+
+    def work(accs: dict[str, _Accumulator]) -> None:
+        try:
+            while (feed := next_feed()) is not None:
+                results = dict(zip(output_names, session.run(output_names, feed), strict=True))
+                add(accs, results)
+                if bar is not None:
+                    with lock:
+                        bar.update(next(iter(feed.values())).shape[0])
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            with lock:
+                failures.append(exc)
+
+    workers = [threading.Thread(target=work, args=(accs,), name=f"trtq-calibrate-{i}", daemon=True)
+               for i, accs in enumerate(per_worker)]
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            while t.is_alive():
+                t.join(0.2)
+    except BaseException:  # Ctrl-C: let the workers stop at their next batch
+        with lock:
+            failures.append(KeyboardInterrupt())
+        raise
     finally:
-        work.put(None)
-        thread.join()
         if bar is not None:
             bar.close()
     if failures:
         raise failures[0]
-    if plan is None:
-        raise TrtqError("calibration received no batches")
+    accs = per_worker[0]
+    for other in per_worker[1:]:
+        for n, acc in accs.items():
+            acc.merge(other[n])
+    for n, (src, first_channel, end_channel) in plan.split.items():
+        accs[n].derived = f"channels {first_channel}:{end_channel} of {src} (Split): its sample and exact range"
     return {n: _resolve(n, plan, accs).finalize(n) for n in names}
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,24 @@ IntArray = NDArray[np.int64]
 # --------------------------------------------------------------------------------------------------
 # validation and shared helpers
 # --------------------------------------------------------------------------------------------------
+
+
+def check_algorithm(algo: str, choices: Sequence[str] = ALGORITHMS) -> str:
+    """``algo`` when it is one of ``choices``, else the one user error every entry point raises."""
+    if algo not in choices:
+        raise TrtqError(f"unknown calibration algorithm {algo!r}; choose one of {', '.join(choices)}")
+    return algo
+
+
+def check_percentile(percentile: Any) -> float:
+    """``percentile`` as a float in (0, 100], else the one user error every entry point raises."""
+    try:
+        p = float(percentile)
+    except (TypeError, ValueError):
+        p = math.nan
+    if not (math.isfinite(p) and 0.0 < p <= 100.0):
+        raise TrtqError(f"percentile must be in (0, 100], got {percentile!r}; pass e.g. --percentile 99.99")
+    return p
 
 
 def _as_hist(counts: Any, edges: Any) -> tuple[FloatArray, FloatArray]:
@@ -156,16 +175,9 @@ def minmax_amax(counts: Any, edges: Any, *, max_abs: float | None = None) -> flo
     return _last_nonempty_upper_edge(h, e)
 
 
-def _check_percentile(percentile: float) -> float:
-    p = float(percentile)
-    if not (math.isfinite(p) and 0.0 < p <= 100.0):
-        raise TrtqError(f"percentile must be in (0, 100], got {percentile!r}; pass e.g. --percentile 99.99")
-    return p
-
-
 def percentile_amax(counts: Any, edges: Any, percentile: float = DEFAULT_PERCENTILE) -> float:
     """The smallest bin edge ``edges[i]`` (``i >= 1``) with ``sum(counts[:i]) >= percentile % of the total``."""
-    p = _check_percentile(percentile)
+    p = check_percentile(percentile)
     h, e = _as_hist(counts, edges)
     degenerate = _degenerate(h, e)
     if degenerate is not None:
@@ -408,4 +420,5 @@ def compute_amax(
         return percentile_amax(counts, edges, percentile)
     if algo == "mse":
         return mse_amax(counts, edges)
-    raise TrtqError(f"unknown calibration algorithm {algo!r}; choose one of {', '.join(ALGORITHMS)}")
+    check_algorithm(algo)
+    raise AssertionError(f"unhandled algorithm {algo!r}")  # pragma: no cover - ALGORITHMS are all handled

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import trtq
-from calibrators.ranges import ALGORITHMS, QMAX
+from calibrators.ranges import ALGORITHMS, QMAX, check_algorithm, check_percentile
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path
 
@@ -252,15 +252,9 @@ class CalibrationTable:
     statistics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise TrtqError(
-                f"unknown calibration algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
-            )
+        check_algorithm(self.algorithm)
         if self.percentile is not None:
-            p = float(self.percentile)
-            if not (math.isfinite(p) and 0.0 < p <= 100.0):
-                raise TrtqError(f"percentile must be in (0, 100], got {self.percentile!r}")
-            self.percentile = p
+            self.percentile = check_percentile(self.percentile)
         if not self.amax:
             raise TrtqError("calibration table is empty: no tensor ranges were computed")
         clean: dict[str, float] = {}

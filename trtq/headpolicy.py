@@ -30,6 +30,8 @@ from typing import Any
 
 import onnx
 
+from trtq import onnxgraph
+
 logger = logging.getLogger(__name__)
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -137,19 +139,6 @@ def node_key(node: onnx.NodeProto) -> str:
     return node.name or (node.output[0] if node.output else node.op_type)
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.node for out in node.output if out}
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    result: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                result.setdefault(name, []).append(node)
-    return result
-
-
 def _fed_by_softmax(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> bool:
     """True when ``node``'s data input comes from a Softmax, possibly through layout-only ops."""
     name = node.input[0] if node.input else ""
@@ -171,7 +160,7 @@ def _head_region(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], list[onn
     The walk does not follow the input of Shape/Size: a dynamic export computes its anchors from the
     feature maps' shapes, which does not make the convs producing those maps part of the head.
     """
-    producers = _producers(graph)
+    producers = onnxgraph.producers(graph)
     region: set[int] = set()
     finals: set[int] = set()
     stack = [o.name for o in graph.output]
@@ -291,9 +280,9 @@ def _classify_final(
 def _attention(graph: onnx.GraphProto, skip: set[int]) -> list[onnx.NodeProto]:
     """Attention math outside the head: a Softmax, the MatMul(s) of two activations that produce its input
     (through element-wise scaling and layout ops) and the MatMul that consumes it (through layout ops)."""
-    producers = _producers(graph)
-    consumers = _consumers(graph)
-    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    producers = onnxgraph.producers(graph)
+    consumers = onnxgraph.consumers(graph)
+    constants = onnxgraph.constant_names(graph)
     found: dict[int, onnx.NodeProto] = {}
 
     def activation_matmul(n: onnx.NodeProto) -> bool:
@@ -365,8 +354,8 @@ def head_policy(model: onnx.ModelProto, layout: Any = None) -> dict[str, FloatRe
 def _head_decisions(
     graph: onnx.GraphProto, region: list[onnx.NodeProto], finals: list[onnx.NodeProto], layout: Any
 ) -> dict[str, FloatReason]:
-    producers = _producers(graph)
-    consumers = _consumers(graph)
+    producers = onnxgraph.producers(graph)
+    consumers = onnxgraph.consumers(graph)
     inits = {i.name: i for i in graph.initializer}
     region_ids = {id(n) for n in region}
     by_id = {id(n): n for n in region}
@@ -490,8 +479,8 @@ def graph_layout(model: onnx.ModelProto) -> Any:
     region, finals = _head_region(graph)
     if not finals or not any(n.op_type == "Sigmoid" for n in region):
         return None
-    consumers = _consumers(graph)
-    producers = _producers(graph)
+    consumers = onnxgraph.consumers(graph)
+    producers = onnxgraph.producers(graph)
     inits = {i.name: i for i in graph.initializer}
     region_ids = {id(n) for n in region}
     topks = [n for n in region if n.op_type == "TopK"]

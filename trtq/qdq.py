@@ -27,12 +27,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from calibrators.ranges import QMAX  # symmetric INT8: q in [-127, 127] (TensorRT never uses -128)
+from trtq import onnxgraph
 from trtq.errors import TrtqError
 from trtq.headpolicy import WEIGHTED_OPS, node_key
 
 logger = logging.getLogger(__name__)
 
-QMAX = 127.0  # symmetric INT8: q in [-127, 127] (TensorRT never uses -128)
 MIN_OPSET = 13  # per-channel DequantizeLinear (axis) needs opset 13
 # Single-input ops that commute with per-tensor quantization: TensorRT moves Q/DQ across them.
 COMMUTING_OPS = frozenset(
@@ -43,6 +44,7 @@ _FUSABLE_ACTS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardS
 
 REASON_EXCLUDED = "excluded by the user (--exclude)"
 REASON_NOT_CONSTANT_WEIGHT = "weight is not a constant initializer"
+REASON_SHARED_WEIGHT_AXIS = "weight shared with {node}, which quantizes it along another channel axis"
 
 
 @dataclass
@@ -51,8 +53,10 @@ class QdqPlan:
 
     # activation tensor -> names of the nodes that read it through Q/DQ
     activations: dict[str, list[str]] = field(default_factory=dict)
-    # weight initializer -> (node name, channel axis)
+    # weight initializer -> (first node that reads it, channel axis)
     weights: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # weight initializer -> every node that reads it through its DequantizeLinear (a shared weight has several)
+    weight_readers: dict[str, list[str]] = field(default_factory=dict)
     # node name -> why it keeps float inputs (head policy, exclusions, unsupported weights)
     float_nodes: dict[str, str] = field(default_factory=dict)
     # residual Add node -> the input tensor quantized on it (the shortcut)
@@ -69,10 +73,6 @@ def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return {init.name: init for init in graph.initializer}
 
 
-def _constant_outputs(graph: onnx.GraphProto) -> set[str]:
-    return {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-
-
 def match_nodes(model: onnx.ModelProto, patterns: Iterable[str]) -> dict[str, list[str]]:
     """Pattern -> matching node names (exact name, or an fnmatch pattern such as ``/model.22/*``)."""
     names = [node_key(n) for n in model.graph.node]
@@ -84,7 +84,9 @@ def match_nodes(model: onnx.ModelProto, patterns: Iterable[str]) -> dict[str, li
 
 
 def _weight_axis(node: onnx.NodeProto, weight_index: int, weight: onnx.TensorProto) -> int:
-    """Output-channel axis of a weight: 0 for Conv, 1 for ConvTranspose and MatMul, Gemm by transB."""
+    """Output-channel axis of a weight: 0 for Conv, 1 for ConvTranspose, Gemm by transA/transB; MatMul: the
+    last axis (N) of a constant right operand [.., K, N], the second to last (M) of a constant left one
+    [.., M, K]."""
     if node.op_type == "Conv":
         return 0
     if node.op_type == "ConvTranspose":
@@ -95,8 +97,10 @@ def _weight_axis(node: onnx.NodeProto, weight_index: int, weight: onnx.TensorPro
             return 0 if trans_b else 1
         trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
         return 1 if trans_a else 0
-    # MatMul: a constant B [K, N] has its outputs along the last axis
-    return len(weight.dims) - 1
+    # MatMul: a constant B [.., K, N] has its outputs along the last axis, a constant A [.., M, K] along M
+    if len(weight.dims) < 2:
+        return 0  # a vector: quantized per tensor
+    return len(weight.dims) - 1 if weight_index == 1 else len(weight.dims) - 2
 
 
 def _fused_weighted_op(
@@ -148,13 +152,9 @@ def plan_qdq(
     """
     graph = model.graph
     inits = _initializers(graph)
-    constants = _constant_outputs(graph) | set(inits)
-    producers = {out: n for n in graph.node for out in n.output if out}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for name in n.input:
-            if name:
-                consumers.setdefault(name, []).append(n)
+    constants = onnxgraph.constant_names(graph)
+    producers = onnxgraph.producers(graph)
+    consumers = onnxgraph.consumers(graph)
 
     plan = QdqPlan()
     plan.float_nodes.update(keep_float or {})
@@ -188,9 +188,14 @@ def plan_qdq(
                 continue
             data = node.input[1 - weight_index]
             weight = node.input[weight_index]
+            axis = _weight_axis(node, weight_index, inits[weight])
+            owner, owner_axis = plan.weights.setdefault(weight, (key, axis))
+            if owner_axis != axis:  # one initializer, one Q/DQ: it cannot be per channel along two axes
+                plan.float_nodes[key] = REASON_SHARED_WEIGHT_AXIS.format(node=owner)
+                continue
+            plan.weight_readers.setdefault(weight, []).append(key)
             if data not in constants:
                 want(data, node)
-            plan.weights.setdefault(weight, (key, _weight_axis(node, weight_index, inits[weight])))
         elif node.op_type == "Add" and residual_add and key not in plan.float_nodes:
             ins = [i for i in node.input if i]
             if len(ins) != 2 or any(i in constants for i in ins):
@@ -309,9 +314,7 @@ def dequantize_weight(q: np.ndarray, scale: np.ndarray, axis: int | None) -> np.
 
 def ensure_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> onnx.ModelProto:
     """Return ``model`` at opset >= ``minimum`` (converted with onnx's version converter if older)."""
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if current is None:
-        raise TrtqError("the model declares no default ONNX opset; re-export it with `trtq export`")
+    current = onnxgraph.default_opset(model)
     if current >= minimum:
         return model
     from onnx import version_converter
@@ -425,7 +428,7 @@ def insert_qdq(
         act_rename[tensor] = dq_out
 
     readers: dict[str, set[str]] = {t: set(users) for t, users in plan.activations.items()}
-    weight_owner = {w: node for w, (node, _) in plan.weights.items()}
+    weight_readers = {w: set(plan.weight_readers.get(w) or [node]) for w, (node, _) in plan.weights.items()}
     new_nodes: list[onnx.NodeProto] = list(weight_nodes)
     graph_inputs = {i.name for i in graph.input}
     produced = {o for n in graph.node for o in n.output}
@@ -437,7 +440,7 @@ def insert_qdq(
         for i, name in enumerate(node.input):
             if name in act_rename and key in readers.get(name, ()):
                 node.input[i] = act_rename[name]
-            elif name in weight_rename and weight_owner.get(name) == key:
+            elif name in weight_rename and key in weight_readers[name]:
                 node.input[i] = weight_rename[name]
         new_nodes.append(node)
         for o in node.output:

@@ -22,13 +22,20 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
+from calibrators.ranges import (
+    ALGORITHMS,
+    DEFAULT_ALGO,
+    DEFAULT_PERCENTILE,
+    QMAX,
+    check_algorithm,
+    check_percentile,
+)
 from trtq import __version__
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
 from trtq.headpolicy import branch_summary, node_key, reason_code
 from trtq.headpolicy import float_nodes as head_float_nodes
-from trtq.qdq import QMAX, QdqPlan, insert_qdq, plan_qdq, qdq_summary
+from trtq.qdq import QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +193,7 @@ def collect_statistics(
 
 def _unquantized_summary(model: onnx.ModelProto, plan: QdqPlan) -> dict[str, dict[str, Any]]:
     quantized_readers = {r for users in plan.activations.values() for r in users}
-    weighted = {v[0] for v in plan.weights.values()}
+    weighted = {r for w, v in plan.weights.items() for r in plan.weight_readers.get(w) or [v[0]]}
     summary: dict[str, dict[str, Any]] = {}
     for node in model.graph.node:
         key = node_key(node)
@@ -498,6 +505,7 @@ def quantize(
     seed: int = 0,
     output: str | os.PathLike[str] | None = None,
     table: Any = None,
+    force_cache: bool = False,
     progress: bool = True,
     percentile: float = DEFAULT_PERCENTILE,
     head_policy: bool = True,
@@ -512,14 +520,16 @@ def quantize(
     """Calibrate ``model`` on ``source`` and write an explicit Q/DQ INT8 ONNX.
 
     ``table`` (a :class:`calibrators.table.CalibrationTable` or the path of a saved cache) supplies the
-    ranges instead of calibrating; ``histograms`` (from :func:`collect_statistics` or a calibration run)
+    ranges instead of calibrating; a saved cache made from another model is refused unless
+    ``force_cache`` (a table object is taken as the caller's checked choice); ``histograms`` (from :func:`collect_statistics` or a calibration run)
     skip the image pass and take precedence over ``table`` (ranges are then computed with ``algo``).
     ``max_drop`` (mAP50-95 points) with ``data`` keeps the most sensitive layers in float until the INT8
     model is within ``max_drop`` of FP32.
     """
     t0 = time.perf_counter()
-    if algo not in QUANTIZE_ALGOS:
-        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(QUANTIZE_ALGOS)}")
+    check_algorithm(algo, QUANTIZE_ALGOS)
+    if algo in ("percentile", "auto"):
+        check_percentile(percentile)  # validate before the image pass
     if max_drop is not None and data is None:
         raise TrtqError("--max-drop needs labelled data to measure mAP: pass --data DATA (a data yaml or labelled folder)")
     if max_drop is not None and max_drop < 0:
@@ -540,16 +550,25 @@ def quantize(
     if table is not None and histograms is None:
         from calibrators.table import CalibrationTable
 
-        tab = table if isinstance(table, CalibrationTable) else CalibrationTable.load(table)
+        if isinstance(table, CalibrationTable):
+            tab = table  # the caller's own (already checked) table
+        else:
+            tab = CalibrationTable.load(table)
+            diffs = tab.differences(model_sha256=info.sha256)
+            if diffs and not force_cache:
+                raise TrtqError(
+                    f"calibration cache {table} was made for something else: {'; '.join(diffs)}. "
+                    "Recalibrate (pass --calib without this --cache) or pass --force-cache to use it anyway"
+                )
+            for d in diffs:
+                logger.warning("calibration cache %s does not match this model (%s); using it anyway (--force-cache)",
+                               table, d)
         missing = [t for t in tensors if t not in tab.amax]
         if missing:
             raise TrtqError(
                 f"the calibration table has no range for {len(missing)} tensor(s) to quantize (first: {missing[0]!r}); "
                 "it was made for another model or tensor set: recalibrate"
             )
-        diffs = tab.differences(model_sha256=info.sha256)
-        for d in diffs:
-            logger.warning("calibration table: %s", d)
         amax = {t: float(tab.amax[t]) for t in tensors}
         if algo != tab.algorithm:
             logger.warning("using the calibration table's %s ranges (algorithm %s applies only when calibrating "

@@ -133,3 +133,22 @@ def test_model_with_two_inputs_is_refused(tmp_path: Path, images: Path) -> None:
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
     code, text = run("calibrate", str(p), "--calib", str(images), "-o", str(tmp_path / "t.cache"))
     _assert_one_line_error(code, text, "2 inputs")
+
+
+def test_quantize_refuses_a_cache_made_from_another_model(tiny_conv_onnx: Path, images: Path, tmp_path: Path) -> None:
+    """Like build, quantize refuses a foreign cache (one line, non-zero exit) unless --force-cache."""
+    from tests.conftest import make_tiny_conv_onnx
+
+    cache = tmp_path / "tiny.cache"
+    code, text = run("calibrate", str(tiny_conv_onnx), "--calib", str(images), "-o", str(cache))
+    assert code == 0, text
+    other = make_tiny_conv_onnx(tmp_path / "other.onnx", seed=7)  # same tensor names, other weights
+    code, text = run("quantize", str(other), "--cache", str(cache), "-o", str(tmp_path / "o.onnx"))
+    assert code == 2 and "model sha256 differs" in text and "--force-cache" in text, text
+    assert [line for line in text.splitlines() if "error" in line][0].startswith("trtq: error: calibration cache")
+    assert "Traceback" not in text
+    assert not (tmp_path / "o.onnx").exists()
+    code, text = run("quantize", str(other), "--cache", str(cache), "--force-cache", "-o", str(tmp_path / "o.onnx"))
+    assert code == 0 and (tmp_path / "o.onnx").is_file(), text
+    code, text = run("quantize", str(tiny_conv_onnx), "--cache", str(cache), "-o", str(tmp_path / "t.onnx"))
+    assert code == 0, text

@@ -9,8 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calibrators.collect import (
+    _Accumulator,
     calibration_tensors,
     collect_histograms,
     plan_statistics,
@@ -254,3 +257,208 @@ def test_merging_ranges_more_than_capacity_apart_is_exact() -> None:
     h = out.finalize("cat")
     expected, _ = np.histogram(np.concatenate([s, b]).astype(np.float64), bins=h.edges)
     assert np.array_equal(h.counts, expected) and h.count == 60
+
+
+def _direct_histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Independent reference for the accumulator: the histogram of |x| at the width its rule prescribes.
+
+    Width ``2**k`` with ``k`` the smallest integer such that ``max|x| < 4096 * 2**k``; bins up to the one
+    holding the max. Computed in float64 from the float32 values (exact: scaling by a power of two).
+    """
+    a = np.abs(values.astype(np.float64))
+    m = float(a.max()) if a.size else 0.0
+    if m == 0.0:
+        return np.array([a.size]), np.array([0.0, 1.0])
+    k = 0
+    while m >= 4096 * 2.0**k:
+        k += 1
+    while m < 4096 * 2.0 ** (k - 1):
+        k -= 1
+    width = 2.0**k
+    n = int(np.floor(m / width)) + 1
+    counts = np.bincount(np.floor(a / width).astype(np.int64), minlength=n)
+    return counts, np.arange(n + 1, dtype=np.float64) * width
+
+
+def _accumulate(values: np.ndarray) -> _Accumulator:
+    acc = _Accumulator(1)
+    acc.update(np.abs(values), float(values.min()), float(values.max()))
+    return acc
+
+
+def _random_values(log2_max: float, size: int, seed: int, zeros: bool) -> np.ndarray:
+    if zeros:
+        return np.zeros(size, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    x = (rng.uniform(-1.0, 1.0, size) * 2.0**log2_max).astype(np.float32)
+    x[rng.integers(size)] = np.float32(2.0**log2_max)  # the max of the side, exactly
+    return x
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(-24, 24),
+    st.floats(-24, 24),
+    st.integers(1, 400),
+    st.integers(1, 400),
+    st.integers(0, 2**31),
+    st.sampled_from(["none", "left", "right"]),
+)
+def test_merge_of_any_two_ranges_in_either_order_is_the_histogram_of_the_union(
+    log_a: float, log_b: float, size_a: int, size_b: int, seed: int, zero_side: str
+) -> None:
+    """Merging accumulators whose bin widths differ by any power of two (a YOLO output Concat merges box
+    coordinates up to imgsz with class scores near 0) gives the direct histogram of all values."""
+    xa = _random_values(log_a, size_a, seed, zero_side == "left")
+    xb = _random_values(log_b, size_b, seed + 1, zero_side == "right")
+    want_counts, want_edges = _direct_histogram(np.concatenate([xa, xb]))
+    for first, second in ((xa, xb), (xb, xa)):
+        acc = _accumulate(first)
+        acc.merge(_accumulate(second))
+        h = acc.finalize("t")
+        assert h.count == size_a + size_b
+        assert h.max_abs == float(np.abs(np.concatenate([xa, xb])).max())
+        if h.max_abs == 0.0:
+            assert h.counts[0] == size_a + size_b and h.counts[1:].sum() == 0
+            continue
+        np.testing.assert_array_equal(h.edges, want_edges)
+        np.testing.assert_array_equal(h.counts, want_counts)
+
+
+def test_merging_a_tiny_range_into_a_wide_one_does_not_crash() -> None:
+    """max 640 then max 0.1 (bin widths 2**-3 and 2**-15): once a reshape of 4096 bins into 8192."""
+    wide, tiny = np.array([640.0, -3.0], np.float32), np.array([0.1, 0.05], np.float32)
+    acc = _accumulate(wide)
+    acc.merge(_accumulate(tiny))
+    h = acc.finalize("t")
+    want_counts, _ = _direct_histogram(np.concatenate([wide, tiny]))
+    np.testing.assert_array_equal(h.counts, want_counts)
+
+
+def test_only_a_conv_output_takes_its_silu_range(tmp_path: Path) -> None:
+    """TensorRT fuses Conv + SiLU, so a Conv's pre-activation never needs its own range. Any other
+    producer's output is a real tensor: it is measured, negative tail included."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    bias = numpy_helper.from_array(np.full((1, 3, 1, 1), -2.0, np.float32), "bias")
+    w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32) * 0.1, "w")
+    nodes = [
+        helper.make_node("Add", ["images", "bias"], ["pre"], name="add"),
+        helper.make_node("Sigmoid", ["pre"], ["sig"], name="sig"),
+        helper.make_node("Mul", ["pre", "sig"], ["silu"], name="mul"),
+        helper.make_node("Conv", ["silu", "w"], ["out"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [bias, w],
+    )
+    path = tmp_path / "add_silu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    plan = plan_statistics(onnx.load(str(path)), ["pre", "silu"], {}, None)
+    assert "pre" in plan.measured and "pre" not in plan.alias
+    feeds = [{"images": np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)}]
+    h = collect_histograms(path, feeds, ["pre", "silu"], max_positions=None)
+    assert h["pre"].derived == "" and h["pre"].min_value < -1.0  # images in [0, 1) minus 2
+    assert h["silu"].min_value > -0.279  # the SiLU's own range is much narrower
+
+
+def _assert_exact_sampled_histograms(model: Path, feeds: list[dict[str, np.ndarray]], hists: dict, names: list[str], max_positions: int) -> None:
+    """Independent reference: every value of the tensors from ONNX Runtime, picked at the sampled positions
+    of every channel and image with numpy, binned directly at the histogram's width."""
+    from calibrators.collect import _sample_positions
+
+    m = onnx.load(str(model))
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    acts = {n: np.concatenate([sess.run([n], f)[0] for f in feeds]) for n in names}  # [images, C, H, W]
+    for n in names:
+        x = acts[n]
+        pos = _sample_positions(x.shape, max_positions)
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        sample = np.abs((flat if pos is None else flat[:, :, pos]).astype(np.float64))
+        h = hists[n]
+        assert h.count == sample.size and h.positions == (0 if pos is None else len(pos)), n
+        assert (h.min_value, h.max_value) == (float(x.min()), float(x.max())), n
+        expected = np.bincount(np.floor(sample.ravel() / h.edges[1]).astype(np.int64), minlength=len(h.counts))
+        expected[len(h.counts) - 1] += expected[len(h.counts) :].sum()
+        np.testing.assert_array_equal(h.counts, expected[: len(h.counts)], err_msg=n)
+
+
+@pytest.mark.parametrize("hw", [32, 96])  # 32x32: gathered channels-last; 96x96: channels-first
+def test_sampled_histogram_is_exactly_that_of_the_sampled_positions(tmp_path: Path, hw: int) -> None:
+    """Whatever layout the statistics graph gathers in, the histogram holds exactly the values at the
+    sampled positions of every channel of every image, and the range is that of every value."""
+    from calibrators.collect import CHANNELS_LAST_MAX_SPATIAL
+
+    assert (hw * hw <= CHANNELS_LAST_MAX_SPATIAL) == (hw == 32)
+    model = make_tiny_conv_onnx(tmp_path / f"m{hw}.onnx", hw=hw, batch="N")
+    feeds = _batches(4, 2, hw=hw, seed=5)
+    names = ["a0", "r1", "p1"]
+    _assert_exact_sampled_histograms(model, feeds, collect_histograms(model, feeds, names, max_positions=64), names, 64)
+
+
+def _split_model(path: Path, hw: int, opset: int = 17) -> Path:
+    """Conv -> SiLU -> Split into channels [2, 6] (sizes from a Constant node), then an equal Split (no
+    sizes) of the second part into [3, 3], as in a C2f block; the parts meet again in a Concat."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.4).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["images", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["s"], name="sig"),
+        helper.make_node("Mul", ["c", "s"], ["a"], name="mul"),
+        helper.make_node("Constant", [], ["sizes"], name="sizes", value=numpy_helper.from_array(np.array([2, 6], np.int64))),
+        helper.make_node("Split", ["a", "sizes"], ["a0", "a1"], name="split", axis=1),
+        helper.make_node("Split", ["a1"], ["b0", "b1"], name="split_even", axis=1,
+                         **({"num_outputs": 2} if opset >= 18 else {})),
+        helper.make_node("Concat", ["a0", "b0", "b1"], ["out"], name="cat", axis=1),
+    ]
+    graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, hw, hw])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8, hw, hw])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "hw,opset", [(8, 17), (32, 17), (96, 17), (32, 18)]  # returned whole, gathered channels-last, channels-first
+)
+def test_split_outputs_take_their_channels_of_the_measured_input(tmp_path: Path, hw: int, opset: int) -> None:
+    from calibrators.collect import plan_statistics
+
+    model = _split_model(tmp_path / "split.onnx", hw, opset)
+    shapes = {t: (1, c, hw, hw) for t, c in (("a", 8), ("a0", 2), ("a1", 6), ("b0", 3), ("b1", 3))}
+    plan = plan_statistics(onnx.load(str(model)), ["a", "a0", "a1", "b0", "b1"], shapes, 64)
+    # a1 is itself derived, so the parts of its own Split are measured
+    assert plan.measured == ["a", "b0", "b1"] and plan.split == {"a0": ("a", 0, 2), "a1": ("a", 2, 8)}
+    feeds = _batches(3, 1, hw=hw, seed=9)
+    names = ["a", "a0", "a1", "b0", "b1"]
+    hists = collect_histograms(model, feeds, names, max_positions=64)
+    assert hists["a0"].derived.startswith("channels 0:2 of a") and not hists["a"].derived
+    _assert_exact_sampled_histograms(model, feeds, hists, names, 64)
+
+
+def test_result_does_not_depend_on_how_many_images_run_at_once(dyn_model: Path) -> None:
+    feeds = _batches(7, 1, seed=4)
+    runs = [collect_histograms(dyn_model, feeds, max_positions=64, parallel=k) for k in (1, 2, 3)]
+    for other in runs[1:]:
+        assert other.keys() == runs[0].keys()
+        for n, h in runs[0].items():
+            o = other[n]
+            assert (o.count, o.min_value, o.max_value, o.positions) == (h.count, h.min_value, h.max_value, h.positions)
+            np.testing.assert_array_equal(o.counts, h.counts)
+            np.testing.assert_array_equal(o.edges, h.edges)
+
+
+def test_images_run_side_by_side_only_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from calibrators import collect
+
+    assert collect._parallelism(["CUDAExecutionProvider", "CPUExecutionProvider"]) == (1, None)
+    for cores, expected in ((1, (1, 1)), (2, (2, 1)), (16, (2, 8))):
+        monkeypatch.setattr(collect, "_usable_cores", lambda cores=cores: cores)
+        assert collect._parallelism(["CPUExecutionProvider"]) == expected

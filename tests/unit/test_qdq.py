@@ -242,3 +242,98 @@ def test_yolov8n_structure(yolo_onnx: Path) -> None:
         assert len({used[t] for t in group}) == 1
     x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
     assert _run(qmodel, x).shape == (1, 84, 8400)
+
+
+def _model(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], x_shape: list[int], y: str, y_shape: list[int]
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, y_shape)], inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_a_weight_shared_by_two_nodes_is_quantized_for_both() -> None:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((3, 3, 3, 3)) * 0.3).astype(np.float32)
+    model = _model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+            helper.make_node("Conv", ["c0", "w"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        ],
+        [numpy_helper.from_array(w, "w")], [1, 3, 8, 8], "c1", [1, 3, 8, 8],
+    )
+    plan = plan_qdq(model)
+    assert plan.weight_readers == {"w": ["conv0", "conv1"]}
+    qmodel, _ = insert_qdq(model, plan, {"x": 1.0, "c0": 4.0})
+    onnx.checker.check_model(qmodel, full_check=True)
+    prod = _producers(qmodel)
+    for conv in (n for n in qmodel.graph.node if n.op_type == "Conv"):
+        assert prod[conv.input[1]].op_type == "DequantizeLinear", conv.name  # no float weight is left
+    # numerically: both convs use the fake-quantized weight
+    x = rng.random((1, 3, 8, 8), dtype=np.float32)
+    q, s = quantize_weight(w, 0)
+    wq = dequantize_weight(q, s, 0)
+
+    def fq(t: np.ndarray, amax: float) -> np.ndarray:
+        scale = np.float32(amax / 127)
+        return np.clip(np.rint(t / scale), -127, 127).astype(np.float32) * scale
+
+    from onnx.reference import ReferenceEvaluator
+
+    ref = ReferenceEvaluator(
+        helper.make_model(helper.make_graph(
+            [helper.make_node("Conv", ["a", "k"], ["b"], pads=[1, 1, 1, 1])], "c",
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, None), helper.make_tensor_value_info("k", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)]), opset_imports=[helper.make_opsetid("", 17)])
+    )
+    c0 = np.asarray(ref.run(None, {"a": fq(x, 1.0), "k": wq})[0])
+    c1 = np.asarray(ref.run(None, {"a": fq(c0, 4.0), "k": wq})[0])
+    np.testing.assert_allclose(_run(qmodel, x), c1, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("w_shape,x_shape,axis", [((3, 4), [4, 5], 0), ((2, 3, 4), [2, 4, 5], 1)])
+def test_matmul_with_a_constant_left_operand_is_quantized_per_output_row(
+    w_shape: tuple[int, ...], x_shape: list[int], axis: int
+) -> None:
+    """Y = W @ X: the output channels are W's rows (M), not its columns (K)."""
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal(w_shape) * np.logspace(-2, 1, w_shape[-2])[:, None]).astype(np.float32)
+    y_shape = list(np.matmul(w, np.zeros(x_shape, np.float32)).shape)
+    model = _model([helper.make_node("MatMul", ["w", "x"], ["y"], name="mm")], [numpy_helper.from_array(w, "w")], x_shape, "y", y_shape)
+    plan = plan_qdq(model)
+    assert plan.weights["w"] == ("mm", axis) and "x" in plan.activations
+    qmodel, _ = insert_qdq(model, plan, {"x": 10.0})
+    x = rng.uniform(-5, 5, x_shape).astype(np.float32)
+    # brute force: every row m of W (over all batches) has its own scale max|W[.., m, :]| / 127
+    amax = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis), keepdims=True)
+    wq = np.clip(np.rint(w / (amax / 127)), -127, 127) * (amax / 127)
+    xs = np.float32(10.0 / 127)
+    xq = np.clip(np.rint(x / xs), -127, 127) * xs
+    np.testing.assert_allclose(_run(qmodel, x), np.matmul(wq, xq), rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_with_a_constant_right_operand_keeps_the_last_axis() -> None:
+    w = np.ones((4, 6), np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [numpy_helper.from_array(w, "w")], [2, 4], "y", [2, 6])
+    assert plan_qdq(model).weights["w"] == ("mm", 1)
+
+
+def test_a_weight_shared_along_two_channel_axes_keeps_the_second_reader_float() -> None:
+    """x @ W reads W per column, W @ y per row: one Q/DQ cannot be both, so the second node stays float."""
+    w = np.arange(16, dtype=np.float32).reshape(4, 4) / 16
+    model = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y1"], name="right"), helper.make_node("MatMul", ["w", "y1"], ["y2"], name="left")],
+        [numpy_helper.from_array(w, "w")], [4, 4], "y2", [4, 4],
+    )
+    plan = plan_qdq(model)
+    assert plan.weights["w"] == ("right", 1) and plan.weight_readers["w"] == ["right"]
+    assert "another channel axis" in plan.float_nodes["left"] and "y1" not in plan.activations
+    qmodel, _ = insert_qdq(model, plan, {"x": 1.0})
+    left = next(n for n in qmodel.graph.node if n.name == "left")
+    assert left.input[0] == "w"  # the float weight, still there for the float node
+    x = np.eye(4, dtype=np.float32)
+    assert np.isfinite(_run(qmodel, x)).all()

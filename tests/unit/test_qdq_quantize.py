@@ -55,7 +55,7 @@ def test_exclude_keeps_node_float_and_reports_it(tiny_hists: tuple[Path, dict[st
 
 def test_bad_arguments_are_user_errors(tiny_hists: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     path, _ = tiny_hists
-    with pytest.raises(TrtqError, match="unknown algorithm"):
+    with pytest.raises(TrtqError, match="unknown calibration algorithm"):
         quantize(path, None, algo="kl")
     with pytest.raises(TrtqError, match="--data"):
         quantize(path, None, max_drop=0.5)

@@ -19,6 +19,15 @@ from trtq.trt.builder import build_engine
 from trtq.trt.inspect import inspect_path, layer_precisions
 
 
+@pytest.fixture(autouse=True)
+def _fake_plans_count_as_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake TensorRT's plans carry their own magic; inspect accepts it in these tests only."""
+    import trtq.trt.inspect as inspect_module
+    from tests.fakes.fake_tensorrt import PLAN_MAGIC
+
+    monkeypatch.setattr(inspect_module, "PLAN_MAGICS", (*inspect_module.PLAN_MAGICS, PLAN_MAGIC))
+
+
 @pytest.fixture
 def int8_engine(tmp_path: Path) -> tuple[Path, object]:
     trt = make_fake_tensorrt("8.5.3")
@@ -92,3 +101,35 @@ def test_dla_engine_is_deserialized_on_its_dla_core(tmp_path: Path) -> None:
     assert "layers" in res.data
     loads = [c for c in trt.CALLS if c[0] == "runtime.deserialize_cuda_engine"]  # type: ignore[attr-defined]
     assert loads and loads[-1][2] == 1
+
+
+def test_a_file_without_the_plan_magic_is_not_called_an_engine(tmp_path: Path) -> None:
+    """1000 random bytes named .engine (or with no suffix), or an Ultralytics header in front of anything but
+    a plan: one line, non-zero exit."""
+    import numpy as np
+
+    from trtq.engine_meta import ultralytics_header
+
+    noise = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    header = ultralytics_header({"stride": 32, "names": {"0": "person"}})
+    cases = {"noise.engine": noise, "noise": noise, "header-noise.engine": header + noise, "onnx.plan": b"\x08\x07" + noise}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        out = CliRunner().invoke(main, ["inspect", str(tmp_path / name), "--no-layers"])
+        assert out.exit_code == 2, (name, out.output)
+        assert len(out.output.strip().splitlines()) == 1 and "Traceback" not in out.output
+        if name.endswith((".engine", ".plan")):
+            assert "not a TensorRT engine" in out.output and "b'ftrt'" in out.output
+
+
+def test_a_plan_is_an_engine_with_or_without_an_ultralytics_header(tmp_path: Path) -> None:
+    from trtq.engine_meta import ultralytics_header
+
+    plan = b"ftrt" + bytes(64)
+    (tmp_path / "bare.engine").write_bytes(plan)
+    (tmp_path / "headed.engine").write_bytes(ultralytics_header({"stride": 32}) + plan)
+    (tmp_path / "renamed.bin").write_bytes(plan)
+    for name in ("bare.engine", "headed.engine", "renamed.bin"):
+        res = inspect_path(tmp_path / name, layers=False)
+        assert res.kind == "engine" and res.data["plan_bytes"] == len(plan), name
+    assert inspect_path(tmp_path / "headed.engine", layers=False).data["ultralytics_header"] is True

@@ -25,6 +25,7 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--data", default=None, help="Labelled data for --max-drop: a data yaml, a labelled image folder or a COCO JSON.")
 @click.option("--cache", "table", type=click.Path(path_type=Path), default=None,
               help="Use the ranges (and algorithm) of a calibration cache from `trtq calibrate` instead of calibrating.")
+@click.option("--force-cache", is_flag=True, help="Use --cache even if its record says it was made from another model.")
 @click.option("--num-images", type=int, default=None, help="Use N images of the (shuffled) calibration set.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per calibration batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
@@ -47,6 +48,7 @@ def command(
     max_drop: float | None,
     data: str | None,
     table: Path | None,
+    force_cache: bool,
     num_images: int | None,
     batch: int,
     seed: int,
@@ -95,6 +97,7 @@ def command(
         seed=seed,
         output=output,
         table=table,
+        force_cache=force_cache,
         head_policy=not no_head_policy,
         unify_concat=not no_concat_unify,
         int8_weights=int8_weights,

@@ -22,6 +22,38 @@ from trtq.trt import compat
 
 log = logging.getLogger(__name__)
 
+#: First bytes of a serialized TensorRT plan (``ICudaEngine.serialize()``, trtexec ``--saveEngine``). The
+#: same check is made by torch-tensorrt before it hands bytes to ``deserialize_cuda_engine``.
+PLAN_MAGICS: tuple[bytes, ...] = (b"ftrt",)
+
+
+def _engine_head(path: Path) -> bytes:
+    """The first bytes of a file: enough to hold an Ultralytics header and the plan magic after it."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        n = int.from_bytes(head, byteorder="little") if len(head) == 4 else 0
+        want = 4 + n + 64 if 0 < n <= size - 4 else 64
+        return head + fh.read(want - len(head))
+
+
+def plan_magic_error(path: Path, data: bytes) -> str | None:
+    """Why ``data`` (the start of an engine file) is not a TensorRT engine, or None when it is one.
+
+    An engine is a serialized plan, optionally after the Ultralytics metadata header (4-byte little-endian
+    length + JSON) that ``ultralytics`` and ``trtq build --ultralytics-header`` write in front of it.
+    """
+    from trtq.engine_meta import split_ultralytics_header
+
+    header, plan = split_ultralytics_header(data)
+    if any(plan.startswith(m) for m in PLAN_MAGICS):
+        return None
+    where = "after its Ultralytics header " if header is not None else ""
+    return (
+        f"{path} is not a TensorRT engine: it {where}starts with {plan[:4]!r}, a serialized TensorRT plan "
+        f"starts with {PLAN_MAGICS[0]!r}; pass an engine written by `trtq build` or TensorRT"
+    )
+
 
 @dataclass
 class Inspection:
@@ -90,6 +122,9 @@ def layer_precisions(
 def inspect_engine(path: Path, trt_module: ModuleType | None = None, *, layers: bool = True) -> Inspection:
     from trtq.engine_meta import engine_dla_core, read_engine, read_header
 
+    problem = plan_magic_error(path, _engine_head(path))
+    if problem is not None:
+        raise TrtqError(problem)
     plan, meta = read_engine(path)
     out = Inspection("engine", path)
     header = read_header(path)
@@ -235,4 +270,6 @@ def inspect_path(path: str | Path, *, trt_module: ModuleType | None = None, laye
         head = fh.read(4)
     if head == b"TRT-" or suffix in (".cache", ".calib", ".table"):
         return inspect_cache(p)
+    if plan_magic_error(p, _engine_head(p)) is None:
+        return inspect_engine(p, trt_module, layers=layers)
     raise TrtqError(f"{p}: trtq inspect knows .engine, .onnx and calibration caches (TRT-... text files)")
