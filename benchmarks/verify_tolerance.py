@@ -77,9 +77,10 @@ def main() -> None:
 
     from calibrators.calibrate import calibrate
     from calibrators.table import CalibrationTable
+    from trtq.agreement import DEFAULT_TOLERANCE, compare_outputs
     from trtq.quantize import quantize
     from trtq.reference import load_inputs, load_outputs, write_reference
-    from trtq.verify import DEFAULT_TOLERANCE, compare_outputs, run_artifact
+    from trtq.verify import run_artifact
 
     work = args.work or Path(tempfile.mkdtemp(prefix="trtq-verify-tol-"))
     work.mkdir(parents=True, exist_ok=True)

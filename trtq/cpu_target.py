@@ -491,14 +491,9 @@ def quantize_cpu(
 ) -> CpuQuantizeResult:
     """Calibrate ``model`` on ``source`` and write an INT8 ONNX laid out for ONNX Runtime's CPU provider."""
     from calibrators.ranges import DEFAULT_PERCENTILE
+    from trtq.amax import QUANTIZE_ALGOS, activation_amax, collect_statistics
     from trtq.headpolicy import float_nodes as head_float_nodes
-    from trtq.quantize import (
-        QUANTIZE_ALGOS,
-        _resolve_model,
-        activation_amax,
-        collect_statistics,
-        report_paths,
-    )
+    from trtq.quantize import _resolve_model, report_paths
 
     t0 = time.perf_counter()
     algo = algo or CPU_DEFAULT_ALGO

@@ -12,7 +12,7 @@ import numpy as np
 from trtq.errors import TrtqError
 
 if TYPE_CHECKING:
-    from trtq.runtime import Detections
+    from trtq.runtime.decode import Detections
 
 # ultralytics' default palette (RGB hex), so drawings look familiar
 _PALETTE_HEX = (

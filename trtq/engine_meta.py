@@ -368,3 +368,22 @@ def engine_model_metadata(meta: EngineMetadata | None, header: dict[str, Any] | 
             out.setdefault("names", {int(k): str(v) for k, v in meta.names.items()})
         out.setdefault("task", meta.task)
     return out
+
+
+DEFAULT_OUTPUT_DIR = Path("engines")
+_TAG_SUFFIXES = (".int8", ".qdq", ".fp16", ".fp32")
+
+
+def engine_base_name(path: Path) -> str:
+    """The model's name without trtq's precision tags (``yolov8n.int8.qdq.onnx`` -> ``yolov8n``)."""
+    stem = path.stem
+    for tag in _TAG_SUFFIXES:
+        if stem.endswith(tag):
+            return stem[: -len(tag)]
+    return stem
+
+
+def default_engine_path(model: str | Path, precision: str, *, dla_core: int | None = None) -> Path:
+    """``engines/<model>.<precision>[.dla<N>].engine``."""
+    name = engine_base_name(Path(model)) + f".{precision}" + (f".dla{dla_core}" if dla_core is not None else "")
+    return DEFAULT_OUTPUT_DIR / f"{name}.engine"

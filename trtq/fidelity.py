@@ -17,14 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from trtq.agreement import DETECT_CONF, MATCH_IOU, is_yolo_output
 from trtq.errors import TrtqError
 from trtq.tasks import TaskLayout
 
 logger = logging.getLogger(__name__)
 
-MATCH_IOU = 0.5
-DETECT_CONF = 0.25
-DETECT_IOU = 0.7
 
 
 def _session(model: str | os.PathLike[str] | bytes) -> Any:
@@ -67,47 +65,6 @@ def cosine(ref: np.ndarray, test: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of xyxy boxes ``(n, 4)`` x ``(m, 4)``."""
-    if a.size == 0 or b.size == 0:
-        return np.zeros((a.shape[0], b.shape[0]), dtype=np.float64)
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
-    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:4] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:4] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def match_detections(ref: np.ndarray, test: np.ndarray, iou: float = MATCH_IOU) -> dict[str, float]:
-    """Greedy one-to-one matching (highest IoU first) of ``(k, 6)`` detections; counts per image."""
-    ious = box_iou(ref[:, :4], test[:, :4])
-    matched = same_class = 0
-    iou_sum = 0.0
-    if ious.size:
-        pairs = np.argwhere(ious >= iou)
-        order = np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind="stable")
-        used_r: set[int] = set()
-        used_t: set[int] = set()
-        for k in order:
-            i, j = int(pairs[k, 0]), int(pairs[k, 1])
-            if i in used_r or j in used_t:
-                continue
-            used_r.add(i)
-            used_t.add(j)
-            matched += 1
-            iou_sum += float(ious[i, j])
-            same_class += int(ref[i, 5] == test[j, 5])
-    return {"reference": int(ref.shape[0]), "candidate": int(test.shape[0]), "matched": matched, "same_class": same_class, "iou_sum": iou_sum}
-
-
-def is_yolo_output(shape: Sequence[int]) -> bool:
-    return len(shape) == 3 and shape[1] >= 5 and shape[2] > shape[1]
-
-
 def fidelity_metrics(
     reference: Sequence[Sequence[np.ndarray]],
     candidate: Sequence[Sequence[np.ndarray]],
@@ -119,12 +76,12 @@ def fidelity_metrics(
 ) -> dict[str, Any]:
     """SQNR / cosine per output over all batches, and detection agreement for YOLO head outputs.
 
-    The comparison itself is ``trtq.verify.compare_outputs`` (one way to compare outputs in trtq); this adds
+    The comparison itself is ``trtq.agreement.compare_outputs`` (one way to compare outputs in trtq); this adds
     the separate SQNR of boxes and scores used to rank layers.
     """
     from dataclasses import replace
 
-    from trtq.verify import DEFAULT_TOLERANCE, compare_outputs
+    from trtq.agreement import DEFAULT_TOLERANCE, compare_outputs
 
     ref_runs = [{name: np.asarray(b[k]) for k, name in enumerate(names)} for b in reference]
     cand_runs = [{name: np.asarray(b[k]) for k, name in enumerate(names)} for b in candidate]

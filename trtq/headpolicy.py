@@ -207,8 +207,7 @@ def _out_channels(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -
 def _model_layout(model: onnx.ModelProto) -> Any:
     """The task layout from the model's metadata and outputs, or None where it cannot be told."""
     from trtq.errors import TrtqError
-    from trtq.modelinfo import parse_metadata_value
-    from trtq.tasks import task_layout
+    from trtq.tasks import parse_metadata_value, task_layout
 
     meta = {p.key: parse_metadata_value(p.value) for p in model.metadata_props}
     if "task" not in meta:
@@ -472,8 +471,7 @@ def graph_layout(model: onnx.ModelProto) -> Any:
     branches cannot be told apart (e.g. an export that joins them before decoding).
     """
     from trtq.errors import TrtqError
-    from trtq.modelinfo import parse_metadata_value
-    from trtq.tasks import task_layout
+    from trtq.tasks import parse_metadata_value, task_layout
 
     graph = model.graph
     region, finals = _head_region(graph)

@@ -6,9 +6,7 @@ so that shape and metadata rules live in one place.
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtq.errors import TrtqError
 from trtq.fileio import sha256_file
+from trtq.tasks import parse_metadata_value
 
 if TYPE_CHECKING:
     from trtq.tasks import TaskLayout
@@ -24,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: protobuf's hard limit: an ONNX model (with its external data) above it cannot be rewritten in memory
 MAX_MODEL_BYTES = 2 * 1024**3
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+ONNX_SUFFIXES = (".onnx",)
 
 
 @dataclass(frozen=True)
@@ -97,16 +99,6 @@ class ModelInfo:
 
 
 _ONNX_TO_NP = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 2: "uint8", 3: "int8", 9: "bool"}
-
-
-def parse_metadata_value(value: str) -> Any:
-    """Ultralytics stores metadata_props as Python literals (``{0: 'person'}``) or plain strings."""
-    for parse in (ast.literal_eval, json.loads):
-        try:
-            return parse(value)
-        except (ValueError, SyntaxError, TypeError):
-            continue
-    return value
 
 
 def _spec(value_info: Any) -> TensorSpec:
@@ -234,3 +226,18 @@ def check_detector_input(info: ModelInfo) -> None:
             f"{info.path}: input {spec.name!r} is {spec.dtype}{list(spec.shape)}; expected a float NCHW image tensor "
             "[N,3,H,W] as exported by `trtq export`"
         )
+
+
+def model_kind(path: str | Path) -> tuple[Path, str]:
+    """``(path, "onnx" | "engine")`` from the suffix; TrtqError for a missing path, a folder or another suffix."""
+    p = Path(path)
+    if not p.exists():
+        raise TrtqError(f"model not found: {p}")
+    if p.is_dir():
+        raise TrtqError(f"{p} is a directory; pass an .onnx model or an .engine file")
+    suffix = p.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return p, "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return p, "engine"
+    raise TrtqError(f"{p}: unknown model type {suffix!r}; pass an .onnx model or an .engine/.plan file")

@@ -23,7 +23,6 @@ import numpy as np
 import onnx
 
 from calibrators.ranges import (
-    ALGORITHMS,
     DEFAULT_ALGO,
     DEFAULT_PERCENTILE,
     QMAX,
@@ -31,6 +30,7 @@ from calibrators.ranges import (
     check_percentile,
 )
 from trtq import __version__
+from trtq.amax import QUANTIZE_ALGOS, activation_amax, collect_statistics
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
 from trtq.headpolicy import branch_summary, node_key, reason_code
@@ -39,9 +39,6 @@ from trtq.qdq import QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE_ALGOS = (*ALGORITHMS, "auto")
-# auto: the candidates compared per tensor
-AUTO_CANDIDATES = ("percentile", "mse", "entropy", "minmax")
 
 # Why ops without Q/DQ still run fast in TensorRT (for the report's summary of unsimulated ops).
 _UNQUANTIZED_REASONS = {
@@ -103,92 +100,6 @@ def _resolve_model(model: str | os.PathLike[str]) -> Path:
 def report_paths(output: Path) -> tuple[Path, Path]:
     stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
     return output.with_name(f"{stem}.report.json"), output.with_name(f"{stem}.report.md")
-
-
-def activation_amax(
-    histograms: Mapping[str, Any],
-    tensors: Iterable[str],
-    algo: str,
-    *,
-    percentile: float = DEFAULT_PERCENTILE,
-    graph_inputs: Iterable[str] = (),
-) -> tuple[dict[str, float], dict[str, str]]:
-    """amax per tensor and the algorithm that produced it.
-
-    Graph inputs (the image) always use their exact max: the image range is known ([0, 1]) and clipping
-    bright pixels only loses information. ``algo="auto"`` picks, per tensor, the candidate range with the
-    smallest expected squared quantization error on that tensor's histogram, among the four algorithms.
-    """
-    from calibrators.calibrate import amax_table
-
-    inputs = set(graph_inputs)
-    names = list(tensors)
-    missing = [t for t in names if histograms.get(t) is None]
-    if missing:
-        raise TrtqError(f"no calibration statistics for tensor {missing[0]!r}; recalibrate")
-    if algo != "auto":
-        amax = amax_table({t: histograms[t] for t in names}, algo, percentile=percentile, graph_inputs=inputs)
-        return amax, {t: "minmax" if t in inputs or algo == "minmax" else algo for t in names}
-    amax: dict[str, float] = {}
-    chosen: dict[str, str] = {}
-    for t in names:
-        h = histograms[t]
-        a, how = (float(h.max_abs), "minmax") if t in inputs else _auto_amax(h, percentile)
-        if not np.isfinite(a) or a <= 0:
-            a = float(h.max_abs) if h.max_abs > 0 else 1.0
-        amax[t] = a
-        chosen[t] = how
-    return amax, chosen
-
-
-def histogram_mse(counts: np.ndarray, edges: np.ndarray, amax: float) -> float:
-    """Expected squared error of symmetric INT8 quantization with ``amax`` over a |x| histogram."""
-    c = (edges[:-1] + edges[1:]) / 2
-    scale = amax / QMAX
-    q = np.minimum(np.rint(c / scale), QMAX) * scale
-    total = float(np.sum(counts))
-    return float(np.sum(counts * (c - q) ** 2) / max(total, 1.0))
-
-
-def _auto_amax(h: Any, percentile: float) -> tuple[float, str]:
-    from calibrators.ranges import compute_amax
-
-    best: tuple[float, float, str] | None = None
-    for algo in AUTO_CANDIDATES:
-        a = float(h.max_abs) if algo == "minmax" else float(compute_amax(h.counts, h.edges, algo, percentile=percentile))
-        if a <= 0:
-            continue
-        err = histogram_mse(h.counts, h.edges, a)
-        if best is None or err < best[0]:
-            best = (err, a, algo)
-    if best is None:
-        return 1.0, "fallback"
-    return best[1], best[2]
-
-
-def collect_statistics(
-    model_path: Path,
-    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    tensors: Sequence[str],
-    *,
-    num_images: int | None = None,
-    batch: int = 1,
-    seed: int = 0,
-    progress: bool = True,
-    fused_silu: bool = True,
-) -> tuple[dict[str, Any], Any]:
-    """Histograms of ``tensors`` over the calibration images, and the batcher that produced them."""
-    from calibrators.collect import collect_histograms
-    from trtq.images import ImageBatcher
-    from trtq.modelinfo import check_model, read_model_info
-
-    info = read_model_info(model_path)
-    check_model(info)
-    batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
-    hists = collect_histograms(
-        model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected), fused_silu=fused_silu
-    )
-    return hists, batcher
 
 
 def _unquantized_summary(model: onnx.ModelProto, plan: QdqPlan) -> dict[str, dict[str, Any]]:
@@ -609,8 +520,6 @@ def quantize(
     }
     result = write_qdq(mpath, amax, **common)
     if max_drop is not None and data is not None:
-        from trtq.sensitivity import keep_sensitive_float
-
         result = keep_sensitive_float(
             mpath,
             result,
@@ -624,4 +533,57 @@ def quantize(
         )
     result.seconds = time.perf_counter() - t0
     logger.info("quantized %s in %.1f s", mpath.name, result.seconds)
+    return result
+
+
+def keep_sensitive_float(
+    model_path: Path,
+    result: Any,
+    amax: Mapping[str, float],
+    *,
+    data: str | os.PathLike[str],
+    max_drop: float,
+    source: Any,
+    images: int = 16,
+    max_steps: int = 12,
+    write_kwargs: Mapping[str, Any],
+) -> Any:
+    """Greedy mixed precision for ``quantize --max-drop``: returns the final :class:`QuantizeResult`."""
+    from trtq.evaluate import evaluate
+    from trtq.sensitivity import REASON_MAX_DROP, LayerCost, analyse
+
+    fp32 = float(evaluate(model_path, data)["map50_95"])
+    current = float(evaluate(result.path, data)["map50_95"])
+    steps = [{"kept_float": [], "map50_95": current, "drop_points": (fp32 - current) * 100}]
+    kept: list[str] = []
+    ranking: list[LayerCost] = []
+    if (fp32 - current) * 100 > max_drop:
+        if source is None:
+            raise TrtqError("--max-drop needs the calibration images (--calib) to rank the layers")
+        ranking = analyse(model_path, source, amax=amax, num_images=images, head_policy=write_kwargs.get("head_policy", True)).ranking
+        for cost in ranking[:max_steps]:
+            kept.append(cost.layer)
+            keep = {name: REASON_MAX_DROP for name in kept}
+            result = write_qdq(model_path, amax, keep_float=keep, **write_kwargs)
+            current = float(evaluate(result.path, data)["map50_95"])
+            steps.append({"kept_float": list(kept), "map50_95": current, "drop_points": (fp32 - current) * 100})
+            logger.info("max-drop: %d layer(s) in float -> mAP50-95 %.4f (drop %.2f points)", len(kept), current, steps[-1]["drop_points"])
+            if (fp32 - current) * 100 <= max_drop:
+                break
+        else:
+            logger.warning("max-drop: still %.2f points below FP32 after %d layers in float", (fp32 - current) * 100, len(kept))
+    result.report["max_drop"] = {
+        "target_points": max_drop,
+        "data": str(data),
+        "fp32_map50_95": fp32,
+        "initial_map50_95": steps[0]["map50_95"],
+        "final_map50_95": current,
+        "final_drop_points": (fp32 - current) * 100,
+        "met": (fp32 - current) * 100 <= max_drop,
+        "kept_float": kept,
+        "ranking_top": [{"layer": c.layer, "cost": c.cost} for c in ranking[:max_steps]],
+        "steps": steps,
+    }
+    write_json(result.report_path, result.report)
+    write_text(result.table_path, report_markdown(result.report))
     return result

@@ -7,7 +7,7 @@ shortcut input). Each layer is quantized **alone**, every other one in float, an
   raw YOLOv8 output against FP32, on a few calibration images (see :func:`trtq.fidelity.error_score`);
 * ``metric="map"``: the mAP50-95 drop on labelled data (one evaluation per layer: slow, use few images).
 
-:func:`keep_sensitive_float` uses the ranking for ``trtq quantize --max-drop``: it keeps the most sensitive
+:func:`trtq.quantize.keep_sensitive_float` uses the ranking for ``trtq quantize --max-drop``: it keeps the most sensitive
 layers in float, one at a time, until the measured mAP drop is within the target.
 """
 
@@ -102,9 +102,9 @@ def analyse(
     ``amax`` (tensor -> range) is computed from ``source`` with ``algo`` (default: quantize's default)
     when not given. ``output`` is a path prefix: ``OUT.txt``, ``OUT.json`` and ``OUT.png`` are written.
     """
+    from trtq.amax import DEFAULT_ALGO, activation_amax, collect_statistics
     from trtq.fidelity import error_score, fidelity_metrics, load_batches, output_names, run_onnx
     from trtq.modelinfo import read_model_info
-    from trtq.quantize import DEFAULT_ALGO, activation_amax, collect_statistics
 
     if metric not in ("fidelity", "map"):
         raise TrtqError(f"unknown sensitivity metric {metric!r}; choose 'fidelity' or 'map'")
@@ -213,57 +213,4 @@ def write_sensitivity(result: SensitivityResult, prefix: str | os.PathLike[str])
         },
     )
     plot_ranking(result.ranking, result.png_path, result.metric)
-    return result
-
-
-def keep_sensitive_float(
-    model_path: Path,
-    result: Any,
-    amax: Mapping[str, float],
-    *,
-    data: str | os.PathLike[str],
-    max_drop: float,
-    source: Any,
-    images: int = 16,
-    max_steps: int = 12,
-    write_kwargs: Mapping[str, Any],
-) -> Any:
-    """Greedy mixed precision for ``quantize --max-drop``: returns the final :class:`QuantizeResult`."""
-    from trtq.evaluate import evaluate
-    from trtq.quantize import report_markdown, write_qdq
-
-    fp32 = float(evaluate(model_path, data)["map50_95"])
-    current = float(evaluate(result.path, data)["map50_95"])
-    steps = [{"kept_float": [], "map50_95": current, "drop_points": (fp32 - current) * 100}]
-    kept: list[str] = []
-    ranking: list[LayerCost] = []
-    if (fp32 - current) * 100 > max_drop:
-        if source is None:
-            raise TrtqError("--max-drop needs the calibration images (--calib) to rank the layers")
-        ranking = analyse(model_path, source, amax=amax, num_images=images, head_policy=write_kwargs.get("head_policy", True)).ranking
-        for cost in ranking[:max_steps]:
-            kept.append(cost.layer)
-            keep = {name: REASON_MAX_DROP for name in kept}
-            result = write_qdq(model_path, amax, keep_float=keep, **write_kwargs)
-            current = float(evaluate(result.path, data)["map50_95"])
-            steps.append({"kept_float": list(kept), "map50_95": current, "drop_points": (fp32 - current) * 100})
-            logger.info("max-drop: %d layer(s) in float -> mAP50-95 %.4f (drop %.2f points)", len(kept), current, steps[-1]["drop_points"])
-            if (fp32 - current) * 100 <= max_drop:
-                break
-        else:
-            logger.warning("max-drop: still %.2f points below FP32 after %d layers in float", (fp32 - current) * 100, len(kept))
-    result.report["max_drop"] = {
-        "target_points": max_drop,
-        "data": str(data),
-        "fp32_map50_95": fp32,
-        "initial_map50_95": steps[0]["map50_95"],
-        "final_map50_95": current,
-        "final_drop_points": (fp32 - current) * 100,
-        "met": (fp32 - current) * 100 <= max_drop,
-        "kept_float": kept,
-        "ranking_top": [{"layer": c.layer, "cost": c.cost} for c in ranking[:max_steps]],
-        "steps": steps,
-    }
-    write_json(result.report_path, result.report)
-    write_text(result.table_path, report_markdown(result.report))
     return result

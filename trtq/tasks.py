@@ -21,6 +21,8 @@ refused with one line. Pure Python: imported by the runtime, which must stay lig
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +69,16 @@ class TaskLayout:
         if self.nm:
             parts.append(f"{self.nm} mask coefficients")
         return ", ".join(parts)
+
+
+def parse_metadata_value(value: str) -> Any:
+    """Ultralytics stores metadata_props as Python literals (``{0: 'person'}``) or plain strings."""
+    for parse in (ast.literal_eval, json.loads):
+        try:
+            return parse(value)
+        except (ValueError, SyntaxError, TypeError):
+            continue
+    return value
 
 
 def anchor_count(imgsz: tuple[int, int], strides: Sequence[int] = STRIDES) -> int:

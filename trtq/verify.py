@@ -1,14 +1,8 @@
 """Does an engine (or ONNX) keep the CPU's promise? Compare it with the reference outputs.
 
-One comparison path for the whole project (``trtq verify``, the check after ``trtq build``, and
-``trtq compare`` through :func:`compare_outputs`):
-
-* per output: cosine similarity and SQNR computed by Polygraphy's comparators
-  (``polygraphy.comparator.CosineSimilarityCompareFunc`` / ``SnrCompareFunc`` over all images at once),
-  and the largest absolute error;
-* detection agreement for YOLO head outputs: both sides decoded for the model's task and head form
-  (``trtq.postprocess.decode_layout``: confidence filter + class-aware NMS, or none for end-to-end heads), reference detections matched one-to-one to candidate detections of any class
-  at IoU >= 0.5 (highest IoU first), reported as precision, recall, class agreement and mean IoU.
+The comparison is :func:`trtq.agreement.compare_outputs`, the one comparison path for the whole project
+(``trtq verify``, the check after ``trtq build``, and ``trtq compare``): per-output cosine and SQNR from
+Polygraphy's comparators, and detection agreement for YOLO head outputs.
 
 A model passes when every output reaches :class:`Tolerance`'s cosine and SQNR and the detections reach its
 recall and precision. The defaults were measured on YOLOv8n (COCO, 8 coco128 images): see
@@ -22,15 +16,15 @@ import math
 import os
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trtq.agreement import DEFAULT_TOLERANCE, Tolerance, compare_outputs
 from trtq.errors import TrtqError
-from trtq.fidelity import DETECT_CONF, DETECT_IOU, MATCH_IOU, is_yolo_output, match_detections
 from trtq.reference import Reference, load_inputs, load_outputs, reference_paths
 from trtq.tasks import TaskLayout
 
@@ -40,191 +34,6 @@ EXIT_VERIFY_FAILED = 1
 STATUS_PASSED = "passed"
 STATUS_FAILED = "failed"
 STATUS_NOT_RUN = "not run"
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Pass thresholds, measured on the shared YOLOv8n (COCO) with 8 coco128 images on ONNX Runtime (CPU),
-    ranges from 64 images (percentile):
-
-    ==============================================  ========  =======  ======  =========
-    candidate vs reference                          cosine    SQNR dB  recall  precision
-    ==============================================  ========  =======  ======  =========
-    Q/DQ ONNX vs its own reference                  1.0       inf      1.000   1.000
-    Q/DQ ONNX vs the FP32 ONNX's reference          0.99900   26.93    0.886   0.969
-    implicit simulation vs the FP32 reference       0.99905   27.16    0.800   0.966
-    Q/DQ ONNX, 1 backbone conv zeroed               0.98755   15.88    0.000   (none)
-    Q/DQ ONNX, 3 backbone convs zeroed              0.98143   14.31    0.000   (none)
-    Q/DQ ONNX, 1 residual bottleneck conv zeroed    0.99599   20.94    0.562   0.947
-    ==============================================  ========  =======  ======  =========
-
-    ``python -m benchmarks.verify_tolerance`` reproduces it (``benchmarks/results/verify_tolerance.json``).
-    SQNR 20 dB sits 6.9 dB below the worst passing case and 4.1 dB above the zeroed backbone convs; cosine
-    0.995 has margins 0.004 / 0.0075. Damage the residual shortcut hides (last row) keeps SQNR and cosine
-    at the threshold; recall catches it (0.6: 0.2 below the worst passing case, only 0.04 above that row on
-    these 8 images, 0.22 on 16 other images), so verification is a check for broken engines, not a
-    guarantee against every small error. A zeroed backbone conv leaves no detection at all, so precision
-    (0.5) only catches spurious detections.
-    """
-
-    cosine: float = 0.995
-    snr_db: float = 20.0
-    recall: float = 0.6
-    precision: float = 0.5
-    conf: float = DETECT_CONF
-    match_iou: float = MATCH_IOU
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-DEFAULT_TOLERANCE = Tolerance()
-
-
-def parse_tolerance(items: Sequence[str]) -> Tolerance:
-    """``["snr_db=25", "recall=0.7"]`` -> :class:`Tolerance` with those thresholds changed."""
-    values: dict[str, float] = {}
-    known = list(DEFAULT_TOLERANCE.to_dict())
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in known:
-            raise TrtqError(f"--tolerance {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
-        try:
-            values[key] = float(raw)
-        except ValueError:
-            raise TrtqError(f"--tolerance {item!r}: {raw!r} is not a number") from None
-    return replace(DEFAULT_TOLERANCE, **values)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the comparison (shared with `trtq compare`)
-# ---------------------------------------------------------------------------------------------------------------
-def _stack(runs: Sequence[Mapping[str, np.ndarray]], name: str) -> np.ndarray:
-    arrays = [np.asarray(r[name]) for r in runs]
-    if arrays and arrays[0].ndim == 0:
-        return np.stack(arrays)
-    return np.concatenate([a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1) for a in arrays])
-
-
-def _polygraphy_metrics(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) -> dict[str, Any]:
-    """Cosine and SQNR from Polygraphy's comparators (one iteration holding every image)."""
-    from polygraphy.comparator import CosineSimilarityCompareFunc, IterationResult, SnrCompareFunc
-    from polygraphy.logger import G_LOGGER
-
-    r = IterationResult({name: ref}, runner_name="reference")
-    c = IterationResult({name: cand}, runner_name="candidate")
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # Polygraphy prints to stdout; trtq reports itself
-        cos = CosineSimilarityCompareFunc(cosine_similarity_threshold=tol.cosine)(r, c)[name]
-        snr = SnrCompareFunc(snr_threshold=tol.snr_db)(r, c)[name]
-    if isinstance(cos, bool) or isinstance(snr, bool):  # shapes could not be aligned
-        raise TrtqError(f"output {name!r}: shapes differ ({list(ref.shape)} vs {list(cand.shape)})")
-    diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
-    return {
-        "cosine": float(cos.cosine_similarity),
-        "sqnr_db": float(snr.snr),
-        "max_abs_error": float(np.max(diff)) if diff.size else 0.0,
-        "passed": bool(cos) and bool(snr),
-    }
-
-
-def _decoded(batch: np.ndarray, layout: TaskLayout | None, conf: float) -> list[np.ndarray]:
-    """Rows ``x1 y1 x2 y2 score class ...`` per image; OBB boxes become the axis-aligned box around the corners."""
-    from trtq.postprocess import decode, decode_layout, xywhr2corners
-
-    pred = np.asarray(batch, dtype=np.float32)
-    if layout is None:
-        return decode(pred, conf=conf, iou=DETECT_IOU)
-    rows = decode_layout(pred, layout, conf=conf, iou=DETECT_IOU)
-    if layout.task != "obb":
-        return rows
-    out = []
-    for r in rows:
-        corners = xywhr2corners(np.concatenate([r[:, :4], r[:, 6:7]], axis=1))  # (n, 4, 2)
-        aligned = r.copy()
-        aligned[:, :2], aligned[:, 2:4] = corners.min(axis=1), corners.max(axis=1)
-        out.append(aligned)
-    return out
-
-
-def detection_agreement(
-    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], *, conf: float = DETECT_CONF,
-    iou: float = MATCH_IOU, layout: TaskLayout | None = None,
-) -> dict[str, Any]:
-    """Decoded detections of each reference batch matched to the candidate's (see the module docstring).
-
-    ``layout`` says how to decode the head output (any task and head form); without it the output is read
-    as a plain detector's ``(N, 4 + nc, anchors)``.
-    """
-    tot = {"reference": 0, "candidate": 0, "matched": 0, "same_class": 0, "iou_sum": 0.0}
-    for rb, cb in zip(reference, candidate, strict=True):
-        rdets = _decoded(rb, layout, conf)
-        cdets = _decoded(cb, layout, conf)
-        for rd, cd in zip(rdets, cdets, strict=True):
-            m = match_detections(rd, cd, iou)
-            for key in tot:
-                tot[key] += m[key]
-    matched = int(tot["matched"])
-    return {
-        "conf": conf,
-        "match_iou": iou,
-        "reference": int(tot["reference"]),
-        "candidate": int(tot["candidate"]),
-        "matched": matched,
-        "recall": matched / tot["reference"] if tot["reference"] else 1.0,
-        "precision": matched / tot["candidate"] if tot["candidate"] else 1.0,
-        "class_agreement": tot["same_class"] / matched if matched else 1.0,
-        "mean_iou": tot["iou_sum"] / matched if matched else 0.0,
-    }
-
-
-def compare_outputs(
-    reference: Sequence[Mapping[str, np.ndarray]],
-    candidate: Sequence[Mapping[str, np.ndarray]],
-    *,
-    names: Sequence[str] | None = None,
-    tolerance: Tolerance | None = None,
-    layout: TaskLayout | None = None,
-) -> dict[str, Any]:
-    """Compare per-iteration outputs ``[{name: array}]`` of a candidate with a reference.
-
-    Returns ``{"outputs": {name: {cosine, sqnr_db, max_abs_error, passed}}, "detections": {...} (YOLO head
-    outputs only), "passed": bool}``. With ``layout`` (the model's task layout) the first compared output is
-    decoded as that task's head; without it, an output shaped like a detector's head is decoded as one.
-    """
-    tol = tolerance or DEFAULT_TOLERANCE
-    if len(reference) != len(candidate):
-        raise TrtqError(f"{len(reference)} reference iterations but {len(candidate)} candidate iterations")
-    if not reference:
-        raise TrtqError("nothing to compare: the reference holds no iteration")
-    out_names = list(names) if names is not None else list(reference[0])
-    missing = [n for n in out_names if n not in candidate[0]]
-    if missing:
-        raise TrtqError(f"the candidate has no output {missing[0]!r} (it has {list(candidate[0])}); "
-                        "compare a model with its own reference")
-    outputs: dict[str, Any] = {}
-    detections: dict[str, Any] | None = None
-    det_passed = True
-    for name in out_names:
-        ref, cand = _stack(reference, name), _stack(candidate, name)
-        if ref.shape != cand.shape:
-            raise TrtqError(f"output {name!r}: reference shape {list(ref.shape)} vs candidate {list(cand.shape)}")
-        outputs[name] = _polygraphy_metrics(name, ref, cand, tol)
-        shape = np.asarray(reference[0][name]).shape
-        head = name == out_names[0] if layout is not None else is_yolo_output(shape)
-        if detections is None and head:
-            detections = detection_agreement([r[name] for r in reference], [c[name] for c in candidate],
-                                             conf=tol.conf, iou=tol.match_iou, layout=layout)
-            if detections["reference"]:
-                det_passed = detections["recall"] >= tol.recall and detections["precision"] >= tol.precision
-            else:
-                det_passed = detections["candidate"] == 0 or detections["precision"] >= tol.precision
-            detections["passed"] = det_passed
-    result: dict[str, Any] = {"outputs": outputs}
-    if detections is not None:
-        result["detections"] = detections
-    result["passed"] = all(o["passed"] for o in outputs.values()) and det_passed
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -254,7 +63,7 @@ def _run_onnx(path: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dic
 
 
 def _run_engine(path: Path, feeds: Sequence[Mapping[str, np.ndarray]], device: int) -> list[dict[str, np.ndarray]]:
-    from trtq.runtime import TensorRTSession
+    from trtq.trt.session import TensorRTSession
 
     sess = TensorRTSession(path, device=device)
     try:
@@ -283,7 +92,7 @@ def run_artifact(
     path: str | os.PathLike[str], feeds: Sequence[Mapping[str, np.ndarray]], *, device: int = 0
 ) -> tuple[list[dict[str, np.ndarray]], str]:
     """Outputs of an engine (TensorRT) or ONNX (ONNX Runtime, CPU) for each feed dict, and the backend."""
-    from trtq.runtime import model_kind
+    from trtq.modelinfo import model_kind
 
     p, kind = model_kind(Path(path))
     if kind == "onnx":
@@ -577,7 +386,7 @@ def verify_built_engine(
 
 def finish_lines(refs: Mapping[str, Reference], qdq_path: Path | None, precision: str) -> list[str]:
     """Lines for the "finish on the target" message: where the references are and how to check by hand."""
-    from trtq.trt.builder import default_engine_path
+    from trtq.engine_meta import default_engine_path
 
     lines: list[str] = []
     for kind, ref in refs.items():

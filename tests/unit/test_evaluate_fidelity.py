@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from trtq.fidelity import box_iou, cosine, error_score, fidelity_metrics, match_detections, sqnr_db
+from trtq.agreement import box_iou, match_detections
+from trtq.fidelity import cosine, error_score, fidelity_metrics, sqnr_db
 
 
 def test_sqnr_and_cosine_against_closed_form() -> None:

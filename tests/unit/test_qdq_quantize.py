@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
+from trtq.amax import activation_amax, histogram_mse
 from trtq.errors import TrtqError
-from trtq.quantize import activation_amax, histogram_mse, quantize
+from trtq.quantize import quantize
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def tiny_hists(tmp_path_factory: pytest.TempPathFactory, calib_dir: Path) -> tup
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from conftest import make_tiny_conv_onnx
 
-    from trtq.quantize import collect_statistics
+    from trtq.amax import collect_statistics
 
     path = make_tiny_conv_onnx(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
     hists, _ = collect_statistics(path, calib_dir, ["images", "a0", "cat"], num_images=4, progress=False)
@@ -129,7 +130,7 @@ def test_sensitivity_map_metric_ranks_by_drop(
 ) -> None:
     """metric='map' evaluates each layer alone; a stand-in metric makes /model.4/Conv the costliest."""
     import trtq.evaluate
-    from trtq.quantize import activation_amax
+    from trtq.amax import activation_amax
     from trtq.sensitivity import analyse
 
     path, hists = tiny_hists

@@ -15,10 +15,10 @@ from tests.conftest import make_tiny_conv_onnx
 from tests.fakes import make_qdq_onnx, write_images
 from tests.fakes.fake_device import FakeDevice
 from tests.fakes.fake_tensorrt import make_fake_tensorrt, plan_info, version_code
-from trtq.engine_meta import read_engine, sidecar_path
+from trtq.engine_meta import default_engine_path, read_engine, sidecar_path
 from trtq.errors import MissingDependencyError, TrtqError
 from trtq.headpolicy import Branch, FloatReason, Reason
-from trtq.trt.builder import build_engine, default_engine_path
+from trtq.trt.builder import build_engine
 
 HEAD = {
     "/model.4/Conv": FloatReason(Reason.FINAL_CONV, Branch.BOX),

@@ -17,6 +17,7 @@ from tests.fakes import fake_tensorrt, make_qdq_onnx, write_images
 from tests.fakes.fake_device import FakeDevice
 from tests.unit.test_runtime_engine import ort_compute, write_fake_engine
 from tests.unit.test_runtime_models import make_tiny_yolo_onnx
+from trtq.agreement import DEFAULT_TOLERANCE, compare_outputs, parse_tolerance
 from trtq.engine_meta import read_engine, sidecar_path
 from trtq.errors import TrtqError
 from trtq.reference import (
@@ -30,10 +31,7 @@ from trtq.reference import (
     write_reference,
 )
 from trtq.verify import (
-    DEFAULT_TOLERANCE,
     VerificationFailed,
-    compare_outputs,
-    parse_tolerance,
     polygraphy_debug_commands,
     polygraphy_run_engine_command,
     verify,
@@ -396,8 +394,8 @@ def test_implicit_build_is_verified_against_the_simulated_ranges(tiny: Path, ima
 
 def test_detection_agreement_decodes_the_task_layout() -> None:
     """A pose head's keypoint rows are not class scores: with the model's layout one person is one detection."""
+    from trtq.agreement import detection_agreement
     from trtq.tasks import TaskLayout
-    from trtq.verify import detection_agreement
 
     layout = TaskLayout("pose", 1, kpt_shape=(17, 3))
     pred = np.zeros((1, layout.row_size, 64), dtype=np.float32)

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from trtq.modelinfo import parse_metadata_value
+from trtq.tasks import parse_metadata_value
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trtq.bench.harness import Backend, Sample
+from trtq.bench.types import Backend, Sample
 from trtq.device import cuda_check, load_cudart
 from trtq.errors import TrtqError
 from trtq.ort import ort_session

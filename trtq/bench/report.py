@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trtq.bench.harness import BenchResult, BenchRow
+from trtq.bench.types import BenchResult, BenchRow
 from trtq.fileio import atomic_path, write_json, write_text
 
 _DASH = "-"

@@ -30,8 +30,9 @@ def command(artifact: Path, inputs: Path | None, outputs: Path | None, tolerance
     Per output: cosine, SQNR and max |error|; for YOLOv8 outputs also detection agreement (precision, recall,
     mean IoU). Exit code 0 within tolerance, 1 outside.
     """
+    from trtq.agreement import parse_tolerance
     from trtq.fileio import write_json
-    from trtq.verify import parse_tolerance, verify
+    from trtq.verify import verify
 
     result = verify(artifact, inputs=inputs, outputs=outputs, tolerance=parse_tolerance(tolerances), device=device)
     click.echo(result.table())

@@ -16,7 +16,7 @@ outputs without): ``d.masks`` (segment, at image resolution), ``d.keypoints`` (p
 ``d.xywhr`` and ``d.corners`` (OBB, with ultralytics' rotated NMS). What the outputs mean comes from the
 model's metadata (:func:`trtq.tasks.task_layout`).
 
-Layout: :mod:`.sessions` (ONNX Runtime) and :mod:`.engine` (TensorRT) run models, :mod:`.decode` maps
+Layout: :mod:`.sessions` (ONNX Runtime) and :mod:`trtq.trt.session` (TensorRT) run models, :mod:`.decode` maps
 decoded rows onto images, :mod:`.detector` holds :class:`Detector`, :mod:`.predict` the ``trtq predict``
 file I/O.
 
@@ -33,18 +33,12 @@ and close an engine ``Detector`` in the same thread.
 
 from __future__ import annotations
 
+from trtq.modelinfo import ENGINE_SUFFIXES, ONNX_SUFFIXES, model_kind
 from trtq.runtime.decode import Detections
 from trtq.runtime.detector import Detector
-from trtq.runtime.engine import EngineTensor, TensorRTSession
 from trtq.runtime.predict import Prediction, predict
-from trtq.runtime.sessions import (
-    ENGINE_SUFFIXES,
-    ONNX_SUFFIXES,
-    OnnxSession,
-    Session,
-    model_kind,
-    open_session,
-)
+from trtq.runtime.sessions import OnnxSession, Session, open_session
+from trtq.trt.session import EngineTensor, TensorRTSession
 
 __all__ = [
     "ENGINE_SUFFIXES",

@@ -2,7 +2,7 @@
 
 A session owns the model, a reusable input buffer and the model's metadata; ``run`` returns every
 output of the model (a segmentation model's mask prototypes included), in the model's output order.
-The TensorRT session lives in :mod:`trtq.runtime.engine`.
+The TensorRT session lives in :mod:`trtq.trt.session` (a base module: verification runs engines too).
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from trtq.errors import TrtqError
+from trtq.modelinfo import model_kind
 from trtq.ort import ort_session
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-ONNX_SUFFIXES = (".onnx",)
 MAX_DYNAMIC_BATCH = 32  # largest batch run at once on a dynamic-batch ONNX model
 
 
@@ -49,7 +48,7 @@ class OnnxSession:
     backend = "onnxruntime"
 
     def __init__(self, path: Path, *, providers: Sequence[str] | None = None) -> None:
-        from trtq.modelinfo import parse_metadata_value
+        from trtq.tasks import parse_metadata_value
 
         session = ort_session(path, providers)
         self.session: ort.InferenceSession | None = session
@@ -101,26 +100,11 @@ class OnnxSession:
         self.session = None
 
 
-def model_kind(path: str | Path) -> tuple[Path, str]:
-    """``(path, "onnx" | "engine")`` from the suffix; TrtqError for a missing path, a folder or another suffix."""
-    p = Path(path)
-    if not p.exists():
-        raise TrtqError(f"model not found: {p}")
-    if p.is_dir():
-        raise TrtqError(f"{p} is a directory; pass an .onnx model or an .engine file")
-    suffix = p.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        return p, "onnx"
-    if suffix in ENGINE_SUFFIXES:
-        return p, "engine"
-    raise TrtqError(f"{p}: unknown model type {suffix!r}; pass an .onnx model or an .engine/.plan file")
-
-
 def open_session(path: str | Path, *, device: int = 0, providers: Sequence[str] | None = None) -> Session:
     """Open ``path`` on the backend its suffix names (.onnx: ONNX Runtime; .engine/.plan/.trt: TensorRT)."""
     p, kind = model_kind(path)
     if kind == "onnx":
         return OnnxSession(p, providers=providers)
-    from trtq.runtime.engine import TensorRTSession
+    from trtq.trt.session import TensorRTSession
 
     return TensorRTSession(p, device=device)

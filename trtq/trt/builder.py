@@ -35,6 +35,7 @@ from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
+from trtq.engine_meta import DEFAULT_OUTPUT_DIR, default_engine_path, engine_base_name
 from trtq.errors import MissingDependencyError, TrtqError
 from trtq.trt import compat
 
@@ -49,9 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "implicit", "explicit")
-DEFAULT_OUTPUT_DIR = Path("engines")
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-_TAG_SUFFIXES = (".int8", ".qdq", ".fp16", ".fp32")
 
 
 @dataclass
@@ -108,20 +107,6 @@ class _Int8Plan:
 # --------------------------------------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------------------------------------
-def _base_name(path: Path) -> str:
-    stem = path.stem
-    for tag in _TAG_SUFFIXES:
-        if stem.endswith(tag):
-            return stem[: -len(tag)]
-    return stem
-
-
-def default_engine_path(model: str | Path, precision: str, *, dla_core: int | None = None) -> Path:
-    """``engines/<model>.<precision>[.dla<N>].engine``."""
-    name = _base_name(Path(model)) + f".{precision}" + (f".dla{dla_core}" if dla_core is not None else "")
-    return DEFAULT_OUTPUT_DIR / f"{name}.engine"
-
-
 def refuse_cpu_target(model: onnx.ModelProto, path: Path) -> None:
     """A model quantized for ONNX Runtime's CPU provider (``trtq quantize --target cpu``) is no TensorRT input."""
     from trtq.cpu_target import TARGET_CPU, model_target
@@ -311,7 +296,7 @@ def build_engine(
             imgsz=hw if hw is not None else 640,
             batch=max_batch or batch or 1,
             dynamic=ranged,
-            output=out_dir / f"{_base_name(src)}.onnx",
+            output=out_dir / f"{engine_base_name(src)}.onnx",
         )
         log.info("exported %s -> %s (%s build)", src, onnx_path, precision_guess)
     else:
@@ -349,7 +334,7 @@ def build_engine(
     if engine_path.suffix != ".engine":
         engine_path = engine_path.with_name(engine_path.name + ".engine")
     workdir = engine_path.parent
-    base = _base_name(onnx_path)
+    base = engine_base_name(onnx_path)
 
     int8_mode: str | None = None
     if int8:
