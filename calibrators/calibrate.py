@@ -23,7 +23,7 @@ from calibrators.ranges import (
     check_percentile,
     compute_amax,
 )
-from calibrators.table import DEFAULT_TRT_VERSION, CalibrationTable, sidecar_path, trt_version_code
+from calibrators.table import DEFAULT_TRT_VERSION, CalibrationTable, table_sidecar_path, trt_version_code
 from trtq.errors import TrtqError
 from trtq.fileio import default_output
 from trtq.images import ImageBatcher
@@ -41,8 +41,8 @@ class CalibrationResult:
     batcher: ImageBatcher
 
     @property
-    def sidecar_path(self) -> Path | None:
-        return sidecar_path(self.cache_path) if self.cache_path is not None else None
+    def table_sidecar_path(self) -> Path | None:
+        return table_sidecar_path(self.cache_path) if self.cache_path is not None else None
 
     def summary(self) -> str:
         skipped = len(self.batcher.skipped)

@@ -192,7 +192,7 @@ def rewrite_cache_header(data: bytes, trt_version: str, algorithm: str) -> bytes
     return raw[:start] + cache_header(trt_version, algorithm).encode("ascii") + raw[end:]
 
 
-def sidecar_path(cache_path: str | Path) -> Path:
+def table_sidecar_path(cache_path: str | Path) -> Path:
     """``CACHE.json``: where the record of what a cache was made from lives."""
     p = Path(cache_path)
     return p.with_name(p.name + ".json")
@@ -324,7 +324,7 @@ class CalibrationTable:
         data = self.to_trt_cache()
         text = json.dumps(self.to_sidecar(), indent=2, allow_nan=False) + "\n"
         # Both temporary files are written and flushed before either is renamed into place.
-        with atomic_path(path) as tmp_cache, atomic_path(sidecar_path(path)) as tmp_side:
+        with atomic_path(path) as tmp_cache, atomic_path(table_sidecar_path(path)) as tmp_side:
             _write_synced(tmp_cache, data)
             _write_synced(tmp_side, text.encode("utf-8"))
         logger.info("wrote calibration cache %s (%d tensors, %s)", path, len(self.amax), self.header())
@@ -334,7 +334,7 @@ class CalibrationTable:
     def load(cls, cache_path: str | Path) -> CalibrationTable:
         """Read a cache written by :meth:`save` and check that its sidecar agrees with it."""
         path = Path(cache_path)
-        side = sidecar_path(path)
+        side = table_sidecar_path(path)
         if not path.is_file():
             raise TrtqError(f"calibration cache {path} not found; run `trtq calibrate` to create it")
         if not side.is_file():

@@ -353,7 +353,7 @@ class CpuQuantizeResult:
     path: Path
     report: dict[str, Any]
     report_path: Path
-    table_path: Path
+    markdown_path: Path
     plan: CpuPlan
     seconds: float = 0.0
 
@@ -365,7 +365,7 @@ class CpuQuantizeResult:
                 f"wrote {self.path} (target cpu: {c['integer_nodes']} integer kernels, {c['float_nodes']} nodes float; "
                 f"{c['quantized_convs']} of {c['convs']} convs INT8)",
                 "ONNX Runtime CPU runs: " + ", ".join(f"{v} {op}" for op, v in sorted(k.items())),
-                f"report {self.report_path} and {self.table_path}",
+                f"report {self.report_path} and {self.markdown_path}",
             ]
         )
 

@@ -144,7 +144,7 @@ class EngineMetadata:
         return meta
 
 
-def sidecar_path(engine_path: str | Path) -> Path:
+def engine_record_path(engine_path: str | Path) -> Path:
     p = Path(engine_path)
     return p.with_name(p.name + SIDECAR_SUFFIX)
 
@@ -188,8 +188,8 @@ def write_engine(
         if ultralytics_header:
             fh.write(_header_bytes(meta, onnx_metadata))
         fh.write(plan)
-    write_json(sidecar_path(p), meta.to_dict())
-    log.info("wrote %s (%.1f MB) and %s", p, len(plan) / 1e6, sidecar_path(p).name)
+    write_json(engine_record_path(p), meta.to_dict())
+    log.info("wrote %s (%.1f MB) and %s", p, len(plan) / 1e6, engine_record_path(p).name)
     return p
 
 
@@ -207,7 +207,7 @@ def read_engine(path: str | Path) -> tuple[bytes, EngineMetadata | None]:
     if not p.is_file():
         raise TrtqError(f"engine not found: {p}")
     header, plan = split_ultralytics_header(p.read_bytes())
-    side = sidecar_path(p)
+    side = engine_record_path(p)
     if side.is_file():
         try:
             data = json.loads(side.read_text())

@@ -62,7 +62,7 @@ class QuantizeResult:
     path: Path
     report: dict[str, Any]
     report_path: Path
-    table_path: Path
+    markdown_path: Path
     amax: dict[str, float] = field(default_factory=dict)
     plan: QdqPlan | None = None
     seconds: float = 0.0
@@ -72,7 +72,7 @@ class QuantizeResult:
         lines = [
             f"wrote {self.path} ({r['counts']['quantized_activations']} activations, "
             f"{r['counts']['quantized_weights']} weights quantized; {r['counts']['float_weighted_ops']} weighted ops kept float)",
-            f"report {self.report_path} and {self.table_path}",
+            f"report {self.report_path} and {self.markdown_path}",
         ]
         md = r.get("max_drop")
         if md:
@@ -585,5 +585,5 @@ def keep_sensitive_float(
         "steps": steps,
     }
     write_json(result.report_path, result.report)
-    write_text(result.table_path, report_markdown(result.report))
+    write_text(result.markdown_path, report_markdown(result.report))
     return result

@@ -281,7 +281,7 @@ def verify(
 # ---------------------------------------------------------------------------------------------------------------
 def record_verification(engine: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Store a verification record (``Verification.to_dict()`` or a "not run" record) in ``X.engine.json``."""
-    from trtq.engine_meta import read_engine, sidecar_path
+    from trtq.engine_meta import engine_record_path, read_engine
     from trtq.fileio import write_json
 
     path = Path(engine)
@@ -289,7 +289,7 @@ def record_verification(engine: str | os.PathLike[str], record: Mapping[str, Any
     if meta is None:
         raise TrtqError(f"{path} has no record to update (no .json sidecar)")
     meta.verification = dict(record)
-    write_json(sidecar_path(path), meta.to_dict())
+    write_json(engine_record_path(path), meta.to_dict())
 
 
 def _compare_args(tol: Tolerance) -> list[str]:

@@ -73,7 +73,7 @@ def test_yolo26_end_to_end_head_quantizes_with_selection_float(zoo_onnx, calib_d
     assert qdq_problems(onnx.load(str(res.path)), policy) == []
     assert res.report["task"]["end2end"] is True
     assert any(b["code"] == Reason.END2END_SELECT.value for b in res.report["head_branches"])
-    assert "| box |" in res.table_path.read_text()  # the Markdown report lists what stayed float per branch
+    assert "| box |" in res.markdown_path.read_text()  # the Markdown report lists what stayed float per branch
     assert {r.branch for r in policy.values() if r.code is Reason.FINAL_CONV} >= {Branch.BOX, Branch.CLASS}
 
 

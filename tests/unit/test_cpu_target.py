@@ -103,7 +103,7 @@ def test_quantized_convs_become_integer_kernels_and_stay_close(tmp_path: Path, m
     rep = json.loads(r.report_path.read_text())
     assert rep["target"] == TARGET_CPU
     assert any(f["node"] == "/model.4/Conv" and f["reason"] for f in rep["float_nodes"])
-    assert "Nodes kept in float" in r.table_path.read_text()
+    assert "Nodes kept in float" in r.markdown_path.read_text()
     x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
     assert _cosine(_run(model, x), _run(r.path, x)) > 0.99
 

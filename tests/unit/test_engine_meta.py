@@ -10,9 +10,9 @@ import pytest
 from trtq.engine_meta import (
     EngineMetadata,
     check_compatible,
+    engine_record_path,
     read_engine,
     read_header,
-    sidecar_path,
     split_ultralytics_header,
     write_engine,
 )
@@ -46,7 +46,7 @@ PLAN = b"\x00\x01plan-bytes\xff" * 10
 def test_write_and_read_engine_with_record(tmp_path: Path) -> None:
     path = write_engine(tmp_path / "m.engine", PLAN, _meta())
     assert path.read_bytes() == PLAN  # no header by default: the file is the bare plan
-    record = json.loads(sidecar_path(path).read_text())
+    record = json.loads(engine_record_path(path).read_text())
     assert record["precision"] == "int8" and record["names"] == {"0": "person", "1": "bicycle"}
     assert len(record["engine_sha256"]) == 64
     plan, meta = read_engine(path)
@@ -74,7 +74,7 @@ def test_ultralytics_header_round_trip_with_ultralytics_reader(tmp_path: Path) -
     assert header["description"] == "Ultralytics YOLOv8n model"
     plan, meta = read_engine(path)
     assert plan == PLAN and meta is not None and meta.dla_core == 1
-    sidecar_path(path).unlink()  # without the record, the header still describes the engine
+    engine_record_path(path).unlink()  # without the record, the header still describes the engine
     plan2, meta2 = read_engine(path)
     assert plan2 == PLAN and meta2 is not None and meta2.precision == "int8"
 
@@ -119,7 +119,7 @@ def test_missing_engine_is_a_user_error(tmp_path: Path) -> None:
 def test_corrupt_sidecar_is_one_clear_error(tmp_path: Path, text: str) -> None:
     """A record that exists but cannot be read must not silently turn off the compatibility checks."""
     path = write_engine(tmp_path / "m.engine", PLAN, _meta())
-    sidecar_path(path).write_text(text, errors="surrogateescape")
+    engine_record_path(path).write_text(text, errors="surrogateescape")
     with pytest.raises(TrtqError) as exc:
         read_engine(path)
     msg = str(exc.value)
@@ -128,7 +128,7 @@ def test_corrupt_sidecar_is_one_clear_error(tmp_path: Path, text: str) -> None:
 
 def test_corrupt_header_record_is_one_clear_error(tmp_path: Path) -> None:
     path = write_engine(tmp_path / "u.engine", PLAN, _meta(), ultralytics_header=True)
-    sidecar_path(path).unlink()
+    engine_record_path(path).unlink()
     bad = {"trtq": {"imgsz": "big"}, "stride": 32}
     path.write_bytes(len(json.dumps(bad)).to_bytes(4, "little") + json.dumps(bad).encode() + PLAN)
     with pytest.raises(TrtqError, match="metadata header of .*u.engine is corrupt"):

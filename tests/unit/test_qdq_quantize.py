@@ -35,13 +35,13 @@ def test_quantize_writes_model_and_report(tiny_hists: tuple[Path, dict[str, Any]
     r = quantize(path, None, histograms=hists, output=out, progress=False)
     onnx.checker.check_model(onnx.load(str(out)))
     report = json.loads(r.report_path.read_text())
-    assert r.report_path == tmp_path / "q.report.json" and r.table_path.is_file()
+    assert r.report_path == tmp_path / "q.report.json" and r.markdown_path.is_file()
     acts = {a["tensor"]: a for a in report["quantized_activations"]}
     assert set(acts) == {"images", "a0", "cat"}
     assert acts["images"]["amax"] == pytest.approx(hists["images"].max_abs)  # the image is never clipped
     assert acts["images"]["algorithm"] == "minmax" and acts["a0"]["algorithm"] == "percentile"
     assert report["counts"]["quantized_weights"] == 3 and report["residual_adds"] == [{"node": "/model.1/Add", "shortcut": "a0"}]
-    assert "| `a0` |" in r.table_path.read_text()
+    assert "| `a0` |" in r.markdown_path.read_text()
 
 
 def test_exclude_keeps_node_float_and_reports_it(tiny_hists: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_max_drop_keeps_sensitive_layers_until_within_target(
     assert md["met"] and md["final_drop_points"] <= 1.5
     assert len(md["steps"]) == len(md["kept_float"]) + 1
     assert all(name in {f["node"] for f in r.report["float_nodes"]} for name in md["kept_float"])
-    assert "Accuracy-driven mixed precision" in r.table_path.read_text()
+    assert "Accuracy-driven mixed precision" in r.markdown_path.read_text()
 
 
 def test_sensitivity_map_metric_ranks_by_drop(

@@ -17,7 +17,7 @@ import pytest
 from tests.fakes import fake_tensorrt
 from tests.fakes.fake_device import FakeDevice
 from tests.unit.test_runtime_models import make_tiny_yolo_onnx, random_images
-from trtq.engine_meta import EngineMetadata, sidecar_path, write_engine
+from trtq.engine_meta import EngineMetadata, engine_record_path, write_engine
 from trtq.errors import MissingDependencyError, TrtqError
 from trtq.runtime import Detections, Detector, TensorRTSession
 
@@ -191,7 +191,7 @@ def test_static_batch_engine_pads_partial_batches(env: Env) -> None:
 
 def test_ultralytics_header_without_sidecar(env: Env) -> None:
     engine = write_fake_engine(env.tmp / "u.engine", header=True)
-    sidecar_path(engine).unlink()
+    engine_record_path(engine).unlink()
     with env.detector(engine, conf=0.3) as det:
         assert det.names == {0: "cat", 1: "dog"}
         assert len(det.detect(random_images(1))) == 1
@@ -219,7 +219,7 @@ def test_truncated_engine(env: Env) -> None:
     engine.write_bytes(data[: len(data) // 2])
     with pytest.raises(TrtqError, match="truncated or modified"):
         Detector(engine)
-    sidecar_path(engine).unlink()  # without metadata: TensorRT itself rejects it
+    engine_record_path(engine).unlink()  # without metadata: TensorRT itself rejects it
     with pytest.raises(TrtqError, match="could not deserialize"):
         Detector(engine)
     assert env.device.live_buffers == [] and env.device.closed
@@ -227,7 +227,7 @@ def test_truncated_engine(env: Env) -> None:
 
 def test_corrupt_sidecar(env: Env) -> None:
     engine = write_fake_engine(env.tmp / "c.engine")
-    sidecar_path(engine).write_text("{not json")
+    engine_record_path(engine).write_text("{not json")
     with pytest.raises(TrtqError, match="corrupt"):
         Detector(engine)
 

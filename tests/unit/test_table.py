@@ -15,7 +15,7 @@ from calibrators.table import (
     format_trt_cache,
     parse_trt_cache,
     rewrite_cache_header,
-    sidecar_path,
+    table_sidecar_path,
     trt_version_code,
 )
 from trtq.errors import TrtqError
@@ -279,12 +279,12 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     cache2 = tmp_path / "again.cache"
     loaded.save(cache2)
     assert cache2.read_bytes() == cache.read_bytes()
-    assert sidecar_path(cache2).read_bytes() == sidecar_path(cache).read_bytes()
+    assert table_sidecar_path(cache2).read_bytes() == table_sidecar_path(cache).read_bytes()
 
 
 def test_sidecar_contents(tmp_path: Path) -> None:
     cache = make_table().save(tmp_path / "c.cache")
-    record = json.loads(sidecar_path(cache).read_text())
+    record = json.loads(table_sidecar_path(cache).read_text())
     for key in (
         "format",
         "algorithm",
@@ -329,7 +329,7 @@ def test_atomic_save_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pyte
 def test_atomic_save_keeps_previous_pair_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old = make_table(amax={"x": 2.0})
     cache = old.save(tmp_path / "c.cache")
-    before = (cache.read_bytes(), sidecar_path(cache).read_bytes())
+    before = (cache.read_bytes(), table_sidecar_path(cache).read_bytes())
 
     def boom(self: CalibrationTable) -> dict[str, object]:
         raise RuntimeError("interrupted")
@@ -337,7 +337,7 @@ def test_atomic_save_keeps_previous_pair_on_failure(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(CalibrationTable, "to_sidecar", boom)
     with pytest.raises(RuntimeError):
         make_table(amax={"x": 3.0}).save(cache)
-    assert (cache.read_bytes(), sidecar_path(cache).read_bytes()) == before
+    assert (cache.read_bytes(), table_sidecar_path(cache).read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.cache", "c.cache.json"]
 
 
@@ -350,7 +350,7 @@ def test_load_errors(tmp_path: Path) -> None:
         CalibrationTable.load(cache)
 
     make_table().save(cache)
-    side = sidecar_path(cache)
+    side = table_sidecar_path(cache)
     good = side.read_text()
 
     side.write_text("{not json")

@@ -15,7 +15,7 @@ from tests.conftest import make_tiny_conv_onnx
 from tests.fakes import make_qdq_onnx, write_images
 from tests.fakes.fake_device import FakeDevice
 from tests.fakes.fake_tensorrt import make_fake_tensorrt, plan_info, version_code
-from trtq.engine_meta import default_engine_path, read_engine, sidecar_path
+from trtq.engine_meta import default_engine_path, engine_record_path, read_engine
 from trtq.errors import MissingDependencyError, TrtqError
 from trtq.headpolicy import Branch, FloatReason, Reason
 from trtq.trt.builder import build_engine
@@ -159,7 +159,7 @@ def test_int8_implicit_streams_images_and_writes_cache(version: str, tiny_dyn: P
     assert bool(_calls(trt, "config.set_calibration_profile")) is version.startswith("8.")
     # cache + record written, reusable
     cache = r.cache_path
-    assert cache is not None and cache.name == "tinydyn.entropy.cache" and sidecar_path(cache).is_file()
+    assert cache is not None and cache.name == "tinydyn.entropy.cache" and engine_record_path(cache).is_file()
     table = CalibrationTable.load(cache)
     assert table.algorithm == "entropy" and table.num_images == 8
     header, _ = parse_trt_cache(cache.read_bytes())
@@ -371,7 +371,7 @@ def test_metadata_and_ultralytics_header(tiny: Path, tmp_path: Path) -> None:
     plan = r.engine_path.read_bytes()[offset:]
     assert plan_info(plan)["version"] == "10.3.0"
     assert header["names"] == {"0": "a", "1": "b"} and header["stride"] == 32 and header["imgsz"] == [32, 32]
-    record = json.loads(sidecar_path(r.engine_path).read_text())
+    record = json.loads(engine_record_path(r.engine_path).read_text())
     assert record["tensorrt_version"] == "10.3.0" and record["gpu_name"] == "Fake Orin"
     assert record["compute_capability"] == [8, 7] and record["precision"] == "fp16"
     assert record["inputs"] == [{"name": "images", "shape": [1, 3, 32, 32], "dtype": "float32"}]
@@ -406,7 +406,7 @@ def test_without_tensorrt_cpu_steps_then_exit_3(tiny: Path, images: Path, tmp_pa
     assert exc.value.exit_code == 3
     cache = tmp_path / "engines" / "tiny.percentile.cache"
     qdq = tmp_path / "engines" / "tiny.int8.onnx"
-    assert cache.is_file() and sidecar_path(cache).is_file() and qdq.is_file()
+    assert cache.is_file() and engine_record_path(cache).is_file() and qdq.is_file()
     assert CalibrationTable.load(cache).num_images == 4
     assert f"trtq build {qdq}" in msg
     assert f"trtq build {tiny} --int8 --cache {cache} --mode implicit" in msg

@@ -18,7 +18,7 @@ from tests.fakes.fake_device import FakeDevice
 from tests.unit.test_runtime_engine import ort_compute, write_fake_engine
 from tests.unit.test_runtime_models import make_tiny_yolo_onnx
 from trtq.agreement import DEFAULT_TOLERANCE, compare_outputs, parse_tolerance
-from trtq.engine_meta import read_engine, sidecar_path
+from trtq.engine_meta import engine_record_path, read_engine
 from trtq.errors import TrtqError
 from trtq.reference import (
     INPUTS_SUFFIX,
@@ -306,7 +306,7 @@ def test_engine_verification_through_fake_runtime_updates_the_record(env: _Env, 
     assert f"polygraphy run {engine} --model-type engine --trt --load-inputs {ref.inputs_path}" in msg
     assert "polygraphy debug precision" in msg and "--calibration-cache" in msg
     assert engine.read_bytes() == before  # kept
-    record = json.loads(sidecar_path(engine).read_text())["verification"]
+    record = json.loads(engine_record_path(engine).read_text())["verification"]
     assert record["status"] == "failed" and record["verified"] is False
 
 
@@ -337,12 +337,12 @@ def test_build_writes_references_and_verifies_the_engine(env: _Env, tiny: Path, 
     with pytest.raises(VerificationFailed):
         build_engine(qdq, calib=images, trt_module=env.trt, output=out, device=env.device, progress=False,
                      reference_images=4)
-    assert out.is_file() and json.loads(sidecar_path(out).read_text())["verification"]["status"] == "failed"
+    assert out.is_file() and json.loads(engine_record_path(out).read_text())["verification"]["status"] == "failed"
 
     skipped = build_engine(qdq, calib=images, trt_module=env.trt, output=out, device=env.device, progress=False,
                            verify=False)
     assert skipped.verification is None
-    assert json.loads(sidecar_path(out).read_text())["verification"]["status"] == "skipped"
+    assert json.loads(engine_record_path(out).read_text())["verification"]["status"] == "skipped"
 
 
 def test_build_without_tensorrt_leaves_references_and_prints_the_polygraphy_command(
@@ -386,7 +386,7 @@ def test_implicit_build_is_verified_against_the_simulated_ranges(tiny: Path, ima
     ref = result.references["implicit"]
     assert ref.outputs_path == tmp_path / "engines" / "tiny.entropy.ref-outputs.json"
     assert "simulated" in ref.source
-    record = json.loads(sidecar_path(out).read_text())["verification"]
+    record = json.loads(engine_record_path(out).read_text())["verification"]
     assert record["status"] == "passed" and record["reference"]["outputs"] == str(ref.outputs_path)
     sqnr = record["outputs"]["output0"]["sqnr_db"]
     assert DEFAULT_TOLERANCE.snr_db < sqnr < float("inf")  # the simulation is INT8, the fake engine FP32

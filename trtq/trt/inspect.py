@@ -182,7 +182,7 @@ def inspect_engine(path: Path, trt_module: ModuleType | None = None, *, layers: 
 
 
 def inspect_cache(path: Path) -> Inspection:
-    from calibrators.table import CalibrationTable, parse_trt_cache, sidecar_path
+    from calibrators.table import CalibrationTable, parse_trt_cache, table_sidecar_path
 
     data = path.read_bytes()
     header, scales = parse_trt_cache(data)
@@ -191,7 +191,7 @@ def inspect_cache(path: Path) -> Inspection:
     out.lines.append(f"{path}: TensorRT calibration cache {header}, {len(scales)} tensors")
     if amax:
         out.lines.append(f"  amax           min {amax[0]:.4g}, median {amax[len(amax) // 2]:.4g}, max {amax[-1]:.4g}")
-    side = sidecar_path(path)
+    side = table_sidecar_path(path)
     if not side.is_file():
         out.lines.append(f"  no record {side.name}: what this cache was made from is unknown")
         return out
