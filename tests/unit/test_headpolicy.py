@@ -129,7 +129,7 @@ def test_dynamic_export_keeps_the_neck_out_of_the_head(zoo_onnx, yolo_pt) -> Non
 def test_implicit_build_pins_attention_and_head_layers_of_yolo11(zoo_onnx) -> None:  # noqa: ANN001
     """Implicit INT8: the attention MatMul/Softmax and the branch last convs are pinned to FP16, the decode to FP32."""
     from tests.fakes.fake_tensorrt import make_fake_tensorrt
-    from trtq.trt.builder import map_float_layers, pin_float_layers
+    from trtq.trt.network import map_float_layers, pin_float_layers
 
     path = zoo_onnx("yolo11n-pose.yaml", imgsz=320)
     graph = onnx.load(str(path))

@@ -419,7 +419,7 @@ def test_real_head_policy_maps_and_pins_only_float_compute_layers(yolo_onnx: Pat
     import onnx
 
     import trtq.headpolicy
-    from trtq.trt.builder import map_float_layers, pin_float_layers
+    from trtq.trt.network import map_float_layers, pin_float_layers
 
     monkeypatch.undo()  # the real head policy, not the stub of the autouse fixture
     graph = onnx.load(str(yolo_onnx), load_external_data=False)

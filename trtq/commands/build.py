@@ -92,10 +92,10 @@ def command(
     steps (export, calibration cache, Q/DQ ONNX) still run, then it exits with code 3 and the command
     that finishes the build on the target.
     """
-    from trtq.trt.builder import build_engine
+    from trtq.trt.builder import build
+    from trtq.trt.options import BuildOptions
 
-    result = build_engine(
-        model,
+    options = BuildOptions(
         fp16=fp16,
         int8=int8,
         calib=calib,
@@ -124,6 +124,7 @@ def command(
         verify=not no_verify,
         reference_images=ref_images,
     )
+    result = build(model, options)
     meta = result.metadata
     mode_txt = f" ({result.mode} INT8)" if result.mode else ""
     click.echo(f"engine: {result.engine_path} [{result.precision}{mode_txt}] in {result.seconds:.1f} s")
