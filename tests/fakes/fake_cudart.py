@@ -33,6 +33,9 @@ from tests.fakes import fake_device
 
 
 class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's names
+    """The ``cudaError_t`` codes trtq meets (values of the CUDA runtime's ``cudaError_t``, as NVIDIA/cuda-python
+    ``cuda_bindings/cuda/bindings/runtime.pyx.in`` exposes them).
+    """
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorInvalidResourceHandle = 400
@@ -40,6 +43,9 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's names
 
 
 class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+    """``cudaMemcpyKind`` as in NVIDIA/cuda-python ``cuda_bindings/cuda/bindings/runtime.pyx.in`` (values of the
+    CUDA runtime enum).
+    """
     cudaMemcpyHostToHost = 0
     cudaMemcpyHostToDevice = 1
     cudaMemcpyDeviceToHost = 2
@@ -47,6 +53,9 @@ class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
 
 
 class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801
+    """``cudaStreamCaptureMode`` as in NVIDIA/cuda-python ``cuda_bindings/cuda/bindings/runtime.pyx.in`` (values of
+    the CUDA runtime enum).
+    """
     cudaStreamCaptureModeGlobal = 0
     cudaStreamCaptureModeThreadLocal = 1
     cudaStreamCaptureModeRelaxed = 2
@@ -108,19 +117,23 @@ def make_fake_cudart(version: str = "12.9") -> types.ModuleType:
             return f"<{type(self).__name__} {self._ptr:#x}>"
 
     class cudaStream_t(_Handle):  # noqa: N801
-        pass
+        """Handle type ``cudaStream_t`` (NVIDIA/cuda-python ``cuda_bindings/cuda/bindings/runtime.pyx.in``: an
+        object, not an int).
+        """
 
     class cudaEvent_t(_Handle):  # noqa: N801
-        pass
+        """Handle type ``cudaEvent_t`` (NVIDIA/cuda-python ``cuda_bindings/cuda/bindings/runtime.pyx.in``)."""
 
     class cudaGraph_t(_Handle):  # noqa: N801
-        pass
+        """Handle type ``cudaGraph_t`` (NVIDIA/cuda-python ``cuda_bindings/cuda/bindings/runtime.pyx.in``)."""
 
     class cudaGraphExec_t(_Handle):  # noqa: N801
-        pass
+        """Handle type ``cudaGraphExec_t`` (NVIDIA/cuda-python ``cuda_bindings/cuda/bindings/runtime.pyx.in``);
+        ``cudaGraphLaunch`` takes only this type.
+        """
 
     class cudaGraphNode_t(_Handle):  # noqa: N801
-        pass
+        """Handle type ``cudaGraphNode_t`` (NVIDIA/cuda-python ``cuda_bindings/cuda/bindings/runtime.pyx.in``)."""
 
     mod.cudaStream_t, mod.cudaEvent_t, mod.cudaGraph_t = cudaStream_t, cudaEvent_t, cudaGraph_t
     mod.cudaGraphExec_t, mod.cudaGraphNode_t = cudaGraphExec_t, cudaGraphNode_t

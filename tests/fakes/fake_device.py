@@ -22,6 +22,9 @@ _NEXT = itertools.count(1)
 
 
 class FakeClock:
+    """The GPU clock CUDA events read (``cudaEventElapsedTime`` / pycuda ``Event.time_till``): advanced only by the
+    fake TensorRT's ``execute_async_v3``, so timings are exact and repeatable.
+    """
     now_ms: float = 0.0
 
     @classmethod
@@ -51,6 +54,10 @@ def write_device(ptr: int, data: np.ndarray) -> None:
 
 
 class FakeBuffer:
+    """A device allocation (``trtq.device.DeviceBuffer``: pycuda ``mem_alloc`` / cuda-python ``cudaMalloc``): an
+    entry of ``MEMORY``; ``free`` releases it once (a second call does nothing), and reading or writing it
+    afterwards raises where real CUDA would fail or read stale memory.
+    """
     def __init__(self, device: FakeDevice, nbytes: int) -> None:
         self._device = device
         self._nbytes = int(nbytes)
@@ -74,6 +81,7 @@ class FakeBuffer:
 
 
 class FakeStream:
+    """A CUDA stream (``trtq.device.Stream``): work runs at once, so ``synchronize`` only records the call."""
     _ids = itertools.count(1)
 
     def __init__(self, device: FakeDevice) -> None:
@@ -89,6 +97,9 @@ class FakeStream:
 
 
 class FakeEvent:
+    """A CUDA event (``trtq.device.Event``): ``record`` reads ``FakeClock``; ``elapsed_ms`` as
+    ``cudaEventElapsedTime`` (end minus start, in ms).
+    """
     def __init__(self, device: FakeDevice) -> None:
         self._device = device
         self.time_ms: float | None = None
@@ -107,7 +118,12 @@ class FakeEvent:
 
 
 class FakeDevice:
-    """Implements the :class:`trtq.device.Device` protocol in host memory."""
+    """Implements the :class:`trtq.device.Device` protocol in host memory.
+
+    Models what ``trtq.device``'s pycuda and cuda-python backends give trtq (buffers, streams, events, name and
+    compute capability), as written against pycuda's ``driver`` module and cuda-python's runtime bindings
+    (NVIDIA/cuda-python ``cuda_bindings/cuda/bindings/runtime.pyx.in``); every call is recorded in ``calls``.
+    """
 
     backend = "fake"
 

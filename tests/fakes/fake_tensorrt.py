@@ -122,6 +122,10 @@ def make_fake_tensorrt(
         return value
 
     class DataType(enum.IntEnum):
+        """``trt.DataType``: the members each version has (INT64 from 10.0, FP8/INT4 where present); read in
+        NVIDIA/TensorRT v10.13.0 ``python/src/infer/pyFoundationalTypes.cpp`` (``py::enum_<DataType>``), and
+        ``nptype`` as in the Python API docs (``trt.nptype``).
+        """
         FLOAT = 0
         HALF = 1
         INT8 = 2
@@ -174,6 +178,9 @@ def make_fake_tensorrt(
         )
 
     class _Severity(enum.IntEnum):
+        """``trt.ILogger.Severity``, the levels of ``py::enum_<ILogger::Severity>`` in NVIDIA/TensorRT v10.13.0
+        ``python/src/infer/pyCore.cpp``.
+        """
         INTERNAL_ERROR = 0
         ERROR = 1
         WARNING = 2
@@ -181,6 +188,10 @@ def make_fake_tensorrt(
         VERBOSE = 4
 
     class Logger:
+        """``trt.Logger(min_severity)``: ``DefaultLogger`` of NVIDIA/TensorRT v10.13.0
+        ``python/src/infer/pyCore.cpp``, printing messages at or above its level; the fake records them in
+        ``CALLS``.
+        """
         Severity = _Severity
         INTERNAL_ERROR, ERROR, WARNING = _Severity.INTERNAL_ERROR, _Severity.ERROR, _Severity.WARNING
         INFO, VERBOSE = _Severity.INFO, _Severity.VERBOSE
@@ -222,11 +233,17 @@ def make_fake_tensorrt(
 
     # ---------------------------------------------------------------- dims
     class Dims(tuple):
+        """``trt.Dims``: a shape that behaves as a sequence of ints (``py::class_<Dims>`` in NVIDIA/TensorRT v10.13.0
+        ``python/src/infer/pyFoundationalTypes.cpp``).
+        """
         def __new__(cls, shape: Sequence[int] = ()) -> Dims:
             return super().__new__(cls, (int(d) for d in shape))
 
     def _dims_n(n: int) -> type:
         class DimsN(Dims):
+            """``trt.Dims2``/``Dims3``/``Dims4``: fixed-rank ``Dims`` built from N ints (NVIDIA/TensorRT v10.13.0
+            ``python/src/infer/pyFoundationalTypes.cpp``).
+            """
             def __new__(cls, *args: int) -> Dims:
                 if len(args) != n:
                     raise TypeError(f"Dims{n} takes {n} values")
@@ -242,6 +259,9 @@ def make_fake_tensorrt(
 
     # ---------------------------------------------------------------- network
     class ITensor:
+        """``trt.ITensor``: name, shape and dtype of a network tensor (``py::class_<ITensor>`` in NVIDIA/TensorRT
+        v10.13.0 ``python/src/infer/pyGraph.cpp``).
+        """
         def __init__(self, name: str, shape: Sequence[int], dtype: Any = DataType.FLOAT) -> None:
             self.name = name
             self.shape = Dims(shape)
@@ -250,6 +270,10 @@ def make_fake_tensorrt(
     mod.ITensor = ITensor
 
     class ILayer:
+        """``trt.ILayer``: name, type, inputs/outputs, and the per-layer precision setters (``precision``,
+        ``set_output_type``; deprecated in 10.12 and absent on 11) as bound in NVIDIA/TensorRT v10.13.0
+        ``python/src/infer/pyGraph.cpp``.
+        """
         def __init__(self, name: str, ltype: str, op_type: str, inputs: list[ITensor], outputs: list[ITensor]):
             self.name = name
             self.type = mod.LayerType[ltype]
@@ -306,6 +330,9 @@ def make_fake_tensorrt(
     mod.ILayer = ILayer
 
     class INetworkDefinition:
+        """``trt.INetworkDefinition``: layers and I/O tensors by index, ``get_flag`` for the creation flags
+        (``py::class_<INetworkDefinition>`` in NVIDIA/TensorRT v10.13.0 ``python/src/infer/pyGraph.cpp``).
+        """
         def __init__(self, flags: int) -> None:
             self.flags = flags
             self.layers: list[ILayer] = []
@@ -346,6 +373,9 @@ def make_fake_tensorrt(
 
     # ---------------------------------------------------------------- parser
     class ParserError:
+        """``trt.ParserError``: ``code()``, ``desc()``, ``node()`` of one parse error (``py::class_<IParserError>``
+        in NVIDIA/TensorRT v10.13.0 ``python/src/parsers/pyOnnx.cpp``).
+        """
         def __init__(self, desc: str, node: int = -1) -> None:
             self._desc, self._node = desc, node
 
@@ -362,6 +392,12 @@ def make_fake_tensorrt(
             return self._desc
 
     class OnnxParser:
+        """``trt.OnnxParser(network, logger)``: ``parse_from_file``/``parse`` return False and keep ``ParserError`` s
+        on failure; each ONNX node becomes a layer named after the node, later layers of one node ``<node>_<n>``
+        (``py::class_<IParser>`` in NVIDIA/TensorRT v10.13.0 ``python/src/parsers/pyOnnx.cpp``). The layer naming
+        is the one ``trtq.trt.network.map_float_layers`` relies on; the bindings do not show it (it lives in the
+        parser library), so it is the fake's assumption, checked only on a real build.
+        """
         def __init__(self, network: INetworkDefinition, logger: Any) -> None:
             self.network = network
             self.errors: list[ParserError] = []
@@ -444,6 +480,9 @@ def make_fake_tensorrt(
 
     # ---------------------------------------------------------------- config, profile, timing cache
     class IOptimizationProfile:
+        """``trt.IOptimizationProfile``: min/opt/max shape per input (``set_shape``/``get_shape``;
+        ``py::class_<IOptimizationProfile>`` in NVIDIA/TensorRT v10.13.0 ``python/src/infer/pyCore.cpp``).
+        """
         def __init__(self) -> None:
             self.shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
 
@@ -460,7 +499,11 @@ def make_fake_tensorrt(
     mod.IOptimizationProfile = IOptimizationProfile
 
     class ITimingCache:
-        """A timing cache of this TensorRT version, made on device ``mod.FAKE_DEVICE``."""
+        """``trt.ITimingCache``: ``serialize``/``combine`` (``py::class_<ITimingCache>`` in NVIDIA/TensorRT v10.13.0
+        ``python/src/infer/pyCore.cpp``); ``create_timing_cache`` returns None for a corrupt or foreign blob (the
+        ``netconfig_create_timing_cache`` lambda returns the C++ result, nullptr -> None).
+
+        A timing cache of this TensorRT version, made on device ``mod.FAKE_DEVICE``."""
 
         def __init__(self, entries: int = 0, device: str | None = None) -> None:
             self.entries = entries
@@ -494,6 +537,12 @@ def make_fake_tensorrt(
     mod.ITimingCache = ITimingCache
 
     class IBuilderConfig:
+        """``trt.IBuilderConfig``: flags, memory pools, profiles, DLA device types, timing cache, and the version-
+        dependent members (``max_workspace_size`` on 8.x, ``builder_optimization_level`` from 8.6,
+        ``hardware_compatibility_level`` from 8.6, ``int8_calibrator``/``set_calibration_profile`` before 11);
+        read in ``python/src/infer/pyCore.cpp`` (``py::class_<IBuilderConfig>``) at v8.6.1, v10.13.0 and v11.0 of
+        NVIDIA/TensorRT.
+        """
         def __init__(self) -> None:
             self.flags: set[str] = set()
             self.pools: dict[str, int] = {}
@@ -644,6 +693,12 @@ def make_fake_tensorrt(
     if not v11:
 
         class IInt8Calibrator:
+            """``trt.IInt8Calibrator``: the pybind trampoline of NVIDIA/TensorRT v10.13.0
+            ``python/src/infer/pyInt8.cpp``: a subclass must call the base ``__init__``; ``get_batch`` returns
+            device pointers (or ``[]``/None to end), ``read_calibration_cache`` returns bytes or None,
+            ``write_calibration_cache`` receives a ``memoryview``; an exception in a callback is printed to stderr
+            and swallowed. The file is gone at v11.0 (no implicit INT8).
+            """
             ALGO = "LegacyCalibration"
 
             def __init__(self) -> None:
@@ -665,18 +720,27 @@ def make_fake_tensorrt(
                 return None
 
         class IInt8EntropyCalibrator2(IInt8Calibrator):
+            """``trt.IInt8EntropyCalibrator2``: algorithm ENTROPY_CALIBRATION_2 (NVIDIA/TensorRT v10.13.0
+            ``python/src/infer/pyInt8.cpp``).
+            """
             ALGO = "EntropyCalibration2"
 
             def get_algorithm(self) -> Any:
                 return mod.CalibrationAlgoType.ENTROPY_CALIBRATION_2
 
         class IInt8MinMaxCalibrator(IInt8Calibrator):
+            """``trt.IInt8MinMaxCalibrator``: algorithm MINMAX_CALIBRATION (NVIDIA/TensorRT v10.13.0
+            ``python/src/infer/pyInt8.cpp``).
+            """
             ALGO = "MinMaxCalibration"
 
             def get_algorithm(self) -> Any:
                 return mod.CalibrationAlgoType.MINMAX_CALIBRATION
 
         class IInt8EntropyCalibrator(IInt8Calibrator):
+            """``trt.IInt8EntropyCalibrator`` (legacy entropy): algorithm ENTROPY_CALIBRATION (NVIDIA/TensorRT
+            v10.13.0 ``python/src/infer/pyInt8.cpp``).
+            """
             ALGO = "EntropyCalibration"
 
         mod.IInt8Calibrator = IInt8Calibrator
@@ -761,6 +825,9 @@ def make_fake_tensorrt(
 
     # ---------------------------------------------------------------- builder
     class IHostMemory(bytes):
+        """``trt.IHostMemory``: the serialized plan, a buffer with ``nbytes`` (``py::class_<IHostMemory>`` with the
+        buffer protocol in NVIDIA/TensorRT v10.13.0 ``python/src/infer/pyFoundationalTypes.cpp``).
+        """
         @property
         def nbytes(self) -> int:
             return len(self)
@@ -768,6 +835,12 @@ def make_fake_tensorrt(
     mod.IHostMemory = IHostMemory
 
     class Builder:
+        """``trt.Builder(logger)``: ``create_network`` (EXPLICIT_BATCH required on 8.x), ``create_builder_config``,
+        ``num_DLA_cores``, ``build_serialized_network`` returning None on failure, plus the checks real builds
+        fail on (dynamic input without a profile, DLA with dynamic shapes, precision flags on a strongly typed
+        network on 10.2-10.6); ``py::class_<IBuilder>`` in ``python/src/infer/pyCore.cpp`` at v8.6.1, v10.13.0 and
+        v11.0, the failures as the TensorRT developer guide and release notes describe them.
+        """
         def __init__(self, logger: Any) -> None:
             self.logger = logger
             _use_logger(logger, "createInferBuilder")
@@ -899,6 +972,11 @@ def make_fake_tensorrt(
 
     # ---------------------------------------------------------------- runtime
     class IExecutionContext:
+        """``trt.IExecutionContext``: ``set_optimization_profile_async``, ``set_input_shape``,
+        ``set_tensor_address``, ``execute_async_v3(stream_handle)`` (``py::class_<IExecutionContext>`` and the
+        ``execute_async_v3`` lambda in NVIDIA/TensorRT v10.13.0 ``python/src/infer/pyCore.cpp``); the fake
+        computes on fake device memory and advances the fake clock.
+        """
         def __init__(self, engine: ICudaEngine) -> None:
             self.engine = engine
             self.input_shapes: dict[str, tuple[int, ...]] = {}
@@ -999,6 +1077,10 @@ def make_fake_tensorrt(
         return result
 
     class EngineInspector:
+        """``trt.EngineInspector``: ``get_layer_information``/``get_engine_information`` as JSON
+        (``py::class_<IEngineInspector>`` named ``EngineInspector`` in NVIDIA/TensorRT v10.13.0
+        ``python/src/infer/pyCore.cpp``).
+        """
         def __init__(self, engine: ICudaEngine) -> None:
             self.engine = engine
             self.execution_context: Any = None
@@ -1025,6 +1107,10 @@ def make_fake_tensorrt(
     mod.EngineInspector = EngineInspector
 
     class ICudaEngine:
+        """``trt.ICudaEngine``: name-based I/O (``num_io_tensors``, ``get_tensor_name/mode/shape/dtype``,
+        ``get_tensor_profile_shape``), ``create_execution_context``, ``create_engine_inspector``
+        (``py::class_<ICudaEngine>`` in NVIDIA/TensorRT v10.13.0 ``python/src/infer/pyCore.cpp``).
+        """
         def __init__(self, plan: dict[str, Any]) -> None:
             self.plan = plan
             self.fake_latency_ms = float(mod.FAKE_LATENCY_MS)
@@ -1100,6 +1186,10 @@ def make_fake_tensorrt(
     mod.ICudaEngine = ICudaEngine
 
     class Runtime:
+        """``trt.Runtime(logger)``: ``deserialize_cuda_engine`` returns None for a plan it cannot load;
+        ``engine_host_code_allowed`` for version-compatible plans (``py::class_<IRuntime>`` and
+        ``runtime_deserialize_cuda_engine`` in NVIDIA/TensorRT v10.13.0 ``python/src/infer/pyCore.cpp``).
+        """
         def __init__(self, logger: Any) -> None:
             self.logger = logger
             _use_logger(logger, "createInferRuntime")
