@@ -404,7 +404,7 @@ class CalibrationTable:
                 )
 
     # ---------------------------------------------------------------- staleness
-    def differences(
+    def mismatches(
         self,
         *,
         model_sha256: str | None = None,
@@ -412,15 +412,18 @@ class CalibrationTable:
         algorithm: str | None = None,
         percentile: float | None = None,
         images_sha256: str | None = None,
-    ) -> list[str]:
-        """Human-readable reasons why this table does not fit the given build (empty when it fits).
+    ) -> dict[str, str]:
+        """Why this table does not fit the given build, per field (empty when it fits).
+
+        Keys: ``model``, ``preprocessing``, ``algorithm``, ``percentile``, ``images``; values: the human-readable
+        reason. Logic uses the keys, messages the values.
 
         Only the arguments given are compared. Preprocessing keys that do not change per-image
         statistics (``batch``) are ignored.
         """
-        out: list[str] = []
+        out: dict[str, str] = {}
         if model_sha256 is not None and model_sha256 != self.model_sha256:
-            out.append(
+            out["model"] = (
                 f"model sha256 differs: cache made from {_short(self.model_sha256)}, "
                 f"this model is {_short(model_sha256)}"
             )
@@ -434,9 +437,9 @@ class CalibrationTable:
                 if mine.get(k) != theirs.get(k)
             ]
             if diffs:
-                out.append("preprocessing differs: " + "; ".join(diffs))
+                out["preprocessing"] = "preprocessing differs: " + "; ".join(diffs)
         if algorithm is not None and algorithm != self.algorithm:
-            out.append(
+            out["algorithm"] = (
                 f"algorithm differs: cache made with {self.algorithm}, this build asks for {algorithm}"
             )
         elif (
@@ -445,12 +448,29 @@ class CalibrationTable:
             and self.percentile is not None
             and float(percentile) != self.percentile
         ):
-            out.append(
+            out["percentile"] = (
                 f"percentile differs: cache made with {self.percentile:g}, this build asks for {float(percentile):g}"
             )
         if images_sha256 is not None and images_sha256 != self.images_sha256:
-            out.append(
+            out["images"] = (
                 f"calibration images differ: cache made from image list {_short(self.images_sha256)}, "
                 f"this build uses {_short(images_sha256)}"
             )
         return out
+
+    def differences(
+        self,
+        *,
+        model_sha256: str | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        algorithm: str | None = None,
+        percentile: float | None = None,
+        images_sha256: str | None = None,
+    ) -> list[str]:
+        """Human-readable reasons why this table does not fit the given build (empty when it fits).
+
+        Only the arguments given are compared. Preprocessing keys that do not change per-image
+        statistics (``batch``) are ignored. :meth:`mismatches` gives the same reasons by field.
+        """
+        return list(self.mismatches(model_sha256=model_sha256, preprocessing=preprocessing, algorithm=algorithm,
+                                    percentile=percentile, images_sha256=images_sha256).values())

@@ -157,17 +157,18 @@ def _reuse_cache(
     if table is None or plan.cache_bytes is not None:
         return table
     adopt = user_cache is not None and options.algo is None  # without --algo, a --cache keeps its own algorithm
-    diffs = table.differences(
+    mismatch = table.mismatches(
         model_sha256=info.sha256,
         preprocessing=expected_preprocessing(info, profile),
         algorithm=None if adopt else algo,
         percentile=options.percentile if algo == "percentile" and not adopt else None,
     )
+    diffs = list(mismatch.values())
     if diffs and force_cache:
         log.warning("calibration cache %s does not match this build (%s); using it anyway (--force-cache)",
                     cache_path, "; ".join(diffs))
     elif diffs and user_cache is not None:
-        only_algo = all(d.startswith(("algorithm differs", "percentile differs")) for d in diffs)
+        only_algo = set(mismatch) <= {"algorithm", "percentile"}
         fix = ("Drop --algo/--percentile to build with the cache's own algorithm" if only_algo else
                "Recalibrate (pass --calib without this --cache, or delete it)")
         raise TrtqError(
