@@ -212,6 +212,20 @@ def test_stale_cache_is_refused_with_what_differs(tiny: Path, images: Path, tmp_
     assert trt.STATE.used_cache and forced.precision == "int8"
 
 
+def test_refused_cache_suggests_the_fix_for_what_differs(tiny: Path, images: Path, tmp_path: Path) -> None:
+    """Only the algorithm differs: build with the cache's own; anything else differs: recalibrate."""
+    first = _build(make_fake_tensorrt("8.5.3"), tiny, tmp_path, "a.engine", int8=True, calib=images, algo="entropy")
+    with pytest.raises(TrtqError) as algo_only:
+        _build(make_fake_tensorrt("8.5.3"), tiny, tmp_path, "b.engine", int8=True, cache=first.cache_path,
+               algo="minmax")
+    assert "Drop --algo/--percentile" in str(algo_only.value) and "Recalibrate" not in str(algo_only.value)
+    other = make_tiny_conv_onnx(tmp_path / "other.onnx", seed=1)
+    with pytest.raises(TrtqError) as model_and_algo:
+        _build(make_fake_tensorrt("8.5.3"), other, tmp_path, "c.engine", int8=True, cache=first.cache_path,
+               algo="minmax")
+    assert "Recalibrate" in str(model_and_algo.value) and "Drop --algo" not in str(model_and_algo.value)
+
+
 def test_cache_without_record_is_refused(tiny: Path, tmp_path: Path) -> None:
     cache = tmp_path / "foreign.cache"
     cache.write_bytes(b"TRT-8503-EntropyCalibration2\nimages: 3c010a14\n")
