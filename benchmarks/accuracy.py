@@ -60,11 +60,12 @@ def main() -> int:
 
     import onnx
 
+    from trtq.amax import activation_amax, collect_statistics
     from trtq.evaluate import evaluate
     from trtq.fileio import write_json, write_text
     from trtq.headpolicy import float_nodes
     from trtq.qdq import plan_qdq
-    from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, activation_amax, collect_statistics, write_qdq
+    from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, write_qdq
 
     shared = Path(args.shared).resolve()
     model = shared / "models" / "yolov8n-coco.onnx"

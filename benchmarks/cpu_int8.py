@@ -131,11 +131,12 @@ def _session(path: Path, threads: int) -> Any:
 def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[str, str], dict[str, Any]]:
     import onnx
 
+    from trtq.amax import collect_statistics
     from trtq.cpu_target import plan_cpu, quantize_cpu
     from trtq.export import export_onnx
     from trtq.headpolicy import float_nodes
     from trtq.qdq import plan_qdq
-    from trtq.quantize import collect_statistics, quantize
+    from trtq.quantize import quantize
 
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
