@@ -256,13 +256,12 @@ def _folder_dataset(folder: Path, workdir: Path, names: dict[int, str] | None) -
     if not images:
         raise TrtqError(f"no images found in {folder} (accepted: {', '.join(IMAGE_SUFFIXES)})")
     nc = len(names) if names else None
-    # ultralytics' own layout (.../images/... with .../labels/...) is used in place
+    # ultralytics' own layout (.../images/... with .../labels/...), seen through a private view
     if any(_label_path(i).is_file() and _label_path(i) != i.with_suffix(".txt") for i in images):
         labelled, inst = _check_split(images, nc, str(folder))
         if names is None:
             names = _names_from_labels(images)
-        yaml_path = workdir / "data.yaml"
-        _write_yaml(yaml_path, {"path": str(folder), "train": str(folder), "val": str(folder), "names": names})
+        yaml_path = _private_view(images, workdir, {"names": names})
         return DataSpec(yaml_path, len(images), labelled, inst, f"folder {folder}")
     # labels next to the images (or in folder/labels): rebuild the ultralytics layout with links
     img_out, lab_out = workdir / "images" / "val", workdir / "labels" / "val"
@@ -295,6 +294,35 @@ def _folder_dataset(folder: Path, workdir: Path, names: dict[int, str] | None) -
     return DataSpec(yaml_path, len(images), labelled, inst, f"folder {folder}")
 
 
+def _private_view(images: list[Path], workdir: Path, cfg: dict[str, Any]) -> Path:
+    """A data yaml over links to ``images`` and copies of their labels under ``workdir``.
+
+    ultralytics writes a label cache (``labels/<split>.cache``) beside the labels it reads; evaluating
+    through this view keeps that file in ``workdir``, so a dataset is never written to (it may be
+    read-only or shared)."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="view-", dir=workdir))
+    img_out, lab_out = root / "images" / "val", root / "labels" / "val"
+    img_out.mkdir(parents=True)
+    lab_out.mkdir(parents=True)
+    for i, img in enumerate(images):
+        name = f"{i:06d}_{img.name}"
+        try:
+            (img_out / name).symlink_to(img.resolve())
+        except OSError:
+            import shutil
+
+            shutil.copy2(img, img_out / name)
+        label = _label_path(img)
+        if label.is_file():
+            (lab_out / Path(name).with_suffix(".txt")).write_bytes(label.read_bytes())
+    keep = {k: v for k, v in cfg.items() if k not in ("path", "train", "val", "test", "download")}
+    yaml_path = root / "data.yaml"
+    _write_yaml(yaml_path, {"path": str(root), "train": "images/val", "val": "images/val", **keep})
+    return yaml_path
+
+
 def _names_from_labels(images: list[Path], label_dir: Path | None = None) -> dict[int, str]:
     files = sorted(label_dir.glob("*.txt")) if label_dir else [_label_path(i) for i in images]
     top = 0
@@ -325,7 +353,8 @@ def prepare_data(
         kpt = cfg.get("kpt_shape")
         kpt_shape = (int(kpt[0]), int(kpt[1])) if isinstance(kpt, list) and len(kpt) == 2 else None
         labelled, inst = _check_split(split_images, nc, f"{path} (val split)", kpt_shape)
-        return DataSpec(path.resolve(), len(split_images), labelled, inst, f"data yaml {path}")
+        view = _private_view(split_images, workdir, cfg)
+        return DataSpec(view, len(split_images), labelled, inst, f"data yaml {path}")
     if suffix == ".json":
         return _coco_to_yolo(path, Path(images) if images is not None else None, workdir, names)
     raise TrtqError(f"{path}: unsupported data ({suffix or 'no suffix'}); pass a data .yaml, an image folder or a COCO .json")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from trtq.cli import main
@@ -60,8 +61,15 @@ def test_eval_fp32_onnx_reproduces_ultralytics_val(yolo_onnx: Path, val_yaml: Pa
     from trtq.evaluate import evaluate
 
     ours = evaluate(yolo_onnx, val_yaml)
+    # ultralytics writes a label cache beside the labels it reads: give it a private copy of the data
+    root = tmp_path / "coco128"
+    for sub in ("images", "labels"):
+        shutil.copytree(val_yaml.parent / sub / "val2017", root / sub / "val2017")
+    yaml_copy = tmp_path / "data.yaml"
+    cfg = yaml.safe_load(val_yaml.read_text())
+    yaml_copy.write_text(yaml.safe_dump({**cfg, "path": str(root), "train": "images/val2017", "val": "images/val2017"}))
     direct = YOLO(str(yolo_onnx), task="detect").val(
-        data=str(val_yaml), imgsz=640, batch=1, plots=False, device="cpu", verbose=False,
+        data=str(yaml_copy), imgsz=640, batch=1, plots=False, device="cpu", verbose=False,
         project=str(tmp_path), name="direct", conf=0.001, iou=0.7, max_det=300,
     )
     assert abs(ours["map50_95"] - float(direct.box.map)) <= 0.002
@@ -144,3 +152,12 @@ def test_head_policy_on_another_yolov8_shape(tmp_path: Path) -> None:
     assert any(reason_code(v) is Reason.DFL for v in nodes.values())
     policy = head_policy(m)  # no metadata: branches told apart by channels (4 x 16 bins) and graph hints
     assert sorted(policy[f].branch.value for f in finals) == ["box"] * 3 + ["class"] * 3  # type: ignore[union-attr]
+
+
+def test_eval_never_writes_into_the_dataset(yolo_onnx: Path, val_yaml: Path, tmp_path: Path) -> None:
+    """ultralytics caches labels beside the labels it reads; trtq eval reads a private view of the data."""
+    data = _small_set(val_yaml, tmp_path / "small", n=4)
+    before = sorted(str(p.relative_to(data.parent)) for p in data.parent.rglob("*"))
+    result = CliRunner().invoke(main, ["eval", str(yolo_onnx), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert sorted(str(p.relative_to(data.parent)) for p in data.parent.rglob("*")) == before
