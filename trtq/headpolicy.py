@@ -193,3 +193,12 @@ def float_nodes(model: onnx.ModelProto) -> dict[str, str]:
 def final_head_convs(model: onnx.ModelProto) -> list[str]:
     """Names of the head's final weighted ops (the six ``cv2.*.2`` / ``cv3.*.2`` convs on YOLOv8)."""
     return [k for k, v in float_nodes(model).items() if v.startswith("final head conv")]
+
+
+def head_keep_float(model: onnx.ModelProto, *, quantize_head: bool = False) -> dict[str, str]:
+    """The head nodes to keep in float: all of :func:`float_nodes`, or with ``quantize_head`` all but the final
+    head convs (the DFL, box decode, Sigmoid and output Concat stay float either way)."""
+    nodes = float_nodes(model)
+    if not quantize_head:
+        return nodes
+    return {k: v for k, v in nodes.items() if not v.startswith("final head conv")}

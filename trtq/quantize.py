@@ -26,8 +26,7 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 from trtq import __version__
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, sha256_file, write_json, write_text
-from trtq.headpolicy import float_nodes as head_float_nodes
-from trtq.headpolicy import node_key
+from trtq.headpolicy import head_keep_float, node_key
 from trtq.qdq import QMAX, QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
 logger = logging.getLogger(__name__)
@@ -373,11 +372,12 @@ def write_qdq(
     int8_weights: bool = False,
     calibration: Mapping[str, Any] | None = None,
     write_report: bool = True,
+    quantize_head: bool = False,
 ) -> QuantizeResult:
     """Place Q/DQ with ranges ``amax`` and write the model (+ report). No calibration here."""
     mpath = Path(model_path)
     model = onnx.load(str(mpath))
-    keep: dict[str, str] = dict(head_float_nodes(model)) if head_policy else {}
+    keep: dict[str, str] = head_keep_float(model, quantize_head=quantize_head) if head_policy else {}
     keep.update(keep_float or {})
     plan = plan_qdq(model, keep_float=keep, exclude=exclude, residual_add=residual_add)
     qmodel, used = insert_qdq(
@@ -386,6 +386,7 @@ def write_qdq(
     out = Path(output) if output is not None else default_output(mpath, ".int8.qdq.onnx")
     options = {
         "head_policy": head_policy,
+        "quantize_head": quantize_head,
         "per_channel": per_channel,
         "unify_concat": unify_concat,
         "residual_add": residual_add,
@@ -438,6 +439,7 @@ def quantize(
     histograms: Mapping[str, Any] | None = None,
     sensitivity_images: int = 16,
     max_steps: int = 12,
+    quantize_head: bool = False,
 ) -> QuantizeResult:
     """Calibrate ``model`` on ``source`` and write an explicit Q/DQ INT8 ONNX.
 
@@ -456,7 +458,7 @@ def quantize(
         raise TrtqError(f"--max-drop must be >= 0 mAP points, got {max_drop}")
     mpath = _resolve_model(model)
     fmodel = onnx.load(str(mpath))
-    keep = dict(head_float_nodes(fmodel)) if head_policy else {}
+    keep = head_keep_float(fmodel, quantize_head=quantize_head) if head_policy else {}
     plan = plan_qdq(fmodel, keep_float=keep, exclude=exclude, residual_add=residual_add)
     # statistics for every tensor that any layer could quantize (max-drop re-plans without re-calibrating)
     tensors = plan.activation_tensors
@@ -508,6 +510,7 @@ def quantize(
         "percentile": percentile,
         "exclude": exclude,
         "head_policy": head_policy,
+        "quantize_head": quantize_head,
         "per_channel": per_channel,
         "unify_concat": unify_concat,
         "residual_add": residual_add,

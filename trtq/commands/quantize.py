@@ -24,6 +24,8 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--batch", type=int, default=1, show_default=True, help="Images per calibration batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--no-head-policy", is_flag=True, help="Also quantize the YOLOv8 head's final convs (costs accuracy).")
+@click.option("--quantize-head", is_flag=True,
+              help="Quantize the head's six final convs too; the DFL, box decode, Sigmoid and output Concat stay float.")
 @click.option("--no-concat-unify", is_flag=True, help="Do not give the inputs of a Concat one shared scale.")
 @click.option("--int8-weights", is_flag=True, help="Store weights as INT8 (smaller file; TensorRT >= 10 and ONNX Runtime only).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Q/DQ ONNX path (default <model>.int8.qdq.onnx).")
@@ -40,6 +42,7 @@ def command(
     batch: int,
     seed: int,
     no_head_policy: bool,
+    quantize_head: bool,
     no_concat_unify: bool,
     int8_weights: bool,
     output: Path | None,
@@ -69,6 +72,7 @@ def command(
         output=output,
         table=table,
         head_policy=not no_head_policy,
+        quantize_head=quantize_head,
         unify_concat=not no_concat_unify,
         int8_weights=int8_weights,
         progress=True,
