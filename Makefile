@@ -10,10 +10,10 @@ STAMP := $(VENV)/.trtq-installed
 SHARED ?= ../shared/assets
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit typecheck lint bench bench-calib bench-accuracy clean help
+.PHONY: install demo test unit typecheck lint bench bench-calib bench-accuracy bench-qat clean help
 
 help:
-	@echo "make demo | make test | make bench | make bench-calib | make bench-accuracy | make typecheck | make lint"
+	@echo "make demo | make test | make bench | make bench-calib | make bench-accuracy | make bench-qat | make typecheck | make lint"
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ bench-calib: $(STAMP)
 
 bench-accuracy: $(STAMP)
 	YOLO_OFFLINE=1 $(PY) benchmarks/accuracy.py --shared $(SHARED)
+
+# Ultralytics' own QAT row needs nvidia-modelopt and huggingface_hub in the venv (not trtq dependencies).
+bench-qat: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) benchmarks/qat.py --shared $(SHARED)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache
