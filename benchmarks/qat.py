@@ -45,7 +45,7 @@ ROWS: dict[str, str] = {
     "qat-head-distill": "trtq QAT, head quantized, distillation (`trtq qat --quantize-head --distill`)",
     "ultralytics-qat": "Ultralytics QAT (`yolo train quantize=8`, ModelOpt; head final convs float), exported Q/DQ ONNX",
 }
-MEM_LIMIT_GB = 8.0  # address-space cap per child (RSS stays well below; torch reserves virtual memory)
+MEM_LIMIT_GB = 16.0  # address-space cap per child: RSS stays near 4 GB, but torch and ModelOpt reserve virtual memory
 
 
 class Child:
