@@ -670,7 +670,9 @@ def qat(
     calib_source: Any = calib if calib is not None else data
     if calib_source is None:
         raise TrtqError("qat needs images to calibrate on: pass --calib DIR (or --data DATA.yaml)")
-    out = Path(output) if output is not None else pt.with_name(f"{pt.stem}.qat.int8.qdq.onnx")
+    from trtq.fileio import default_output
+
+    out = Path(output) if output is not None else default_output(pt, ".qat.int8.qdq.onnx")
     if not out.name.endswith(".onnx"):
         raise TrtqError(f"output {out} must end in .onnx")
     if not os.access(out.parent if out.parent.exists() else Path.cwd(), os.W_OK):
