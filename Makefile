@@ -10,10 +10,10 @@ STAMP := $(VENV)/.trtq-installed
 SHARED ?= ../shared/assets
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit typecheck lint bench bench-calib bench-cpu-int8 bench-accuracy bench-models clean help
+.PHONY: install demo test unit typecheck lint bench bench-calib bench-cpu-int8 bench-accuracy bench-models bench-qat clean help
 
 help:
-	@echo "make demo | make test | make bench | make bench-calib | make bench-cpu-int8 | make bench-accuracy | make bench-models | make typecheck | make lint"
+	@echo "make demo | make test | make bench | make bench-calib | make bench-cpu-int8 | make bench-accuracy | make bench-models | make bench-qat | make typecheck | make lint"
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ bench-accuracy: $(STAMP)
 
 bench-models: $(STAMP)
 	YOLO_OFFLINE=1 $(PY) benchmarks/models.py --shared $(SHARED)
+
+# Ultralytics' own QAT row needs nvidia-modelopt and huggingface_hub in the venv (not trtq dependencies).
+bench-qat: $(STAMP)
+	YOLO_OFFLINE=1 $(PY) benchmarks/qat.py --shared $(SHARED)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("trtq.commands.export", "Export an Ultralytics YOLOv8 model (.pt) to ONNX."),
     "calibrate": ("trtq.commands.calibrate", "Compute INT8 ranges on the CPU; write a TensorRT calibration cache."),
     "quantize": ("trtq.commands.quantize", "Write an explicit Q/DQ INT8 ONNX (runs on ONNX Runtime and TensorRT)."),
+    "qat": ("trtq.commands.qat", "Quantization-aware fine-tuning of a .pt; writes a Q/DQ INT8 ONNX."),
     "eval": ("trtq.commands.evaluate", "Measure mAP50-95 / mAP50 of a .pt, ONNX, Q/DQ ONNX or engine."),
     "compare": ("trtq.commands.compare", "Fidelity of a quantized model against FP32 on unlabelled images."),
     "sensitivity": ("trtq.commands.sensitivity", "Rank layers by the output error (or mAP drop) each costs in INT8."),

@@ -542,3 +542,12 @@ def graph_layout(model: onnx.ModelProto) -> Any:
     from dataclasses import replace
 
     return replace(layout, inferred=True)
+
+
+def head_keep_float(model: onnx.ModelProto, *, quantize_head: bool = False) -> dict[str, str]:
+    """The head nodes to keep in float: all of :func:`float_nodes`, or with ``quantize_head`` all but the last
+    conv of each head branch (the DFL, decode, Sigmoid and output Concat stay float either way)."""
+    nodes = float_nodes(model)
+    if not quantize_head:
+        return nodes
+    return {k: v for k, v in nodes.items() if reason_code(v) is not Reason.FINAL_CONV}

@@ -33,8 +33,7 @@ from trtq import __version__
 from trtq.amax import QUANTIZE_ALGOS, activation_amax, collect_statistics
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
-from trtq.headpolicy import branch_summary, node_key, reason_code
-from trtq.headpolicy import float_nodes as head_float_nodes
+from trtq.headpolicy import branch_summary, head_keep_float, node_key, reason_code
 from trtq.qdq import QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
 logger = logging.getLogger(__name__)
@@ -340,12 +339,13 @@ def write_qdq(
     int8_weights: bool = False,
     calibration: Mapping[str, Any] | None = None,
     write_report: bool = True,
+    quantize_head: bool = False,
 ) -> QuantizeResult:
     """Place Q/DQ with ranges ``amax`` and write the model (+ report). No calibration here."""
     mpath = Path(model_path)
     model = onnx.load(str(mpath))
     layout = _layout_or_none(mpath)
-    keep: dict[str, str] = dict(head_float_nodes(model)) if head_policy else {}
+    keep: dict[str, str] = head_keep_float(model, quantize_head=quantize_head) if head_policy else {}
     keep.update(keep_float or {})
     plan = plan_qdq(model, keep_float=keep, exclude=exclude, residual_add=residual_add)
     qmodel, used = insert_qdq(
@@ -354,6 +354,7 @@ def write_qdq(
     out = Path(output) if output is not None else default_output(mpath, ".int8.qdq.onnx")
     options = {
         "head_policy": head_policy,
+        "quantize_head": quantize_head,
         "per_channel": per_channel,
         "unify_concat": unify_concat,
         "residual_add": residual_add,
@@ -427,6 +428,7 @@ def quantize(
     histograms: Mapping[str, Any] | None = None,
     sensitivity_images: int = 16,
     max_steps: int = 12,
+    quantize_head: bool = False,
 ) -> QuantizeResult:
     """Calibrate ``model`` on ``source`` and write an explicit Q/DQ INT8 ONNX.
 
@@ -451,7 +453,7 @@ def quantize(
     info = read_model_info(mpath)
     check_model(info)  # refuses what trtq cannot decode before any work
     fmodel = onnx.load(str(mpath))
-    keep = dict(head_float_nodes(fmodel)) if head_policy else {}
+    keep = head_keep_float(fmodel, quantize_head=quantize_head) if head_policy else {}
     plan = plan_qdq(fmodel, keep_float=keep, exclude=exclude, residual_add=residual_add)
     # statistics for every tensor that any layer could quantize (max-drop re-plans without re-calibrating)
     tensors = plan.activation_tensors
@@ -512,6 +514,7 @@ def quantize(
         "percentile": percentile,
         "exclude": exclude,
         "head_policy": head_policy,
+        "quantize_head": quantize_head,
         "per_channel": per_channel,
         "unify_concat": unify_concat,
         "residual_add": residual_add,

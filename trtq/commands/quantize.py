@@ -31,6 +31,8 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--no-head-policy", is_flag=True,
               help="Also quantize the head (branch last convs, DFL) and attention MatMuls (costs accuracy).")
+@click.option("--quantize-head", is_flag=True,
+              help="Quantize the last conv of every head branch too; DFL, decode, Sigmoid and output Concat stay float.")
 @click.option("--no-concat-unify", is_flag=True, help="Do not give the inputs of a Concat one shared scale.")
 @click.option("--int8-weights", is_flag=True, help="Store weights as INT8 (smaller file; TensorRT >= 10 and ONNX Runtime only).")
 @click.option("--ref-images", type=click.IntRange(min=0), default=8, show_default=True,
@@ -53,6 +55,7 @@ def command(
     batch: int,
     seed: int,
     no_head_policy: bool,
+    quantize_head: bool,
     no_concat_unify: bool,
     int8_weights: bool,
     ref_images: int,
@@ -78,6 +81,8 @@ def command(
 
     if target != "cpu" and reduce_range:
         raise TrtqError("--reduce-range applies to --target cpu only")
+    if target == "cpu" and quantize_head:
+        raise TrtqError("--quantize-head applies to --target tensorrt only; drop it for --target cpu")
     if target == "cpu":
         click.echo(_quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch, seed,
                                  no_head_policy, no_concat_unify, int8_weights, reduce_range, output))
@@ -99,6 +104,7 @@ def command(
         table=table,
         force_cache=force_cache,
         head_policy=not no_head_policy,
+        quantize_head=quantize_head,
         unify_concat=not no_concat_unify,
         int8_weights=int8_weights,
         progress=True,
