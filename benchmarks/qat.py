@@ -93,9 +93,10 @@ def make_ptq(shared: Path, work: Path, out_json: Path) -> None:
     """Both PTQ rows from one calibration pass (as `trtq quantize` does it, with and without --quantize-head)."""
     import onnx
 
+    from trtq.amax import activation_amax, collect_statistics
     from trtq.headpolicy import head_keep_float
     from trtq.qdq import plan_qdq
-    from trtq.quantize import DEFAULT_ALGO, activation_amax, collect_statistics, write_qdq
+    from trtq.quantize import DEFAULT_ALGO, write_qdq
 
     model = shared / "models" / "yolov8n-coco.onnx"
     calib = shared / "coco128" / "images" / "train2017"

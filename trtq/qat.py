@@ -337,7 +337,7 @@ class QatResult:
     float_path: Path
     cache_path: Path
     report_path: Path
-    table_path: Path
+    markdown_path: Path
     report: dict[str, Any]
 
     def summary(self) -> str:
@@ -350,7 +350,7 @@ class QatResult:
                 f"fine-tuned {q['mode']} for {q['epochs']} epoch(s), {q['iterations']} iterations in {q['finetune_seconds']:.0f} s "
                 f"(loss {q['first_loss']:.4g} -> {q['last_loss']:.4g}); total {q['total_seconds']:.0f} s, peak RSS {q['peak_rss_mb']:.0f} MB",
                 f"implicit INT8: {self.float_path} with cache {self.cache_path} (+ .json)",
-                f"report {self.report_path} and {self.table_path}",
+                f"report {self.report_path} and {self.markdown_path}",
             ]
         )
 
@@ -364,7 +364,7 @@ def peak_rss_mb() -> float:
 
 def output_paths(output: Path) -> dict[str, Path]:
     """Every file :func:`qat` writes for the Q/DQ ONNX ``output``."""
-    from calibrators.table import sidecar_path
+    from calibrators.table import table_sidecar_path
     from trtq.quantize import report_paths
 
     stem = output.name[: -len(".onnx")] if output.name.endswith(".onnx") else output.name
@@ -375,7 +375,7 @@ def output_paths(output: Path) -> dict[str, Path]:
         "onnx": output,
         "float": float_path,
         "cache": cache,
-        "sidecar": sidecar_path(cache),
+        "sidecar": table_sidecar_path(cache),
         "report_json": report_json,
         "report_md": report_md,
     }
@@ -681,10 +681,11 @@ def qat(
     import onnx
 
     from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
+    from trtq.amax import activation_amax, collect_statistics
     from trtq.export import export_onnx
     from trtq.headpolicy import head_keep_float
     from trtq.qdq import insert_qdq, plan_qdq
-    from trtq.quantize import activation_amax, collect_statistics, report_markdown, write_qdq
+    from trtq.quantize import report_markdown, write_qdq
 
     paths = output_paths(out)
     with _staging(out) as tmp:
@@ -809,7 +810,7 @@ def qat(
             "report_md": tmp / "report.md",
         }
         table.save(stage["cache"])
-        from calibrators.table import sidecar_path
+        from calibrators.table import table_sidecar_path
 
         write_json(stage["report_json"], report)
         write_text(stage["report_md"], report_markdown(report) + _qat_markdown(report["qat"]))
@@ -817,7 +818,7 @@ def qat(
         moves = [
             (stage["float"], paths["float"]),
             (stage["cache"], paths["cache"]),
-            (sidecar_path(stage["cache"]), paths["sidecar"]),
+            (table_sidecar_path(stage["cache"]), paths["sidecar"]),
             (stage["report_json"], paths["report_json"]),
             (stage["report_md"], paths["report_md"]),
             (tmp / "qdq.onnx", paths["onnx"]),

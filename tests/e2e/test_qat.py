@@ -100,11 +100,12 @@ def test_fake_quant_model_matches_the_exported_qdq_onnx(base_onnx: Path, yolo_pt
     from float rounding differences upstream), and the model outputs agree."""
     import onnxruntime as ort
 
+    from trtq.amax import activation_amax, collect_statistics
     from trtq.headpolicy import head_keep_float
     from trtq.images import ImageBatcher
     from trtq.qat import insert_fake_quant, load_detection_model, map_placement
     from trtq.qdq import plan_qdq
-    from trtq.quantize import activation_amax, collect_statistics, write_qdq
+    from trtq.quantize import write_qdq
 
     fm = onnx.load(str(base_onnx))
     plan = plan_qdq(fm, keep_float=head_keep_float(fm, quantize_head=True))
