@@ -206,7 +206,7 @@ def main() -> int:
         ul_child = None
         if "ultralytics-qat" in names:
             try:
-                import modelopt  # noqa: F401
+                import modelopt  # noqa: F401  # pyright: ignore[reportMissingImports]  (optional, not a dependency)
             except ImportError:
                 notes.append("Ultralytics QAT row skipped: nvidia-modelopt is not installed (pip install nvidia-modelopt huggingface_hub).")
             else:

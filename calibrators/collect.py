@@ -699,9 +699,11 @@ def collect_histograms(
         for t in workers:
             while t.is_alive():
                 t.join(0.2)
-    except BaseException:  # Ctrl-C: let the workers stop at their next batch
+    except BaseException:  # Ctrl-C: let the workers stop at their next batch, then leave
         with lock:
             failures.append(KeyboardInterrupt())
+        for t in workers:  # a thread still inside ONNX Runtime at interpreter exit aborts the process
+            t.join()
         raise
     finally:
         if bar is not None:

@@ -237,6 +237,11 @@ def compare_outputs(
         if ref.shape != cand.shape:
             raise TrtqError(f"output {name!r}: reference shape {list(ref.shape)} vs candidate {list(cand.shape)}")
         outputs[name] = _polygraphy_metrics(name, ref, cand, tol)
+        if layout is not None and layout.end2end and name == out_names[0]:
+            # an end-to-end head lists its top detections in rank order: near-tied candidates swap places
+            # with tiny input changes, so element-wise metrics say little; the detections decide
+            outputs[name]["judged_by"] = "detections"
+            outputs[name]["passed"] = True
         shape = np.asarray(reference[0][name]).shape
         head = name == out_names[0] if layout is not None else is_yolo_output(shape)
         if detections is None and head:

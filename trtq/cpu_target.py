@@ -41,10 +41,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from trtq import __version__
+from trtq import __version__, onnxgraph
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_path, default_output, sha256_file, write_json, write_text
+from trtq.fileio import atomic_path, default_output, write_json, write_text
 from trtq.headpolicy import node_key
+from trtq.modelinfo import model_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def plan_cpu(
                 continue
             # the input gets its own Q/DQ when its producer is float (a graph input, a float node)
             plan.tensors.setdefault(data, data)
-            plan.weights[node.input[1]] = key
+            plan.weights[key] = node.input[1]
         elif op in ("Add", "Mul", "Concat"):
             ins = [i for i in node.input if i]
             if any(i in constants for i in ins):
@@ -265,37 +266,45 @@ def insert_cpu_qdq(
 
     # weights (s8 symmetric per output channel) and biases (i32, scale S_x * S_w)
     conv_of = {node_key(n): n for n in graph.node if n.op_type == "Conv"}
-    for w, key in plan.weights.items():
+    weight_scale: dict[str, np.ndarray] = {}  # an initializer shared by several convs is quantized once
+    emitted: set[str] = set()
+    for n_conv, (key, w) in enumerate(plan.weights.items()):
         node = conv_of[key]
-        arr = numpy_helper.to_array(inits[w]).astype(np.float32)
-        amax_c = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1)
-        w_scale = np.where(amax_c > 0, amax_c / wmax, 1.0).astype(np.float32)
-        wq = np.clip(np.rint(arr / w_scale.reshape(-1, *([1] * (arr.ndim - 1)))), -wmax, wmax).astype(np.int8)
-        new_inits.append(numpy_helper.from_array(wq, f"{w}_quantized"))
-        new_inits.append(numpy_helper.from_array(w_scale, f"{w}_scale"))
-        new_inits.append(numpy_helper.from_array(np.zeros(wq.shape[0], np.int8), f"{w}_zero_point"))
         pos = producer_pos.get(node.output[0], -1) - 1  # just before the Conv (it is its own producer)
-        dqw = helper.make_node(
-            "DequantizeLinear", [f"{w}_quantized", f"{w}_scale", f"{w}_zero_point"], [f"{w}_dequantized"],
-            name=f"{w}_DequantizeLinear", axis=0,
-        )
-        new_nodes.setdefault(pos, []).append(dqw)
+        if w not in weight_scale:
+            arr = numpy_helper.to_array(inits[w]).astype(np.float32)
+            amax_c = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1)
+            w_scale = np.where(amax_c > 0, amax_c / wmax, 1.0).astype(np.float32)
+            wq = np.clip(np.rint(arr / w_scale.reshape(-1, *([1] * (arr.ndim - 1)))), -wmax, wmax).astype(np.int8)
+            new_inits.append(numpy_helper.from_array(wq, f"{w}_quantized"))
+            new_inits.append(numpy_helper.from_array(w_scale, f"{w}_scale"))
+            new_inits.append(numpy_helper.from_array(np.zeros(wq.shape[0], np.int8), f"{w}_zero_point"))
+            dqw = helper.make_node(
+                "DequantizeLinear", [f"{w}_quantized", f"{w}_scale", f"{w}_zero_point"], [f"{w}_dequantized"],
+                name=f"{w}_DequantizeLinear", axis=0,
+            )
+            new_nodes.setdefault(pos, []).append(dqw)
+            weight_scale[w] = w_scale
+        w_scale = weight_scale[w]
         node.input[1] = f"{w}_dequantized"
         if len(node.input) > 2 and node.input[2] in inits:
             b = node.input[2]
+            # the bias scale is S_x * S_w of this conv: a bias shared by several convs gets one copy each
+            bname = b if b not in emitted else f"{b}_conv{n_conv}"
+            emitted.add(b)
             x_scale = params[plan.tensors[node.input[0]]].scale
             b_scale = (w_scale.astype(np.float64) * x_scale).astype(np.float32)
             bq = np.rint(numpy_helper.to_array(inits[b]).astype(np.float64) / b_scale).astype(np.int64)
             bq = np.clip(bq, -(2**31), 2**31 - 1).astype(np.int32)
-            new_inits.append(numpy_helper.from_array(bq, f"{b}_quantized"))
-            new_inits.append(numpy_helper.from_array(b_scale, f"{b}_scale"))
-            new_inits.append(numpy_helper.from_array(np.zeros(bq.shape, np.int32), f"{b}_zero_point"))
+            new_inits.append(numpy_helper.from_array(bq, f"{bname}_quantized"))
+            new_inits.append(numpy_helper.from_array(b_scale, f"{bname}_scale"))
+            new_inits.append(numpy_helper.from_array(np.zeros(bq.shape, np.int32), f"{bname}_zero_point"))
             dqb = helper.make_node(
-                "DequantizeLinear", [f"{b}_quantized", f"{b}_scale", f"{b}_zero_point"], [f"{b}_dequantized"],
-                name=f"{b}_DequantizeLinear", axis=0,
+                "DequantizeLinear", [f"{bname}_quantized", f"{bname}_scale", f"{bname}_zero_point"],
+                [f"{bname}_dequantized"], name=f"{bname}_DequantizeLinear", axis=0,
             )
-            new_nodes[pos].append(dqb)
-            node.input[2] = f"{b}_dequantized"
+            new_nodes.setdefault(pos, []).append(dqb)
+            node.input[2] = f"{bname}_dequantized"
 
     # every reader of a quantized tensor (except its own Q) reads the dequantized copy
     for node in graph.node:
@@ -405,7 +414,7 @@ def _report(
         "trtq_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": str(model_path),
-        "model_sha256": sha256_file(model_path),
+        "model_sha256": model_sha256(model_path),
         "output": str(output),
         "algorithm": algo,
         "percentile": percentile,
@@ -506,6 +515,15 @@ def quantize_cpu(
     fmodel = onnx.load(str(mpath))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in fmodel.graph.node):
         raise TrtqError(f"{mpath.name} is already quantized; quantize the FP32 ONNX it was made from")
+    from trtq.modelinfo import check_model, read_model_info
+    from trtq.qdq import ensure_opset
+
+    check_model(read_model_info(mpath, with_hash=False))  # refuses what trtq cannot decode before any work
+    fmodel = ensure_opset(fmodel)  # opset 11-12: upgraded with onnx's version converter (tensor names kept)
+    from trtq.precision import as_float32
+
+    fmodel = as_float32(fmodel)  # an FP16 model runs in float32 + int8 here: the CPU provider's kernels
+    onnxgraph.topological_sort(fmodel.graph)
     keep = dict(head_float_nodes(fmodel)) if head_policy else {}
     plan = plan_cpu(fmodel, keep_float=keep, exclude=exclude, silu=silu)
     tensors = plan.range_tensors
@@ -540,6 +558,7 @@ def quantize_cpu(
             "trtq_version": __version__,
         },
     )
+    onnxgraph.topological_sort(qmodel.graph)  # converters may leave nodes after their readers
     try:
         onnx.checker.check_model(qmodel)
     except onnx.checker.ValidationError as exc:  # a bug in trtq, not a user error

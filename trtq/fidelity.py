@@ -92,11 +92,14 @@ def fidelity_metrics(
         e = compared["outputs"][name]
         entry: dict[str, Any] = {"sqnr_db": e["sqnr_db"], "cosine": e["cosine"], "max_abs_error": e["max_abs_error"]}
         shape = np.asarray(reference[0][k]).shape
-        if is_yolo_output(shape):
+        head = (k == 0 and not layout.end2end) if layout is not None else is_yolo_output(shape)
+        if head:
+            # grid rows: 4 box values, then the class scores (keypoints, angle or mask coefficients after them)
+            end = 4 + layout.nc if layout is not None else None
             rb = np.concatenate([np.asarray(b[k])[:, :4] for b in reference])
             cb = np.concatenate([np.asarray(b[k])[:, :4] for b in candidate])
-            rs = np.concatenate([np.asarray(b[k])[:, 4:] for b in reference])
-            cs = np.concatenate([np.asarray(b[k])[:, 4:] for b in candidate])
+            rs = np.concatenate([np.asarray(b[k])[:, 4:end] for b in reference])
+            cs = np.concatenate([np.asarray(b[k])[:, 4:end] for b in candidate])
             entry["boxes_sqnr_db"] = sqnr_db(rb, cb)
             entry["scores_sqnr_db"] = sqnr_db(rs, cs)
             entry["scores_cosine"] = cosine(rs, cs)

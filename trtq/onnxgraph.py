@@ -41,3 +41,37 @@ def default_opset(model: Any) -> int:
     if version is None:
         raise TrtqError("the model declares no default ONNX opset; re-export it with `trtq export`")
     return version
+
+
+def topological_sort(graph: Any) -> None:
+    """Order ``graph.node`` so every node comes after the producers of its inputs (in place, stable).
+
+    Some converters (e.g. ONNX Runtime's float16 one) append nodes at the end whose outputs earlier nodes
+    read; ONNX Runtime runs such graphs, onnx.checker refuses them. Nodes already in order keep it.
+    """
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    waiting = [0] * len(nodes)
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        deps = {producer[name] for name in node.input if name in producer and producer[name] != i}
+        waiting[i] = len(deps)
+        for d in deps:
+            readers.setdefault(d, []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for r in readers.get(i, []):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                heapq.heappush(ready, r)
+    if len(order) != len(nodes):
+        raise TrtqError("the model's graph has a cycle; re-export it")
+    if order != list(range(len(nodes))):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)

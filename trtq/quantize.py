@@ -29,7 +29,7 @@ from calibrators.ranges import (
     check_algorithm,
     check_percentile,
 )
-from trtq import __version__
+from trtq import __version__, onnxgraph
 from trtq.amax import QUANTIZE_ALGOS, activation_amax, collect_statistics
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
@@ -304,6 +304,7 @@ def _model_lines(report: Mapping[str, Any]) -> list[str]:
 
 
 def _save_model(qmodel: onnx.ModelProto, output: Path) -> None:
+    onnxgraph.topological_sort(qmodel.graph)  # converters may leave nodes after their readers
     try:
         onnx.checker.check_model(qmodel)
     except onnx.checker.ValidationError as exc:  # a bug in trtq, not a user error

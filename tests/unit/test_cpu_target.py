@@ -79,7 +79,7 @@ def test_plan_quantizes_the_body_and_keeps_the_head_float(tiny_conv_onnx: Path) 
     assert plan.int_nodes["/model.3/Concat"] == "QLinearConcat"
     # MaxPool runs on the 8-bit tensor: its output shares its input's parameters
     assert plan.tensors["p1"] == "r1"
-    assert set(plan.weights) == {"w0", "w1"}
+    assert set(plan.weights.values()) == {"w0", "w1"}
     # SiLU left float: the Sigmoid/Mul stay float and the next conv's input is quantized on its own
     plan_f = plan_cpu(m, keep_float=TINY_HEAD, silu="float")
     assert "/model.0/act/Mul" in plan_f.float_nodes and "/model.0/act/Sigmoid" in plan_f.float_nodes
@@ -254,3 +254,35 @@ def test_reduce_range_stores_7_bit_weights(tmp_path: Path, monkeypatch: pytest.M
         assert len(w) == 2
         assert max(int(np.abs(a.astype(np.int32)).max()) for a in w) == bound
         assert ort_optimized_ops(r.path)["QLinearConv"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["shared-bias", "opset12", "fp16-float-io"])
+def test_cpu_target_takes_every_model_the_tensorrt_target_takes(variant: str, zoo_onnx, yolo_pt, calib_dir, tmp_path) -> None:
+    """A bias initializer shared by several convs (ultralytics' simplifier merges equal ones: the pose head),
+    an opset-12 export (upgraded as for the TensorRT target), an FP16 model whose converter appended its
+    Casts at the end of the graph (ONNX Runtime's float16 tool with float inputs)."""
+    import onnx
+
+    from trtq.cpu_target import quantize_cpu
+
+    if variant == "opset12":
+        model = zoo_onnx("yolov8n.yaml", weights=yolo_pt, imgsz=320, opset=12)
+    else:
+        model = zoo_onnx("yolov8n-pose.yaml", weights=yolo_pt, nc=80, imgsz=320)
+    if variant == "shared-bias":
+        m = onnx.load(str(model))
+        readers: dict[str, int] = {}
+        for n in m.graph.node:
+            if n.op_type == "Conv" and len(n.input) > 2:
+                readers[n.input[2]] = readers.get(n.input[2], 0) + 1
+        assert max(readers.values()) > 1  # what this case is about
+    if variant == "fp16-float-io":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        half = convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
+        model = tmp_path / "half.onnx"
+        onnx.save(half, str(model))
+    result = quantize_cpu(model, calib_dir, num_images=4, output=tmp_path / "q.cpu.onnx", progress=False)
+    onnx.checker.check_model(onnx.load(str(result.path)))
+    assert result.plan.weights

@@ -133,3 +133,15 @@ def test_a_plan_is_an_engine_with_or_without_an_ultralytics_header(tmp_path: Pat
         res = inspect_path(tmp_path / name, layers=False)
         assert res.kind == "engine" and res.data["plan_bytes"] == len(plan), name
     assert inspect_path(tmp_path / "headed.engine", layers=False).data["ultralytics_header"] is True
+
+
+@pytest.mark.parametrize("name", ["m.qdq.report.json", "m.qdq.report.md", "m.ref-inputs.json", "m.ref-outputs.json"])
+def test_reports_and_references_are_named_not_taken_for_engine_records(tmp_path: Path, name: str) -> None:
+    from trtq.errors import TrtqError
+    from trtq.trt.inspect import inspect_path
+
+    f = tmp_path / name
+    f.write_text("{}")
+    with pytest.raises(TrtqError) as err:
+        inspect_path(f)
+    assert ("report" in str(err.value) or "reference" in str(err.value)) and "record of" not in str(err.value)

@@ -408,3 +408,36 @@ def test_detection_agreement_decodes_the_task_layout() -> None:
     assert (with_layout["reference"], with_layout["matched"], with_layout["class_agreement"]) == (1, 1, 1.0)
     plain = detection_agreement([pred], [moved])
     assert plain["reference"] != 1  # what decoding every model as a plain detector got wrong
+
+
+def test_scores_are_the_class_rows_of_the_layout() -> None:
+    """Keypoints follow the class scores in a pose head's rows: they are not scores."""
+    from trtq.fidelity import fidelity_metrics
+    from trtq.tasks import TaskLayout
+
+    layout = TaskLayout("pose", 1, kpt_shape=(17, 3))
+    rng = np.random.default_rng(0)
+    ref = rng.random((1, layout.row_size, 64), dtype=np.float32)
+    cand = ref.copy()
+    cand[0, 5:] += rng.normal(0, 0.5, cand[0, 5:].shape).astype(np.float32)  # keypoints only
+    m = fidelity_metrics([[ref]], [[cand]], ["output0"], layout=layout)["outputs"]["output0"]
+    assert m["scores_sqnr_db"] == float("inf") or m["scores_sqnr_db"] > 100
+    plain = fidelity_metrics([[ref]], [[cand]], ["output0"])["outputs"]["output0"]
+    assert plain["scores_sqnr_db"] < 40  # what counting keypoint rows as scores reported
+
+
+def test_end_to_end_outputs_are_judged_by_their_detections() -> None:
+    """Rank-ordered end-to-end rows swap places between near-tied candidates; the detections decide."""
+    from trtq.agreement import compare_outputs
+    from trtq.tasks import TaskLayout
+
+    layout = TaskLayout("detect", 80, end2end=True)
+    rows = np.zeros((1, 300, 6), dtype=np.float32)
+    rows[0, 0] = [10, 10, 50, 60, 0.9, 3]
+    rows[0, 1:, 4] = np.linspace(0.02, 0.01, 299)  # junk candidates below conf
+    rows[0, 1:, :4] = np.random.default_rng(1).random((299, 4)) * 300
+    swapped = rows.copy()
+    swapped[0, 1:] = rows[0, 1:][::-1]  # the junk in another order
+    result = compare_outputs([{"output0": rows}], [{"output0": swapped}], layout=layout)
+    assert result["outputs"]["output0"]["cosine"] < 0.99  # element-wise they differ ...
+    assert result["passed"] and result["detections"]["recall"] == 1.0  # ... the detections do not

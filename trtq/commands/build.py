@@ -39,7 +39,7 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--hardware-compatible", is_flag=True,
               help="Engine that runs on any Ampere or newer GPU (8.6+, not DLA; may be slower).")
 @click.option("--num-images", type=int, default=None, help="Calibrate on N images of the (shuffled) set.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--ultralytics-header", is_flag=True,
               help='Also prefix the engine with the metadata header ultralytics.YOLO("X.engine") reads.')
 @click.option("--no-verify", is_flag=True, help="Do not check the built engine against the reference outputs.")

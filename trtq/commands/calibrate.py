@@ -14,8 +14,8 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--algo", type=click.Choice(ALGORITHMS), default=DEFAULT_ALGO, show_default=True, help="Range algorithm.")
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True, help="Percentile for --algo percentile.")
 @click.option("--num-images", type=int, default=None, help="Use N images of the (shuffled) set.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Images per inference batch.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per inference batch.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--trt-version", default="10.3.0", show_default=True, help="TensorRT version the cache header targets.")
 @click.option("--exact", is_flag=True,
               help=f"Histogram every activation value instead of at most {DEFAULT_MAX_POSITIONS} sampled spatial "

@@ -10,7 +10,7 @@ import click
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--calib", "source", required=True, help="Unlabelled images: a folder, a glob, a .txt list or a data yaml.")
 @click.option("--num-images", type=int, default=16, show_default=True, help="Images to compare on.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image choice.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Shuffle seed for the image choice.")
 @click.option("--conf", type=float, default=0.25, show_default=True, help="Detection confidence for the agreement check.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the metrics as JSON.")
 def command(reference: Path, candidate: Path, source: str, num_images: int, seed: int, conf: float, json_out: Path | None) -> None:

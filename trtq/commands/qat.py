@@ -20,7 +20,7 @@ from trtq.qat import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR
 @click.option("--calib", default=None, help="Calibration images (folder, glob, .txt list or data yaml) [default: --data's train split].")
 @click.option("--num-images", type=int, default=None, help="Fine-tune on N images of the (shuffled) training set.")
 @click.option("--calib-images", type=int, default=None, help="Calibrate on N images of the (shuffled) calibration set.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for image order and augmentation.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for image order and augmentation.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Q/DQ ONNX path (default <model>.qat.int8.qdq.onnx).")
 def command(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,8 +28,8 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
               help="Use the ranges (and algorithm) of a calibration cache from `trtq calibrate` instead of calibrating.")
 @click.option("--force-cache", is_flag=True, help="Use --cache even if its record says it was made from another model.")
 @click.option("--num-images", type=int, default=None, help="Use N images of the (shuffled) calibration set.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Images per calibration batch.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the image order.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per calibration batch.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--no-head-policy", is_flag=True,
               help="Also quantize the head (branch last convs, DFL) and attention MatMuls (costs accuracy).")
 @click.option("--quantize-head", is_flag=True,
@@ -84,8 +85,10 @@ def command(
     if target == "cpu" and quantize_head:
         raise TrtqError("--quantize-head applies to --target tensorrt only; drop it for --target cpu")
     if target == "cpu":
-        click.echo(_quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch, seed,
-                                 no_head_policy, no_concat_unify, int8_weights, reduce_range, output))
+        result_cpu = _quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch, seed,
+                                 no_head_policy, no_concat_unify, int8_weights, reduce_range, output)
+        click.echo(result_cpu.summary())
+        _write_reference(result_cpu.path, source, ref_images, batch, seed)
         return
     if source is None and table is None:
         raise TrtqError("quantize needs calibration images: pass --calib DIR (or --cache CACHE from `trtq calibrate`)")
@@ -110,11 +113,16 @@ def command(
         progress=True,
     )
     click.echo(result.summary())
-    if ref_images and source is not None:  # reference I/O for `trtq verify` (trtq.reference)
+    _write_reference(result.path, source, ref_images, batch, seed)
+
+
+def _write_reference(model: Path, source: str | None, ref_images: int, batch: int, seed: int) -> None:
+    """Reference inputs and outputs for `trtq verify` (trtq.reference)."""
+    if ref_images and source is not None:
         from trtq.reference import write_reference
 
-        ref = write_reference(result.path, source, num_images=ref_images, batch=batch, seed=seed)
-        click.echo(f"reference {ref.outputs_path.name}: check an engine built from it with `trtq verify ENGINE`")
+        ref = write_reference(model, source, num_images=ref_images, batch=batch, seed=seed)
+        click.echo(f"reference {ref.outputs_path.name}: check an engine (or a copy) of it with `trtq verify`")
 
 
 def _quantize_cpu(
@@ -133,7 +141,7 @@ def _quantize_cpu(
     int8_weights: bool,
     reduce_range: bool,
     output: Path | None,
-) -> str:
+) -> Any:
     from trtq.cpu_target import quantize_cpu
     from trtq.errors import TrtqError
 
@@ -161,4 +169,4 @@ def _quantize_cpu(
         reduce_range=reduce_range,
         progress=True,
     )
-    return result.summary()
+    return result

@@ -251,12 +251,28 @@ def inspect_onnx(path: Path) -> Inspection:
     return out
 
 
+_OTHER_ARTEFACTS = (
+    (".report.json", "a quantization report (its .report.md is the readable copy)"),
+    (".report.md", "a quantization report: read it as it is"),
+    (".ref-inputs.json", "a set of reference inputs for `trtq verify` (Polygraphy's JSON format)"),
+    (".ref-outputs.json", "a set of reference outputs for `trtq verify` (Polygraphy's RunResults)"),
+)
+
+
+def _other_artefact(p: Path) -> str | None:
+    """What a trtq file that is not an engine, model or cache is, by its name."""
+    return next((what for end, what in _OTHER_ARTEFACTS if p.name.endswith(end)), None)
+
+
 def inspect_path(path: str | Path, *, trt_module: ModuleType | None = None, layers: bool = True) -> Inspection:
     """Describe an ``.engine``, a calibration cache or an ``.onnx``."""
     p = Path(path)
     if not p.is_file():
         raise TrtqError(f"not found: {p}")
     suffix = p.suffix.lower()
+    other = _other_artefact(p)
+    if other is not None:
+        raise TrtqError(f"{p.name} is {other}; trtq inspect describes engines, ONNX models and calibration caches")
     if suffix == ".json":  # a record: inspect what it describes
         target = p.with_name(p.name[: -len(".json")])
         if target.is_file():
