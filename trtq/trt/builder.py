@@ -198,7 +198,7 @@ def _table_from_raw_cache(path: Path, algo: str) -> CalibrationTable:
 
 def _command_line(model: Path, opts: dict[str, Any]) -> str:
     parts = ["trtq", "build", str(model)]
-    for key, value in opts.items():
+    for key, value in sorted(opts.items(), key=lambda kv: kv[0] == "output"):  # -o last, after the options
         if value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
@@ -395,6 +395,7 @@ def build_engine(
         "version_compatible": version_compatible,
         "hardware_compatible": hardware_compatible,
         "ultralytics_header": ultralytics_header,
+        "output": engine_path if output is not None else None,  # the finishing command keeps the user's -o
     }
     # -- reference inputs/outputs for verification (trtq.reference) ---------------------------------------
     from trtq.reference import build_references
@@ -409,7 +410,9 @@ def build_engine(
         from trtq.verify import finish_lines
 
         *done, install = _finish_message(onnx_path, precision, plan, finish_opts, algo).splitlines()
-        raise MissingDependencyError("\n".join([*done, *finish_lines(refs, plan.qdq_path, precision), install]))
+        engine_for = engine_path if output is not None else None
+        raise MissingDependencyError("\n".join([*done, *finish_lines(refs, plan.qdq_path, precision, engine=engine_for),
+                                                install]))
 
     # -- 5. TensorRT -------------------------------------------------------------------------------------------
     build_path = plan.qdq_path if (int8 and plan.mode == "explicit") else onnx_path
@@ -633,7 +636,7 @@ def _finish_message(onnx_path: Path, precision: str, plan: _Int8Plan, opts: dict
     done = [f"ONNX {onnx_path}"]
     if plan.cache_path is not None and plan.table is not None:
         done.append(f"calibration cache {plan.cache_path} (+ .json record, {algo})")
-    if plan.qdq_path is not None:
+    if plan.qdq_path is not None and plan.qdq_path != onnx_path:
         done.append(f"Q/DQ ONNX {plan.qdq_path}")
     lines.append("Done on this machine: " + ", ".join(done) + ".")
     lines.append("Finish on the target (Jetson or GPU machine with TensorRT; copy these files there):")
