@@ -20,7 +20,7 @@ from trtq.errors import EXIT_ERROR, TrtqError
 
 # name -> (module, one-line help shown by `trtq --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("trtq.commands.export", "Export an Ultralytics YOLOv8 model (.pt) to ONNX."),
+    "export": ("trtq.commands.export", "Export an Ultralytics YOLO model (.pt: detect, segment, pose, obb) to ONNX."),
     "calibrate": ("trtq.commands.calibrate", "Compute INT8 ranges on the CPU; write a TensorRT calibration cache."),
     "quantize": ("trtq.commands.quantize", "Write an explicit Q/DQ INT8 ONNX (runs on ONNX Runtime and TensorRT)."),
     "qat": ("trtq.commands.qat", "Quantization-aware fine-tuning of a .pt; writes a Q/DQ INT8 ONNX."),
@@ -80,7 +80,7 @@ def _fail(message: str, code: int) -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(verbose: int, quiet: bool) -> None:
-    """trtq: accurate TensorRT INT8/FP16 engines for Ultralytics YOLOv8.
+    """trtq: accurate TensorRT INT8/FP16 engines for Ultralytics YOLO (v8, 11, 26; detect, segment, pose, obb).
 
     \b
     Typical use:

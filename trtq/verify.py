@@ -384,14 +384,18 @@ def verify_built_engine(
     return record
 
 
-def finish_lines(refs: Mapping[str, Reference], qdq_path: Path | None, precision: str) -> list[str]:
-    """Lines for the "finish on the target" message: where the references are and how to check by hand."""
+def finish_lines(
+    refs: Mapping[str, Reference], qdq_path: Path | None, precision: str, *, engine: Path | None = None
+) -> list[str]:
+    """Lines for the "finish on the target" message: where the references are and how to check by hand.
+
+    ``engine``: the engine path the user asked for (default: the one ``trtq build`` names after the model)."""
     from trtq.engine_meta import default_engine_path
 
     lines: list[str] = []
     for kind, ref in refs.items():
         if kind == "explicit" and qdq_path is not None:
-            engine = default_engine_path(qdq_path, "int8")
+            engine = engine or default_engine_path(qdq_path, "int8")
         elif kind == "implicit":
             continue  # the implicit engine's name depends on the command; `trtq build` verifies it itself
         else:

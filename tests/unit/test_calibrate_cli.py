@@ -152,3 +152,9 @@ def test_quantize_refuses_a_cache_made_from_another_model(tiny_conv_onnx: Path, 
     assert code == 0 and (tmp_path / "o.onnx").is_file(), text
     code, text = run("quantize", str(tiny_conv_onnx), "--cache", str(cache), "-o", str(tmp_path / "t.onnx"))
     assert code == 0, text
+
+
+@pytest.mark.parametrize("version", ["11.0.0", "7.2.3"])
+def test_calibrate_refuses_a_tensorrt_without_implicit_int8(tiny_conv_onnx: Path, version: str) -> None:
+    result = CliRunner().invoke(main, ["calibrate", str(tiny_conv_onnx), "--calib", "x", "--trt-version", version])
+    assert result.exit_code == 2 and "implicit INT8" in result.output and "Traceback" not in result.output

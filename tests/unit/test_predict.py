@@ -168,3 +168,16 @@ def test_cli_predict_draws_and_writes_each_task(zoo_onnx, yolo_pt: Path, shared_
     drawn = cv2.imread(str(out / image.name))
     plain = cv2.imread(str(image))
     assert drawn.shape == plain.shape and np.abs(drawn.astype(int) - plain.astype(int)).sum() > 0
+
+
+def test_an_unreadable_image_is_skipped_not_fatal(yolo_onnx: Path, tmp_path: Path, calib_dir: Path) -> None:
+    from trtq.runtime import predict as run_predict
+
+    src = tmp_path / "src"
+    src.mkdir()
+    good = sorted(calib_dir.glob("*.jpg"))[0]
+    (src / good.name).write_bytes(good.read_bytes())
+    (src / "broken.jpg").write_text("not an image")
+    results = run_predict(yolo_onnx, src, save=tmp_path / "out")
+    assert [r.path.name for r in results] == [good.name]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [good.name]

@@ -362,7 +362,7 @@ def test_build_without_tensorrt_leaves_references_and_prints_the_polygraphy_comm
     assert explicit.exists() and implicit.exists()
     assert len(load_inputs(explicit.inputs_path)) == 2
     msg = str(exc.value)
-    assert "polygraphy run engines/tiny.int8.engine --model-type engine --trt" in msg
+    assert f"polygraphy run {tmp_path / 'engines' / 'tiny.int8.engine'} --model-type engine --trt" in msg  # -o
     assert f"--load-inputs {explicit.inputs_path} --load-outputs {explicit.outputs_path}" in msg
     cmd = next(line.strip() for line in msg.splitlines() if line.strip().startswith("polygraphy run"))
     _polygraphy_parse(cmd)

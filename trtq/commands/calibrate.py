@@ -40,7 +40,14 @@ def command(
     can refuse a stale cache. Statistics stream: memory does not grow with the number of images.
     """
     from calibrators.calibrate import calibrate
+    from calibrators.table import trt_version_code
+    from trtq.errors import TrtqError
 
+    if not 8500 <= trt_version_code(trt_version) < 110000:
+        raise TrtqError(
+            f"TensorRT {trt_version} has no implicit INT8 calibration (a cache serves TensorRT 8.5 to 10.x); "
+            "for TensorRT 11 build the explicit Q/DQ model of `trtq quantize` instead"
+        )
     result = calibrate(
         model,
         source,

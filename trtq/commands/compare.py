@@ -16,7 +16,7 @@ import click
 def command(reference: Path, candidate: Path, source: str, num_images: int, seed: int, conf: float, json_out: Path | None) -> None:
     """Fidelity of CANDIDATE (e.g. a Q/DQ ONNX) against REFERENCE (FP32) without labels.
 
-    Per output: SQNR (dB) and cosine similarity. For YOLOv8 outputs also detection agreement: detections
+    Per output: SQNR (dB) and cosine similarity. For YOLO head outputs also detection agreement: detections
     decoded and matched at IoU >= 0.5, with recall, precision and class agreement.
     """
     from trtq.fidelity import compare, compare_text

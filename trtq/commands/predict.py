@@ -45,7 +45,7 @@ def command(
     as_json: bool,
     device: int,
 ) -> None:
-    """Detect objects with MODEL (.engine or .onnx) in the images of --source.
+    """Run MODEL (.engine or .onnx) on the images of --source: boxes, masks, keypoints or rotated boxes.
 
     Every ultralytics task is decoded, as its metadata says: detect, segment (masks), pose (keypoints)
     and OBB (rotated boxes), from grid or end-to-end (YOLO26) heads.

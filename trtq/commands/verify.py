@@ -27,7 +27,7 @@ def command(artifact: Path, inputs: Path | None, outputs: Path | None, tolerance
       trtq verify engines/yolov8n.int8.onnx
       trtq verify model.onnx --inputs a.ref-inputs.json --outputs a.ref-outputs.json --tolerance snr_db=25
 
-    Per output: cosine, SQNR and max |error|; for YOLOv8 outputs also detection agreement (precision, recall,
+    Per output: cosine, SQNR and max |error|; for YOLO head outputs also detection agreement (precision, recall,
     mean IoU). Exit code 0 within tolerance, 1 outside.
     """
     from trtq.agreement import parse_tolerance

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trtq.errors import TrtqError
 from trtq.runtime.decode import Detections
 from trtq.runtime.detector import Detector
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,15 @@ def predict(
     results: list[Prediction] = []
     used_names: set[str] = set()
     with Detector(model, conf=conf, iou=iou, max_det=max_det, device=device, providers=providers) as det:
-        for path in resolve_image_paths(source):
-            img = load_image(path)
+        paths = resolve_image_paths(source)
+        for path in paths:
+            try:
+                img = load_image(path)
+            except TrtqError as exc:  # one unreadable file does not end the run (as calibration skips it)
+                if len(paths) == 1:
+                    raise
+                logger.warning("skipped %s: %s", path, exc)
+                continue
             (d,) = det.detect(img)
             saved = None
             if out_dir is not None:

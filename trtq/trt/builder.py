@@ -163,19 +163,22 @@ def build(
         algo = plan.table.algorithm  # the --cache's own algorithm
     refs = _references(options, onnx_path=onnx_path, engine_path=engine_path, precision=precision, plan=plan,
                        profile=profile)
+    user_engine = engine_path if options.output is not None else None  # the finishing command keeps the user's -o
+    flags = {**options.target_flags(), "output": user_engine}
 
     # -- 4. no TensorRT: stop here, saying how to finish ---------------------------------------------------
     if trt is None or caps is None:
         from trtq.verify import finish_lines
 
-        *done, install = finish_message(onnx_path, precision, plan, options.target_flags(), algo).splitlines()
-        raise MissingDependencyError("\n".join([*done, *finish_lines(refs, plan.qdq_path, precision), install]))
+        *done, install = finish_message(onnx_path, precision, plan, flags, algo).splitlines()
+        raise MissingDependencyError("\n".join([*done, *finish_lines(refs, plan.qdq_path, precision, engine=user_engine),
+                                                install]))
 
     # -- 5. TensorRT -------------------------------------------------------------------------------------------
     build_path = plan.qdq_path if (precision == "int8" and plan.mode == "explicit") else onnx_path
     assert build_path is not None
     model_info = info if build_path == onnx_path else read_model_info(build_path)
-    command = command_line(build_path, {**options.target_flags(), "fp16": precision == "fp16",
+    command = command_line(build_path, {**flags, "fp16": precision == "fp16",
                                         "int8": precision == "int8" and not qdq,
                                         "cache": plan.cache_path if plan.mode == "implicit" else None,
                                         "mode": plan.mode if plan.mode == "implicit" else None})

@@ -229,7 +229,7 @@ def finish_message(onnx_path: Path, precision: str, plan: Int8Plan, opts: dict[s
     done = [f"ONNX {onnx_path}"]
     if plan.cache_path is not None and plan.table is not None:
         done.append(f"calibration cache {plan.cache_path} (+ .json record, {algo})")
-    if plan.qdq_path is not None:
+    if plan.qdq_path is not None and plan.qdq_path != onnx_path:
         done.append(f"Q/DQ ONNX {plan.qdq_path}")
     lines.append("Done on this machine: " + ", ".join(done) + ".")
     lines.append("Finish on the target (Jetson or GPU machine with TensorRT; copy these files there):")

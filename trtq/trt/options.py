@@ -188,7 +188,7 @@ def resolve_profile(info: ModelInfo, options: BuildOptions) -> Profile:
 def command_line(model: Path, opts: dict[str, Any]) -> str:
     """``trtq build MODEL --flag value ...`` for the options that are set (None and False are left out)."""
     parts = ["trtq", "build", str(model)]
-    for key, value in opts.items():
+    for key, value in sorted(opts.items(), key=lambda kv: kv[0] == "output"):  # -o last, after the options
         if value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
