@@ -11,7 +11,6 @@ the export runs in a private temporary folder.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -75,11 +74,11 @@ def build_onnx(
         from ultralytics import YOLO
     except ImportError:
         raise MissingDependencyError("building models needs ultralytics and torch: pip install 'trtq[export]'") from None
-    from trtq.export import _quiet_ultralytics
+    from trtq.export import _in_folder, _quiet_ultralytics
 
     out = Path(output)
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory(prefix="trtq-zoo-") as tmp, _chdir(tmp), _quiet_ultralytics():
+    with tempfile.TemporaryDirectory(prefix="trtq-zoo-") as tmp, _in_folder(tmp), _quiet_ultralytics():
         if nc is not None:
             from ultralytics.nn.tasks import yaml_model_load
 
@@ -113,12 +112,3 @@ def build_onnx(
     logger.debug("built %s -> %s", cfg, out)
     return out
 
-
-@contextlib.contextmanager
-def _chdir(path: str):  # noqa: ANN202
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
