@@ -47,7 +47,7 @@ PEERS = [
     ("ONNX Runtime quantize_static, Conv only, minmax / entropy", 0.403),
     ("ONNX Runtime quantize_static, defaults (all ops)", 0.000),
 ]
-PEER_SOURCE = "reported in trtq issue #3 (\"Explicit quantization and measured INT8 accuracy\"), measured on the same data"
+PEER_SOURCE = "peer measurements reported on the same data"
 
 
 def main() -> int:
