@@ -470,16 +470,6 @@ def _markdown(r: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _set_metadata(qmodel: onnx.ModelProto, items: Mapping[str, str]) -> None:
-    existing = {p.key: p for p in qmodel.metadata_props}
-    for k, v in items.items():
-        if k in existing:
-            existing[k].value = v
-        else:
-            p = qmodel.metadata_props.add()
-            p.key, p.value = k, v
-
-
 def quantize_cpu(
     model: str | os.PathLike[str],
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
@@ -502,7 +492,7 @@ def quantize_cpu(
     from calibrators.ranges import DEFAULT_PERCENTILE
     from trtq.amax import QUANTIZE_ALGOS, activation_amax, collect_statistics
     from trtq.headpolicy import float_nodes as head_float_nodes
-    from trtq.quantize import _resolve_model, report_paths
+    from trtq.quantize import _resolve_model, _set_metadata, report_paths
 
     t0 = time.perf_counter()
     algo = algo or CPU_DEFAULT_ALGO
