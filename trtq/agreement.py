@@ -124,6 +124,9 @@ def parse_tolerance(items: Sequence[str]) -> Tolerance:
             values[key] = float(raw)
         except ValueError:
             raise TrtqError(f"--tolerance {item!r}: {raw!r} is not a number") from None
+        low = -1.0 if key == "cosine" else 0.0  # a cosine similarity lies in [-1, 1]
+        if key != "snr_db" and not low <= values[key] <= 1.0:
+            raise TrtqError(f"--tolerance {item!r}: {key} lies between {low:g} and 1")
     return replace(DEFAULT_TOLERANCE, **values)
 
 

@@ -441,3 +441,13 @@ def test_end_to_end_outputs_are_judged_by_their_detections() -> None:
     result = compare_outputs([{"output0": rows}], [{"output0": swapped}], layout=layout)
     assert result["outputs"]["output0"]["cosine"] < 0.99  # element-wise they differ ...
     assert result["passed"] and result["detections"]["recall"] == 1.0  # ... the detections do not
+
+
+@pytest.mark.parametrize("item", ["cosine=1.5", "recall=-0.1", "conf=2"])
+def test_tolerance_fractions_outside_0_1_are_refused(item: str) -> None:
+    from trtq.agreement import parse_tolerance
+    from trtq.errors import TrtqError
+
+    with pytest.raises(TrtqError, match="lies between"):
+        parse_tolerance([item])
+    assert parse_tolerance(["snr_db=35", "cosine=-1"]).snr_db == 35.0  # -1: no cosine check
