@@ -109,3 +109,14 @@ def collect_statistics(
         model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected), fused_silu=fused_silu
     )
     return hists, batcher
+
+
+def calibration_record(source: Any, batcher: Any, seed: int) -> dict[str, Any]:
+    """What a set of ranges was calibrated from, as quantization reports record it."""
+    return {
+        "source": str(source),
+        "num_images": batcher.num_used,
+        "images_sha256": batcher.images_sha256(),
+        "preprocessing": batcher.preprocessing(),
+        "seed": seed,
+    }

@@ -490,7 +490,7 @@ def quantize_cpu(
 ) -> CpuQuantizeResult:
     """Calibrate ``model`` on ``source`` and write an INT8 ONNX laid out for ONNX Runtime's CPU provider."""
     from calibrators.ranges import DEFAULT_PERCENTILE
-    from trtq.amax import QUANTIZE_ALGOS, activation_amax, collect_statistics
+    from trtq.amax import QUANTIZE_ALGOS, activation_amax, calibration_record, collect_statistics
     from trtq.headpolicy import float_nodes as head_float_nodes
     from trtq.quantize import _resolve_model, _set_metadata, report_paths
 
@@ -525,13 +525,7 @@ def quantize_cpu(
         histograms, batcher = collect_statistics(
             mpath, source, tensors, num_images=num_images, batch=batch, seed=seed, progress=progress, fused_silu=False
         )
-        calibration = {
-            "source": str(source),
-            "num_images": batcher.num_used,
-            "images_sha256": batcher.images_sha256(),
-            "preprocessing": batcher.preprocessing(),
-            "seed": seed,
-        }
+        calibration = calibration_record(source, batcher, seed)
     else:
         calibration = {"source": str(source) if source is not None else "precomputed histograms"}
     amax, chosen = activation_amax(histograms, tensors, algo, percentile=percentile, graph_inputs=graph_inputs)

@@ -681,7 +681,7 @@ def qat(
     import onnx
 
     from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
-    from trtq.amax import activation_amax, collect_statistics
+    from trtq.amax import activation_amax, calibration_record, collect_statistics
     from trtq.export import export_onnx
     from trtq.headpolicy import head_keep_float
     from trtq.qdq import insert_qdq, plan_qdq
@@ -703,13 +703,7 @@ def qat(
         )
         calibrated, chosen = activation_amax(hists, plan.activation_tensors, DEFAULT_ALGO, graph_inputs=graph_inputs)
         _, used = insert_qdq(fmodel, plan, calibrated)  # the exact ranges the Q/DQ ONNX will carry
-        calibration = {
-            "source": str(calib_source),
-            "num_images": batcher.num_used,
-            "images_sha256": batcher.images_sha256(),
-            "preprocessing": batcher.preprocessing(),
-            "seed": seed,
-        }
+        calibration = calibration_record(calib_source, batcher, seed)
         del hists
 
         # 3. the PyTorch model with fake quantization at the same tensors

@@ -30,7 +30,7 @@ from calibrators.ranges import (
     check_percentile,
 )
 from trtq import __version__, onnxgraph
-from trtq.amax import QUANTIZE_ALGOS, activation_amax, collect_statistics
+from trtq.amax import QUANTIZE_ALGOS, activation_amax, calibration_record, collect_statistics
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
 from trtq.headpolicy import branch_summary, head_keep_float, node_key, reason_code
@@ -497,13 +497,7 @@ def quantize(
             histograms, batcher = collect_statistics(
                 mpath, source, tensors, num_images=num_images, batch=batch, seed=seed, progress=progress
             )
-            calibration = {
-                "source": str(source),
-                "num_images": batcher.num_used,
-                "images_sha256": batcher.images_sha256(),
-                "preprocessing": batcher.preprocessing(),
-                "seed": seed,
-            }
+            calibration = calibration_record(source, batcher, seed)
         else:
             calibration = {"source": str(source) if source is not None else "precomputed histograms"}
         amax, chosen = activation_amax(histograms, tensors, algo, percentile=percentile, graph_inputs=graph_inputs)
