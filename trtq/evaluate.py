@@ -69,7 +69,7 @@ def _image_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _label_path(image: Path) -> Path:
+def label_path(image: Path) -> Path:
     """ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, suffix ``.txt``."""
     sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
     s = str(image)
@@ -129,13 +129,13 @@ def _check_split(
         raise TrtqError(f"no images found for {what} (accepted: {', '.join(IMAGE_SUFFIXES)})")
     labelled = instances = 0
     for img in images:
-        lab = _label_path(img)
+        lab = label_path(img)
         if lab.is_file():
             labelled += 1
             instances += check_label_file(lab, nc, kpt_shape=kpt_shape)
     if labelled == 0:
         raise TrtqError(
-            f"no YOLO label files found for {what} (looked for {_label_path(images[0])} and the like); "
+            f"no YOLO label files found for {what} (looked for {label_path(images[0])} and the like); "
             "put labels in a sibling 'labels' folder or pass a data yaml / COCO JSON"
         )
     return labelled, instances
@@ -257,7 +257,7 @@ def _folder_dataset(folder: Path, workdir: Path, names: dict[int, str] | None) -
         raise TrtqError(f"no images found in {folder} (accepted: {', '.join(IMAGE_SUFFIXES)})")
     nc = len(names) if names else None
     # ultralytics' own layout (.../images/... with .../labels/...), seen through a private view
-    if any(_label_path(i).is_file() and _label_path(i) != i.with_suffix(".txt") for i in images):
+    if any(label_path(i).is_file() and label_path(i) != i.with_suffix(".txt") for i in images):
         labelled, inst = _check_split(images, nc, str(folder))
         if names is None:
             names = _names_from_labels(images)
@@ -314,7 +314,7 @@ def _private_view(images: list[Path], workdir: Path, cfg: dict[str, Any]) -> Pat
             import shutil
 
             shutil.copy2(img, img_out / name)
-        label = _label_path(img)
+        label = label_path(img)
         if label.is_file():
             (lab_out / Path(name).with_suffix(".txt")).write_bytes(label.read_bytes())
     keep = {k: v for k, v in cfg.items() if k not in ("path", "train", "val", "test", "download")}
@@ -324,7 +324,7 @@ def _private_view(images: list[Path], workdir: Path, cfg: dict[str, Any]) -> Pat
 
 
 def _names_from_labels(images: list[Path], label_dir: Path | None = None) -> dict[int, str]:
-    files = sorted(label_dir.glob("*.txt")) if label_dir else [_label_path(i) for i in images]
+    files = sorted(label_dir.glob("*.txt")) if label_dir else [label_path(i) for i in images]
     top = 0
     for f in files:
         if f.is_file():
@@ -392,7 +392,7 @@ def _label_widths(yaml_path: Path) -> set[int]:
     """The numbers of values per label line found in the val split of a data yaml."""
     widths: set[int] = set()
     for img in _yaml_split_images(yaml_path, _read_yaml(yaml_path), "val"):
-        lab = _label_path(img)
+        lab = label_path(img)
         if lab.is_file():
             widths.update(len(line.split()) for line in lab.read_text(encoding="utf-8").splitlines() if line.strip())
     return widths

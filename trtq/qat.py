@@ -823,16 +823,6 @@ def qat(
     return QatResult(out, paths["float"], paths["cache"], paths["report_json"], paths["report_md"], report)
 
 
-def _label_path(image: Path) -> Path:
-    """ultralytics' rule: the last ``images`` folder of the path becomes ``labels``, the suffix ``.txt``."""
-    parts = list(image.parts)
-    for k in range(len(parts) - 2, -1, -1):
-        if parts[k] == "images":
-            parts[k] = "labels"
-            break
-    return Path(*parts).with_suffix(".txt")
-
-
 def stage_dataset(data: Path, folder: Path, *, num_images: int | None = None, seed: int = 0) -> Path:
     """A private copy (file links) of ``data``'s train split, and a data yaml that names it for train and val.
 
@@ -841,6 +831,7 @@ def stage_dataset(data: Path, folder: Path, *, num_images: int | None = None, se
     """
     import yaml
 
+    from trtq.evaluate import label_path
     from trtq.images import resolve_image_paths
 
     try:
@@ -860,7 +851,7 @@ def stage_dataset(data: Path, folder: Path, *, num_images: int | None = None, se
     for k, img in enumerate(images):
         name = f"{k:06d}_{img.stem}"
         os.symlink(img.resolve(), img_dir / f"{name}{img.suffix}")
-        label = _label_path(img.resolve())
+        label = label_path(img.resolve())
         if label.is_file():
             os.symlink(label, lbl_dir / f"{name}.txt")
             labelled += 1
