@@ -6,7 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TRTQ := $(VENV)/bin/trtq
-STAMP := $(VENV)/.trtq-installed
+STAMP := $(VENV)/.trtq-installed-2
+# TensorRT type stubs live outside the venv, where only the type checker looks (pyrightconfig stubPath):
+# inside it, `import tensorrt` would succeed as an empty package and fool Polygraphy and trtq.
+STUBS := .typings
 SHARED ?= ../shared/assets
 PYTEST_ARGS ?=
 
@@ -21,8 +24,11 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[export,dev]'
-	@# tensorrt-stubs declares a dependency on the real tensorrt wheel: type stubs only, without it.
-	$(PY) -m pip install -q --no-deps 'tensorrt-stubs==10.13.0.35.1'
+	@# tensorrt-stubs declares a dependency on the real tensorrt wheel: type stubs only, without it,
+	@# into $(STUBS) (not the venv; an older install's copy in the venv is removed).
+	-$(PY) -m pip uninstall -q -y tensorrt-stubs 2>/dev/null
+	rm -rf $(STUBS)
+	$(PY) -m pip install -q --no-deps --target $(STUBS) 'tensorrt-stubs==10.13.0.35.1'
 	@touch $(STAMP)
 
 demo: $(STAMP)

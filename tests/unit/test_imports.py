@@ -69,3 +69,29 @@ def test_all_modules_import_and_help_works_without_gpu_packages() -> None:
     assert out["FAILED"] == "[]", out["FAILED"]
     assert out["HEAVY"] == "[]", f"imported at module import: {out['HEAVY']}"
     assert out["HELP"] == "[]", out["HELP"]
+
+
+def test_tensorrt_is_absent_or_real_never_the_type_stubs() -> None:
+    """The TensorRT type stubs live where only the type checker looks (pyrightconfig's stubPath): in the
+    interpreter's path they make `import tensorrt` succeed as an empty package, which fools Polygraphy
+    (`inspect model --display-as=trt`) and trtq's own TensorRT detection."""
+    code = (
+        "import importlib.util, json\n"
+        "spec = importlib.util.find_spec('tensorrt')\n"
+        "real = None\n"
+        "if spec is not None:\n"
+        "    import tensorrt\n"
+        "    real = hasattr(tensorrt, 'Builder')\n"
+        "print(json.dumps({'found': spec is not None, 'real': real}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not seen["found"] or seen["real"], "`import tensorrt` finds a package without TensorRT's API (type stubs?)"
+    stubs = REPO / ".typings" / "tensorrt"
+    config = json.loads((REPO / "pyrightconfig.json").read_text())
+    assert config.get("stubPath") == ".typings"
+    if stubs.exists():  # after `make install`: the stubs are where the type checker looks, and only there
+        assert (stubs / "__init__.pyi").is_file()
