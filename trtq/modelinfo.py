@@ -91,9 +91,14 @@ class ModelInfo:
 
     @property
     def layout_or_none(self) -> TaskLayout | None:
-        """:attr:`layout`, or None for a model whose outputs are not a YOLO head trtq can decode."""
+        """:func:`model_layout`, or None for a model whose outputs are not a YOLO head trtq can decode
+        (a head that could be several tasks is refused: :class:`trtq.tasks.AmbiguousLayout`)."""
+        from trtq.tasks import AmbiguousLayout
+
         try:
-            return self.layout
+            return model_layout(self)
+        except AmbiguousLayout:
+            raise
         except TrtqError:
             return None
 
@@ -184,16 +189,14 @@ def read_model_info(path: str | Path, *, with_hash: bool = True) -> ModelInfo:
     )
 
 
-def check_model(info: ModelInfo) -> TaskLayout | None:
-    """Raise unless trtq can work with the model: one float image input, and outputs it can decode.
+def model_layout(info: ModelInfo) -> TaskLayout:
+    """What the outputs of an ONNX model mean, the one answer every reader uses (quantize, the runtime,
+    verify, compare): ultralytics metadata checked against the output shapes; without task metadata, the
+    head's branches in the graph (output shapes alone cannot tell a pose model from a detector with more
+    classes), else the output shapes where they are unambiguous. Raises one line otherwise
+    (:class:`trtq.tasks.AmbiguousLayout` where the head could be several tasks)."""
+    from trtq.tasks import refuse_ambiguous
 
-    A model whose outputs trtq cannot decode (classification, a task trtq does not handle, metadata
-    that contradicts the outputs) is refused with one line. Without ultralytics metadata the layout is
-    told from the head's branches in the graph (output shapes alone cannot tell a pose model from a
-    detector with more classes), else from the output shapes; a model whose layout cannot be told is
-    accepted with a warning (calibration does not need the layout) and None is returned.
-    """
-    check_detector_input(info)
     if "task" not in info.metadata and not _looks_like_classifier(info):
         import onnx
 
@@ -202,12 +205,25 @@ def check_model(info: ModelInfo) -> TaskLayout | None:
         layout = graph_layout(onnx.load(str(info.path), load_external_data=False))
         if layout is not None:
             return layout
+        return refuse_ambiguous(info.layout, info.metadata, str(info.path))
+    return info.layout
+
+
+def check_model(info: ModelInfo) -> TaskLayout | None:
+    """Raise unless trtq can work with the model: one float image input, and outputs it can decode.
+
+    A model whose outputs trtq cannot decode (classification, a task trtq does not handle, metadata
+    that contradicts the outputs) is refused with one line. The layout is :func:`model_layout`'s; a model
+    without metadata whose layout cannot be told is accepted with a warning (calibration does not need the
+    layout) and None is returned.
+    """
+    check_detector_input(info)
     try:
-        return info.layout
-    except TrtqError:
+        return model_layout(info)
+    except TrtqError as exc:
         if "task" in info.metadata or _looks_like_classifier(info):
             raise
-        logger.warning("%s: output layout not recognised as a YOLO head; trtq's runtime will not decode it", info.path)
+        logger.warning("%s; trtq's runtime will not decode it", str(exc).rstrip("."))
         return None
 
 

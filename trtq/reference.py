@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 DEFAULT_REFERENCE_IMAGES = 8
 INPUTS_SUFFIX = ".ref-inputs.json"
 OUTPUTS_SUFFIX = ".ref-outputs.json"
+#: the record beside them: which model they belong to (sha256) and the hashes of the two files
+RECORD_SUFFIX = ".ref.json"
 _ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan", ".trt", ".cache")
 #: activations TensorRT fuses into the Conv that produces their input (no INT8 tensor in between)
 _FUSED_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Tanh", "Elu",
@@ -64,6 +66,16 @@ class Reference:
 
     def exists(self) -> bool:
         return self.inputs_path.is_file() and self.outputs_path.is_file()
+
+    @property
+    def record_path(self) -> Path:
+        """``<stem>.ref.json`` beside the inputs file (see :func:`write_record`)."""
+        name = self.inputs_path.name
+        stem = name[: -len(INPUTS_SUFFIX)] if name.endswith(INPUTS_SUFFIX) else self.inputs_path.stem
+        return self.inputs_path.with_name(stem + RECORD_SUFFIX)
+
+    def paths(self) -> tuple[Path, Path, Path]:
+        return self.inputs_path, self.outputs_path, self.record_path
 
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": str(self.inputs_path), "outputs": str(self.outputs_path), "source": self.source,
@@ -108,6 +120,60 @@ def save_outputs(path: str | os.PathLike[str], outputs: Sequence[Mapping[str, np
     results.add([{k: np.ascontiguousarray(v) for k, v in out.items()} for out in outputs], runner_name=runner)
     with _quiet(), atomic_path(path, ".json") as tmp:
         results.save(str(tmp))  # pyright: ignore[reportAttributeAccessIssue]  (added by @add_json_methods)
+
+
+class ReferenceSetError(TrtqError):
+    """Reference files that do not belong together or to the model checked."""
+
+
+def write_record(ref: Reference, model_sha256: str, model_name: str, *, images: int, source: str) -> None:
+    """The record that binds a reference set: the model it belongs to (sha256, the hash ``trtq build``
+    keeps in an engine's record) and the sha256 of the inputs and outputs files. A sidecar, so both
+    Polygraphy files stay as ``polygraphy run --load-inputs / --load-outputs`` reads them."""
+    from trtq.fileio import sha256_file, write_json
+
+    write_json(ref.record_path, {
+        "model": model_name, "model_sha256": model_sha256, "images": images, "source": source,
+        "inputs": ref.inputs_path.name, "inputs_sha256": sha256_file(ref.inputs_path),
+        "outputs": ref.outputs_path.name, "outputs_sha256": sha256_file(ref.outputs_path),
+    })
+
+
+def read_record(ref: Reference, *, strict: bool = True) -> dict[str, Any] | None:
+    """The reference set's record, None when there is none (references from Polygraphy or an older trtq).
+    When the two files are not the ones the record names (a mixed or partly rewritten set, or files the
+    user paired): raises with ``strict``, else logs it and returns None."""
+    import json
+
+    from trtq.fileio import sha256_file
+
+    path = ref.record_path
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        want_in, want_out = str(record["inputs_sha256"]), str(record["outputs_sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrtqError(f"{path} is not a reference record ({_one_line(exc)}); write the references again") from None
+    for file, want in ((ref.inputs_path, want_in), (ref.outputs_path, want_out)):
+        if sha256_file(file) != want:
+            text = (f"{file.name} is not the file {path.name} records (a mixed set of references: one was "
+                    f"rewritten after {record.get('model', 'the model')}'s); write the references again")
+            if strict:
+                raise ReferenceSetError(text)
+            log.warning("%s", text)
+            return None
+    return dict(record)
+
+
+def remove_reference(ref: Reference) -> list[Path]:
+    """Delete a reference set's files (an earlier run's, when a new run writes none); the removed paths."""
+    removed = []
+    for path in ref.paths():
+        if path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def load_inputs(path: str | os.PathLike[str]) -> list[dict[str, np.ndarray]]:
@@ -250,6 +316,56 @@ def _input_batch(info: Any, batch: int | None) -> int:
     return int(batch or 1)
 
 
+#: candidate images looked at per reference image: images where the model finds something are preferred
+POOL_FACTOR = 3
+
+
+def _single_images(source: Any, info: Any, count: int, seed: int) -> list[np.ndarray]:
+    """Up to ``count`` letterboxed images ``(1, 3, H, W)`` of ``source`` (seeded order; unreadable files are
+    skipped and the next file taken)."""
+    from trtq.images import ImageBatcher
+
+    images_log = logging.getLogger("trtq.images")
+    level = images_log.level
+    images_log.setLevel(logging.ERROR)  # "few calibration images" does not apply to a reference set
+    try:
+        batcher = ImageBatcher.from_model(source, _as_batch_one(info), batch=1, num_images=count, seed=seed,
+                                          drop_last=False)
+        return [b[batcher.input_name] for b in batcher]
+    finally:
+        images_log.setLevel(level)
+
+
+def _as_batch_one(info: Any) -> Any:
+    """``info`` with a dynamic batch dimension, so single images can be read for any model."""
+    from dataclasses import replace
+
+    spec = info.input
+    return replace(info, inputs=(replace(spec, shape=(None, *spec.shape[1:])), *info.inputs[1:]))
+
+
+def _detections_per_image(outputs: Sequence[np.ndarray], layout: Any) -> list[int]:
+    """How many detections (conf > 0.25) the model finds in each single-image output."""
+    from trtq.agreement import DETECT_CONF, _decoded, is_yolo_output
+
+    if layout is None and not (outputs and is_yolo_output(outputs[0].shape)):
+        return [1] * len(outputs)  # nothing to decode: every image is as good as another
+    return [len(_decoded(o, layout, DETECT_CONF)[0]) for o in outputs]
+
+
+def _choose(singles: list[np.ndarray], found: list[int], num_images: int) -> list[np.ndarray]:
+    """``num_images`` of the images, those with detections first, each group in the seeded order."""
+    order = [i for i, n in enumerate(found) if n > 0] + [i for i, n in enumerate(found) if n == 0]
+    return [singles[i] for i in order[:num_images]]
+
+
+def _group(images: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Feeds of ``n`` images; the last one is filled by repeating images when they do not divide evenly."""
+    if len(images) % n:
+        images = images + [images[i % len(images)] for i in range(n - len(images) % n)]
+    return [np.concatenate(images[i : i + n]) for i in range(0, len(images), n)]
+
+
 def write_reference(
     model: str | os.PathLike[str],
     source: Any,
@@ -264,34 +380,27 @@ def write_reference(
     what: str | None = None,
 ) -> Reference:
     """Run ``model`` (ONNX; with ``table``: the FP32 ONNX with those ranges simulated) on ``num_images``
-    letterboxed images of ``source`` and save the reference inputs and outputs for ``artifact``.
+    letterboxed images of ``source`` and save the reference inputs and outputs for ``artifact``, with a
+    record naming the model (:data:`RECORD_SUFFIX`).
 
-    ``artifact`` names the files (default: ``model``); they go beside it or in ``folder`` (``destination``
-    gives both paths instead). ``batch`` is the
-    images per feed dict for a dynamic-batch model (a static one uses its own batch).
+    The images come from ``POOL_FACTOR * num_images`` seeded candidates, those where the model finds a
+    detection first (an image without one checks little). ``artifact`` names the files (default:
+    ``model``); they go beside it or in ``folder`` (``destination`` gives both paths instead). Feeds hold
+    the model's static batch, or ``batch`` images (default 1) for a dynamic-batch model; a last feed that
+    the images do not fill repeats some of them.
     """
     import onnx
 
-    from trtq.images import ImageBatcher
-    from trtq.modelinfo import check_model, read_model_info
+    from trtq.modelinfo import check_model, model_sha256, read_model_info
     from trtq.ort import ort_session
 
     mpath = Path(model)
     if num_images < 1:
         raise TrtqError(f"reference images must be at least 1, got {num_images}")
     info = read_model_info(mpath, with_hash=False)
-    check_model(info)
+    layout = check_model(info)
     ref = destination or reference_paths(artifact if artifact is not None else mpath, folder)
     n = _input_batch(info, batch)
-    images_log = logging.getLogger("trtq.images")
-    level = images_log.level
-    images_log.setLevel(logging.ERROR)  # "few calibration images" does not apply to a reference set
-    try:
-        batcher = ImageBatcher.from_model(source, info, batch=n, num_images=max(num_images, n), seed=seed,
-                                          drop_last=True)
-    finally:
-        images_log.setLevel(level)
-    feeds = [dict(b) for b in batcher]
     if table is not None:
         fmodel = onnx.load(str(mpath))
         runnable: Path | bytes = simulate_implicit(fmodel, table).SerializeToString()
@@ -302,15 +411,28 @@ def write_reference(
     sess = ort_session(runnable, ["CPUExecutionProvider"])
     # the images are float32; an FP16 model takes (and its engine is fed) float16
     in_types = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32 for i in sess.get_inputs()}
-    feeds = [{k: np.asarray(v, dtype=in_types.get(k, np.float32)) for k, v in feed.items()} for feed in feeds]
+    input_name = info.input.name
     names = [o.name for o in sess.get_outputs()]
-    outputs = [dict(zip(names, (np.asarray(x) for x in sess.run(names, feed)), strict=True)) for feed in feeds]
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        feed = {input_name: np.asarray(x, dtype=in_types.get(input_name, np.float32))}
+        return dict(zip(names, (np.asarray(y) for y in sess.run(names, feed)), strict=True))
+
+    singles = _single_images(source, info, POOL_FACTOR * max(num_images, n), seed)
+    if info.input.shape[0] in (None, 1):  # judge each image by the model's own output
+        found = _detections_per_image([run(x)[names[0]] for x in singles], layout)
+    else:
+        found = [1] * len(singles)
+    chosen = _choose(singles, found, num_images)
+    feeds = [{input_name: np.asarray(x, dtype=in_types.get(input_name, np.float32))} for x in _group(chosen, n)]
+    outputs = [run(f[input_name]) for f in feeds]
     source_txt = f"{label} on ONNX Runtime (CPU)"
     save_inputs(ref.inputs_path, feeds)
     save_outputs(ref.outputs_path, outputs, runner=f"onnxrt-runner: {source_txt}"[:200])
-    log.info("wrote reference inputs %s and outputs %s (%d images)", ref.inputs_path, ref.outputs_path,
-             batcher.num_used)
-    return Reference(ref.inputs_path, ref.outputs_path, source_txt, batcher.num_used)
+    write_record(ref, model_sha256(mpath), mpath.name, images=len(chosen), source=source_txt)
+    log.info("wrote reference inputs %s and outputs %s (%d images, %d with detections)", ref.inputs_path,
+             ref.outputs_path, len(chosen), sum(1 for k in sorted(found, reverse=True)[:len(chosen)] if k))
+    return Reference(ref.inputs_path, ref.outputs_path, source_txt, len(chosen))
 
 
 def _is_qdq(path: Path) -> bool:

@@ -35,6 +35,23 @@ STRIDES = (8, 16, 32)
 Shape = Sequence[int | None]
 
 
+class AmbiguousLayout(TrtqError):
+    """A model without ultralytics metadata whose head cannot be told from its graph: its output could be a
+    detector's or another task's (a pose model with 80 classes has the rows of a 131-class detector)."""
+
+
+def refuse_ambiguous(layout: TaskLayout, metadata: Mapping[str, Any], source: str) -> TaskLayout:
+    """``layout`` unless it was guessed from a grid output's row count alone (no task, no class names): then
+    one line saying so. Call it only where the graph could not tell the head's branches apart."""
+    if layout.inferred and layout.task == "detect" and not layout.end2end and not metadata.get("names"):
+        raise AmbiguousLayout(
+            f"{source} has no ultralytics metadata (task, names) and its head could not be told from its graph: "
+            f"its {layout.row_size}-row output may be a {layout.nc}-class detector or a pose, OBB or segment "
+            "model; export it with ultralytics or `trtq export` (they write the metadata)"
+        )
+    return layout
+
+
 @dataclass(frozen=True)
 class TaskLayout:
     """The decoded meaning of a YOLO model's outputs (see the module docstring)."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from trtq.agreement import DEFAULT_TOLERANCE, Tolerance, compare_outputs
+from trtq.agreement import DEFAULT_TOLERANCE, ReferenceMismatch, Tolerance, compare_outputs
 from trtq.errors import TrtqError
 from trtq.reference import Reference, load_inputs, load_outputs, reference_paths
 from trtq.tasks import TaskLayout
@@ -50,13 +50,13 @@ def _run_onnx(path: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dic
     for feed in feeds:
         missing = [n for n in inputs if n not in feed]
         if missing:
-            raise TrtqError(f"the reference inputs have no {missing[0]!r} (they have {list(feed)}); "
+            raise ReferenceMismatch(f"the reference inputs have no {missing[0]!r} (they have {list(feed)}); "
                             f"they were made for another model than {path.name}")
         f = {n: np.asarray(feed[n], dtype=dt) if dt is not None else np.asarray(feed[n]) for n, dt in inputs.items()}
         try:
             outs = sess.run(names, f)
         except Exception as exc:
-            raise TrtqError(f"ONNX Runtime cannot run {path.name} on the reference inputs: "
+            raise ReferenceMismatch(f"ONNX Runtime cannot run {path.name} on the reference inputs: "
                             f"{str(exc).splitlines()[0][:200]}") from None
         results.append({n: np.asarray(o) for n, o in zip(names, outs, strict=True)})
     return results
@@ -70,13 +70,13 @@ def _run_engine(path: Path, feeds: Sequence[Mapping[str, np.ndarray]], device: i
         results = []
         for feed in feeds:
             if sess.input_name not in feed:
-                raise TrtqError(f"the reference inputs have no {sess.input_name!r} (they have {list(feed)}); "
+                raise ReferenceMismatch(f"the reference inputs have no {sess.input_name!r} (they have {list(feed)}); "
                                 f"they were made for another model than {path.name}")
             x = np.asarray(feed[sess.input_name])
             n = int(x.shape[0])
             buf = sess.input_buffer(n)
             if buf.shape != x.shape:
-                raise TrtqError(f"reference input shape {list(x.shape)} does not fit {path.name} "
+                raise ReferenceMismatch(f"reference input shape {list(x.shape)} does not fit {path.name} "
                                 f"(input {list(buf.shape)})")
             buf[...] = x.astype(buf.dtype, copy=False)
             outs = sess.run(n)  # every output, in the engine's output order
@@ -116,6 +116,7 @@ class Verification:
     passed: bool = False
     images: int = 0
     reference_runner: str = ""
+    error: str = ""  # why the candidate could not be compared (a failure)
 
     @property
     def status(self) -> str:
@@ -130,6 +131,7 @@ class Verification:
             "tolerance": self.tolerance.to_dict(),
             "outputs": self.outputs,
             "detections": self.detections,
+            **({"error": self.error} if self.error else {}),
         }
 
     def table(self) -> str:
@@ -154,14 +156,30 @@ def verification_table(record: Mapping[str, Any], *, artifact: str = "") -> str:
     d = record.get("detections")
     if d:
         lines.append(
-            f"detections (conf > {d['conf']}, IoU >= {d['match_iou']}): reference {d['reference']}, candidate "
-            f"{d['candidate']}, matched {d['matched']}; precision {d['precision']:.3f} recall {d['recall']:.3f} "
-            f"mean IoU {d['mean_iou']:.3f} class agreement {d['class_agreement']:.3f}  {'ok' if d['passed'] else 'FAIL'}"
+            f"detections (conf > {d['conf']}, IoU >= {d['match_iou']}, same class): reference {d['reference']}, "
+            f"candidate {d['candidate']}, matched {d['matched']}; precision {d['precision']:.3f} recall "
+            f"{d['recall']:.3f} mean IoU {d['mean_iou']:.3f} class agreement {d['class_agreement']:.3f}"
+            f"{_task_text(d)}  {'ok' if d['passed'] else 'FAIL'}"
         )
+    if record.get("error"):
+        lines.append(f"error: {record['error']}")
     if tol:
         lines.append(f"tolerance: cosine >= {tol['cosine']}, SQNR >= {tol['snr_db']} dB, recall >= {tol['recall']}, "
-                     f"precision >= {tol['precision']}")
+                     f"precision >= {tol['precision']}, class agreement >= {tol.get('class_agreement')}, "
+                     f"keypoint OKS >= {tol.get('oks')}, mask IoU >= {tol.get('mask_iou')}, "
+                     f"angle error <= {tol.get('angle_deg')} deg")
     return "\n".join(lines)
+
+
+def _task_text(d: Mapping[str, Any]) -> str:
+    parts = []
+    if d.get("oks") is not None:
+        parts.append(f" keypoint OKS {d['oks']:.3f} ({d['keypoint_px']:.1f} px)")
+    if d.get("mask_iou") is not None:
+        parts.append(f" mask IoU {d['mask_iou']:.3f}")
+    if d.get("angle_deg") is not None:
+        parts.append(f" angle error {d['angle_deg']:.2f} deg")
+    return ";".join(parts)
 
 
 def _engine_record(path: Path) -> dict[str, Any] | None:
@@ -220,22 +238,69 @@ def _pair(inputs: str | os.PathLike[str] | None, outputs: str | os.PathLike[str]
 
 
 def artifact_layout(path: Path, output_shapes: Sequence[Sequence[int]]) -> TaskLayout | None:
-    """The task layout of an ONNX model or engine (from its metadata, record or header); None if unknown."""
-    from trtq.tasks import task_layout
+    """The task layout of an ONNX model (:func:`trtq.modelinfo.model_layout`, as quantize and the runtime
+    read it) or engine (its record or header); None for outputs that are not a YOLO head. A head that could
+    be several tasks is refused (:class:`trtq.tasks.AmbiguousLayout`), not decoded as a detector's."""
+    from trtq.tasks import AmbiguousLayout, refuse_ambiguous, task_layout
 
     try:
         if path.suffix.lower() == ".onnx":
             from trtq.modelinfo import read_model_info
 
-            return read_model_info(path, with_hash=False).layout
+            return read_model_info(path, with_hash=False).layout_or_none
         from trtq.engine_meta import engine_model_metadata, read_engine, read_header
 
         _, meta = read_engine(path)
         metadata = engine_model_metadata(meta, read_header(path))
-        return task_layout(metadata, [tuple(s) for s in output_shapes], source=path.name)
+        layout = task_layout(metadata, [tuple(s) for s in output_shapes], source=path.name)
+        return refuse_ambiguous(layout, metadata, path.name)
+    except AmbiguousLayout:
+        raise
     except TrtqError as exc:
         log.debug("no task layout for %s (%s): detections decoded as a plain detector's", path.name, exc)
         return None
+
+
+def artifact_sha256(path: Path) -> str | None:
+    """The hash references record for ``path``: an ONNX's own (:func:`trtq.modelinfo.model_sha256`), an
+    engine's model hash from its record (the ONNX it was built from); None when unknown."""
+    from trtq.modelinfo import model_sha256
+
+    if path.suffix.lower() == ".onnx":
+        return model_sha256(path)
+    try:
+        from trtq.engine_meta import read_engine
+
+        _, meta = read_engine(path)
+    except TrtqError:
+        return None
+    return (getattr(meta, "model_sha256", "") or None) if meta is not None else None
+
+
+def check_reference_owner(artifact: Path, ref: Reference, *, strict: bool) -> str | None:
+    """None when ``ref`` belongs to ``artifact`` (or cannot tell: no record, no model hash); else why not:
+    another model's references, or files that differ from their record (a mixed or partly rewritten set).
+    ``strict=False`` (references the user named) logs a mismatch and returns None."""
+    from trtq.reference import ReferenceSetError, read_record
+
+    try:
+        record = read_record(ref, strict=strict)
+    except ReferenceSetError as exc:
+        return str(exc)
+    if record is None:
+        log.warning("%s has no record of the model it belongs to (%s): not checked", ref.outputs_path.name,
+                    ref.record_path.name)
+        return None
+    want = artifact_sha256(artifact)
+    if want is None or want == record.get("model_sha256"):
+        return None
+    text = (f"the references {ref.outputs_path.name} belong to {record.get('model', '?')} "
+            f"(sha256 {str(record.get('model_sha256', ''))[:12]}), not to {artifact.name} (sha256 {want[:12]}): "
+            "stale references; write them again (trtq quantize / trtq build --calib)")
+    if not strict:
+        log.warning("%s", text)
+        return None
+    return text
 
 
 def verify(
@@ -245,35 +310,45 @@ def verify(
     outputs: str | os.PathLike[str] | None = None,
     tolerance: Tolerance | None = None,
     device: int = 0,
+    strict: bool | None = None,
 ) -> Verification:
     """Run ``artifact`` (engine: TensorRT; ONNX / Q/DQ ONNX: ONNX Runtime CPU) on the reference inputs and
-    compare with the reference outputs (found as :func:`find_reference` says unless given)."""
+    compare with the reference outputs (found as :func:`find_reference` says unless given).
+
+    References that belong to another model (their record's hash), or a candidate that cannot be compared
+    with them (an output missing, another shape), give a failed verification with ``error`` set.
+    ``strict`` (default: when the references were found, not given) makes another model's references a
+    failure; otherwise a warning."""
     p = Path(artifact)
     if not p.is_file():
         raise TrtqError(f"artefact not found: {p}")
-    ref = _pair(inputs, outputs) or find_reference(p)
+    given = _pair(inputs, outputs)
+    ref = given or find_reference(p)
     tol = tolerance or DEFAULT_TOLERANCE
     feeds = load_inputs(ref.inputs_path)
     expected, runner = load_outputs(ref.outputs_path)
-    if len(expected) != len(feeds):
-        raise TrtqError(f"{ref.outputs_path.name} holds {len(expected)} iterations but {ref.inputs_path.name} "
-                        f"{len(feeds)} feed dicts; pass the outputs recorded for these inputs")
-    got, backend = run_artifact(p, feeds, device=device)
-    names = [n for n in expected[0] if n in got[0]] or list(expected[0])
-    layout = artifact_layout(p, [np.asarray(expected[0][n]).shape for n in names])
-    result = compare_outputs(expected, got, names=names, tolerance=tol, layout=layout)
     images = sum(int(np.asarray(next(iter(f.values()))).shape[0]) for f in feeds)
-    return Verification(
-        artifact=p,
-        reference=ref,
-        backend=backend,
-        tolerance=tol,
-        outputs=result["outputs"],
-        detections=result.get("detections"),
-        passed=bool(result["passed"]),
-        images=images,
-        reference_runner=runner,
-    )
+    result = Verification(artifact=p, reference=ref, backend="", tolerance=tol, images=images,
+                          reference_runner=runner)
+    try:
+        stale = check_reference_owner(p, ref, strict=given is None if strict is None else strict)
+        if stale is not None:
+            raise ReferenceMismatch(stale)
+        if len(expected) != len(feeds):
+            raise ReferenceMismatch(f"{ref.outputs_path.name} holds {len(expected)} iterations but "
+                                    f"{ref.inputs_path.name} {len(feeds)} feed dicts; pass the outputs recorded "
+                                    "for these inputs")
+        got, result.backend = run_artifact(p, feeds, device=device)
+        names = list(expected[0])  # every reference output: one the candidate lacks is a failure
+        layout = artifact_layout(p, [np.asarray(expected[0][n]).shape for n in names])
+        compared = compare_outputs(expected, got, names=names, tolerance=tol, layout=layout)
+    except ReferenceMismatch as exc:
+        result.error = str(exc).splitlines()[0]
+        return result
+    result.outputs = compared["outputs"]
+    result.detections = compared.get("detections")
+    result.passed = bool(compared["passed"])
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,7 +435,8 @@ def verify_built_engine(
         record_verification(engine, record)
         return record
     try:
-        result = verify(engine, inputs=ref.inputs_path, outputs=ref.outputs_path, tolerance=tol, device=device)
+        result = verify(engine, inputs=ref.inputs_path, outputs=ref.outputs_path, tolerance=tol, device=device,
+                        strict=True)
     except (MissingDependencyError, TrtqError) as exc:
         if isinstance(exc, VerificationFailed):
             raise

@@ -154,3 +154,28 @@ def test_layout_without_metadata_is_told_from_the_graph(zoo_onnx, calib_dir: Pat
         info = read_model_info(res.path)
         assert info.metadata["task"] == "pose" and info.metadata["kpt_shape"] == [17, 3]
         assert task_layout(info.metadata, [o.shape for o in info.outputs]).describe() == described
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n-pose.yaml", "yolov8n-obb.yaml"])
+def test_bare_pose_and_obb_models_are_decoded_as_their_task_everywhere(zoo_onnx, tmp_path: Path, cfg: str) -> None:  # noqa: ANN001
+    """Without metadata, predict / Detector / verify / compare read the task the graph tells, as quantize does."""
+    from trtq.modelinfo import check_model, read_model_info
+    from trtq.runtime import Detector
+    from trtq.verify import artifact_layout
+
+    src = zoo_onnx(cfg, imgsz=320)
+    model = onnx.load(str(src))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    told = check_model(read_model_info(bare))
+    with Detector(src) as det:
+        meant = det.layout
+    assert told is not None and (told.task, told.nc, told.kpt_shape) == (meant.task, meant.nc, meant.kpt_shape)
+    image = np.random.default_rng(0).integers(0, 255, (320, 320, 3), dtype=np.uint8)
+    with Detector(bare, conf=0.01) as det, Detector(src, conf=0.01) as ref:
+        assert det.layout == told
+        got, want = det.detect(image)[0], ref.detect(image)[0]
+    assert len(got) == len(want) and np.array_equal(got.class_ids, want.class_ids)
+    assert artifact_layout(bare, [o.shape for o in read_model_info(bare).outputs]) == told
+    assert read_model_info(bare).layout_or_none == told

@@ -36,8 +36,10 @@ def test_match_detections_one_to_one() -> None:
     test = np.array([[0, 0, 10, 11, 0.9, 1], [1, 0, 10, 10, 0.5, 1], [20, 20, 30, 30, 0.8, 5]], dtype=np.float32)
     m = match_detections(ref, test, 0.5)
     assert m["reference"] == 3 and m["candidate"] == 3
-    assert m["matched"] == 2  # the duplicate candidate box cannot match twice; the third ref box has no partner
-    assert m["same_class"] == 1
+    # the duplicate candidate box cannot match twice; the third ref box has no partner; the second ref box
+    # overlaps a candidate of another class: found where it is, but not a match
+    assert m["located"] == 2 and m["same_class"] == 1
+    assert m["matched"] == 1
 
 
 def _yolo_output(rng: np.random.Generator, n: int = 2, nc: int = 3, anchors: int = 200) -> np.ndarray:
@@ -61,6 +63,7 @@ def test_fidelity_metrics_identical_and_perturbed() -> None:
     worse[:, 4, :5] = 0.0
     worse[:, 5, :5] = 0.9  # same boxes, other class
     m = fidelity_metrics([[ref]], [[worse]], ["output0"])
-    assert m["detections"]["recall"] == 1.0 and m["detections"]["class_agreement"] == 0.0
+    # the boxes are found where they are, but detections match only within their class
+    assert m["detections"]["recall"] == 0.0 and m["detections"]["class_agreement"] == 0.0
     assert m["outputs"]["output0"]["boxes_sqnr_db"] == math.inf
     assert error_score(m) > 0

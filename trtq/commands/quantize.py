@@ -88,7 +88,7 @@ def command(
         result_cpu = _quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch, seed,
                                  no_head_policy, no_concat_unify, int8_weights, reduce_range, output)
         click.echo(result_cpu.summary())
-        _write_reference(result_cpu.path, source, ref_images, batch, seed)
+        _write_reference(result_cpu.path, source, ref_images, seed)
         return
     if source is None and table is None:
         raise TrtqError("quantize needs calibration images: pass --calib DIR (or --cache CACHE from `trtq calibrate`)")
@@ -113,16 +113,21 @@ def command(
         progress=True,
     )
     click.echo(result.summary())
-    _write_reference(result.path, source, ref_images, batch, seed)
+    _write_reference(result.path, source, ref_images, seed)
 
 
-def _write_reference(model: Path, source: str | None, ref_images: int, batch: int, seed: int) -> None:
-    """Reference inputs and outputs for `trtq verify` (trtq.reference)."""
+def _write_reference(model: Path, source: str | None, ref_images: int, seed: int) -> None:
+    """Reference inputs and outputs for `trtq verify` (trtq.reference), one image per feed for a dynamic-batch
+    model; none (and an earlier run's removed: they belong to another model) with --ref-images 0."""
+    from trtq.reference import reference_paths, remove_reference, write_reference
+
     if ref_images and source is not None:
-        from trtq.reference import write_reference
-
-        ref = write_reference(model, source, num_images=ref_images, batch=batch, seed=seed)
+        ref = write_reference(model, source, num_images=ref_images, seed=seed)
         click.echo(f"reference {ref.outputs_path.name}: check an engine (or a copy) of it with `trtq verify`")
+        return
+    removed = remove_reference(reference_paths(model))
+    if removed:
+        click.echo(f"removed the earlier references {', '.join(p.name for p in removed)} (they belong to another model)")
 
 
 def _quantize_cpu(

@@ -41,5 +41,6 @@ def command(artifact: Path, inputs: Path | None, outputs: Path | None, tolerance
     if result.passed:
         click.echo(f"PASSED: {artifact} matches its reference")
     else:
-        click.secho(f"FAILED: {artifact} is outside the tolerance", fg="red", err=True)
+        why = f"cannot be compared with its reference: {result.error}" if result.error else "is outside the tolerance"
+        click.secho(f"FAILED: {artifact} {why}", fg="red", err=True)
         sys.exit(1)

@@ -13,7 +13,7 @@ from trtq.errors import TrtqError
 from trtq.postprocess import decode_layout
 from trtq.runtime.decode import Detections, to_detections
 from trtq.runtime.sessions import Session, open_session
-from trtq.tasks import TaskLayout, task_layout
+from trtq.tasks import TaskLayout, refuse_ambiguous, task_layout
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -174,10 +174,31 @@ class Detector:
 
 
 def _layout_of(session: Session, path: Path) -> tuple[TaskLayout, int, int | None]:
-    """The task layout of the session's model, the index of its head output and of its mask prototypes."""
+    """The task layout of the session's model, the index of its head output and of its mask prototypes.
+
+    One source of truth with quantize and verify: an ONNX without task metadata is read as
+    :func:`trtq.modelinfo.model_layout` tells from its graph (which needs the ``onnx`` package); where the
+    head cannot be told, one line refuses it instead of decoding it as a detector."""
     shapes = session.output_shapes
     head = next((i for i, s in enumerate(shapes) if len(s) == 3), 0)
     protos = next((i for i, s in enumerate(shapes) if len(s) == 4), None)
     ordered = [shapes[head], *(s for i, s in enumerate(shapes) if i != head)]
-    layout = task_layout(session.metadata, ordered, imgsz=session.imgsz, source=str(path))
+    layout = None
+    if "task" not in session.metadata and path.suffix.lower() == ".onnx":
+        layout = _graph_layout(path)
+    if layout is None:
+        layout = task_layout(session.metadata, ordered, imgsz=session.imgsz, source=str(path))
+        if "task" not in session.metadata:
+            layout = refuse_ambiguous(layout, session.metadata, str(path))
     return layout, head, protos if layout.task == "segment" else None
+
+
+def _graph_layout(path: Path) -> TaskLayout | None:
+    """:func:`trtq.modelinfo.model_layout` of an ONNX file; None where the ``onnx`` package is missing."""
+    try:
+        import onnx  # noqa: F401  (the graph reader; not part of the minimal runtime)
+    except ImportError:
+        return None
+    from trtq.modelinfo import model_layout, read_model_info
+
+    return model_layout(read_model_info(path, with_hash=False))

@@ -442,15 +442,27 @@ def _engine_metadata(caps: compat.Capabilities, job: NetworkJob, *, names: list[
         inputs=_io_records(info.inputs),
         outputs=_io_records(info.outputs),
         profiles=[{n: shape_of for n in names}],
-        names=info.names,
+        names=info.names or _layout_names(info),
         stride=info.stride,
         imgsz=(profile.height, profile.width),
-        task=str(info.metadata.get("task", "detect")),
+        task=str(info.metadata.get("task") or _layout_task(info)),
         batch=profile.max,
         float_layers=float_layers,
         builder={**builder_info, "float_layers_dtype": "fp32" if strongly and not job.fp16_onnx else None},
         command=job.command,
     )
+
+
+def _layout_task(info: ModelInfo) -> str:
+    """The task of a model without task metadata, as :func:`trtq.modelinfo.model_layout` tells it."""
+    layout = info.layout_or_none
+    return layout.task if layout is not None else "detect"
+
+
+def _layout_names(info: ModelInfo) -> dict[int, str]:
+    """Class ids as names for a model without names, so the engine's record says how many classes it has."""
+    layout = info.layout_or_none
+    return {i: str(i) for i in range(layout.nc)} if layout is not None else {}
 
 
 def _load_timing_cache(config: Any, path: Path, trt_version: str) -> Any:
