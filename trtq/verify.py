@@ -152,7 +152,7 @@ def verification_table(record: Mapping[str, Any], *, artifact: str = "") -> str:
     lines.append(f"{'output':16s} {'cosine':>9s} {'SQNR dB':>8s} {'max|err|':>10s}  result")
     for name, e in (record.get("outputs") or {}).items():
         lines.append(f"{name[:16]:16s} {e['cosine']:9.6f} {_fmt_db(e['sqnr_db']):>8s} {e['max_abs_error']:10.4g}  "
-                     f"{'ok' if e['passed'] else 'FAIL'}")
+                     f"{'ok' if e['passed'] else 'FAIL'}{' (judged by ' + e['judged_by'] + ')' if e.get('judged_by') else ''}")
     d = record.get("detections")
     if d:
         lines.append(

@@ -135,7 +135,8 @@ def test_a_plan_is_an_engine_with_or_without_an_ultralytics_header(tmp_path: Pat
     assert inspect_path(tmp_path / "headed.engine", layers=False).data["ultralytics_header"] is True
 
 
-@pytest.mark.parametrize("name", ["m.qdq.report.json", "m.qdq.report.md", "m.ref-inputs.json", "m.ref-outputs.json"])
+@pytest.mark.parametrize("name", ["m.qdq.report.json", "m.qdq.report.md", "m.ref-inputs.json", "m.ref-outputs.json",
+                                  "m.ref.json"])
 def test_reports_and_references_are_named_not_taken_for_engine_records(tmp_path: Path, name: str) -> None:
     from trtq.errors import TrtqError
     from trtq.trt.inspect import inspect_path

@@ -128,6 +128,11 @@ def test_zeroed_mask_coefficients_fail_and_mask_iou_is_the_masks_overlap() -> No
     assert res["detections"]["mask_iou"] < DEFAULT_TOLERANCE.mask_iou and not res["passed"]
     same, scaled = _seg(1.05)  # a small change of the coefficients keeps the mask
     assert compare_outputs([same], [scaled], layout=layout)["passed"]
+    # prototypes are seen only through the masks: noise that keeps the masks passes whatever its SQNR
+    noisy = dict(scaled, output1=scaled["output1"] + np.random.default_rng(1).normal(0, 0.2, (1, 4, 16, 16)).astype(np.float32))
+    res = compare_outputs([same], [noisy], layout=layout)
+    assert res["outputs"]["output1"]["sqnr_db"] < DEFAULT_TOLERANCE.snr_db
+    assert res["outputs"]["output1"]["judged_by"] == "mask IoU" and res["detections"]["mask_iou"] > 0.8 and res["passed"]
 
 
 @pytest.mark.parametrize(("offset_deg", "passes"), [(0.5, True), (10.0, False)])

@@ -256,6 +256,7 @@ _OTHER_ARTEFACTS = (
     (".report.md", "a quantization report: read it as it is"),
     (".ref-inputs.json", "a set of reference inputs for `trtq verify` (Polygraphy's JSON format)"),
     (".ref-outputs.json", "a set of reference outputs for `trtq verify` (Polygraphy's RunResults)"),
+    (".ref.json", "the sidecar of a reference set (which model it belongs to, the hashes of its two files)"),
 )
 
 
