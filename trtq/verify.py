@@ -5,8 +5,10 @@ The comparison is :func:`trtq.agreement.compare_outputs`, the one comparison pat
 Polygraphy's comparators, and detection agreement for YOLO head outputs.
 
 A model passes when every output reaches :class:`Tolerance`'s cosine and SQNR and the detections reach its
-recall and precision. The defaults were measured on YOLOv8n (COCO, 8 coco128 images): see
-:class:`Tolerance`.
+recall, precision, class agreement and the task's own thresholds (keypoint OKS, mask IoU, angle error).
+The defaults were measured on YOLOv8n (COCO, 8 coco128 images): see :class:`Tolerance`. A verification
+that cannot compare (references of another model or a mixed set, an output missing, another shape) is a
+failure, not a verification that did not run.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from tests.fakes import make_qdq_onnx, write_images
 from tests.unit.test_runtime_models import make_tiny_yolo_onnx
+from tests.unit.test_verify import _Env, env  # noqa: F401  (the fake TensorRT fixture)
 from trtq.agreement import DEFAULT_TOLERANCE, compare_outputs, detection_agreement
 from trtq.reference import load_inputs, load_outputs, reference_paths, save_outputs, write_reference
 from trtq.tasks import TaskLayout
@@ -254,3 +255,26 @@ def test_quantize_ref_images_0_removes_the_earlier_references_and_dynamic_batch_
     res = runner.invoke(main, ["quantize", str(tiny), "--calib", str(few), "--ref-images", "0", "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert not any(p.exists() for p in ref.paths())
+
+
+def test_build_check_that_cannot_compare_is_a_failure_not_not_run(env: _Env, tmp_path: Path, images: Path,  # noqa: F811
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from tests.unit.test_runtime_engine import write_fake_engine
+    from trtq.engine_meta import engine_record_path
+    from trtq.reference import Reference
+    from trtq.verify import VerificationFailed, verify_built_engine
+
+    tiny = make_tiny_yolo_onnx(tmp_path / "tiny.onnx", batch=1)
+    ref = write_reference(tiny, images, num_images=2, folder=tmp_path / "refs")
+    expected, runner = load_outputs(ref.outputs_path)
+    extra = tmp_path / "refs" / "extra.ref-outputs.json"
+    save_outputs(extra, [{**e, "output1": np.zeros((1, 4), np.float32)} for e in expected], runner)
+    (ref.inputs_path.parent / "tiny.ref.json").unlink(missing_ok=True)  # outputs from elsewhere, with no record to tell (a record would call it a mixed set)
+    engine = write_fake_engine(tmp_path / "tiny.int8.engine")
+    env.compute_with(monkeypatch, tiny)
+    with pytest.raises(VerificationFailed, match="no output 'output1'"):
+        verify_built_engine(engine, Reference(ref.inputs_path, extra), onnx_path=tiny, precision="int8")
+    record = json.loads(engine_record_path(engine).read_text())["verification"]
+    assert record["status"] == "failed" and record["verified"] is False and "output1" in record["error"]
