@@ -166,8 +166,18 @@ def read_record(ref: Reference, *, strict: bool = True) -> dict[str, Any] | None
     return dict(record)
 
 
-def remove_reference(ref: Reference) -> list[Path]:
-    """Delete a reference set's files (an earlier run's, when a new run writes none); the removed paths."""
+def remove_reference(ref: Reference, *, keep_for: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Delete a reference set's files (an earlier run's, when a new run writes none); the removed paths.
+    ``keep_for``: keep a complete set whose record names this model's very bytes."""
+    if keep_for is not None and ref.exists():
+        from trtq.modelinfo import model_sha256
+
+        try:
+            record = read_record(ref)
+        except TrtqError:
+            record = None
+        if record is not None and Path(keep_for).is_file() and record.get("model_sha256") == model_sha256(keep_for):
+            return []
     removed = []
     for path in ref.paths():
         if path.is_file():
@@ -429,7 +439,8 @@ def write_reference(
     source_txt = f"{label} on ONNX Runtime (CPU)"
     save_inputs(ref.inputs_path, feeds)
     save_outputs(ref.outputs_path, outputs, runner=f"onnxrt-runner: {source_txt}"[:200])
-    write_record(ref, model_sha256(mpath), mpath.name, images=len(chosen), source=source_txt)
+    named = Path(artifact) if artifact is not None and Path(artifact).suffix.lower() == ".onnx" else mpath
+    write_record(ref, model_sha256(mpath), named.name, images=len(chosen), source=source_txt)
     log.info("wrote reference inputs %s and outputs %s (%d images, %d with detections)", ref.inputs_path,
              ref.outputs_path, len(chosen), sum(1 for k in sorted(found, reverse=True)[:len(chosen)] if k))
     return Reference(ref.inputs_path, ref.outputs_path, source_txt, len(chosen))

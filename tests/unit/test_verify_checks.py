@@ -252,9 +252,12 @@ def test_quantize_ref_images_0_removes_the_earlier_references_and_dynamic_batch_
     ref = reference_paths(out)
     assert ref.exists() and ref.record_path.is_file()
     assert [f["images"].shape[0] for f in load_inputs(ref.inputs_path)] == [1] * 4  # 4 readable images
-    res = runner.invoke(main, ["quantize", str(tiny), "--calib", str(few), "--ref-images", "0", "-o", str(out)])
+    same = runner.invoke(main, ["quantize", str(tiny), "--calib", str(few), "--ref-images", "0", "-o", str(out)])
+    assert same.exit_code == 0 and ref.exists()  # the very same model: its references still hold
+    res = runner.invoke(main, ["quantize", str(tiny), "--calib", str(few), "--num-images", "2", "--ref-images", "0",
+                               "-o", str(out)])
     assert res.exit_code == 0, res.output
-    assert not any(p.exists() for p in ref.paths())
+    assert not any(p.exists() for p in ref.paths()) and "removed the earlier references" in res.output
 
 
 def test_build_check_that_cannot_compare_is_a_failure_not_not_run(env: _Env, tmp_path: Path, images: Path,  # noqa: F811

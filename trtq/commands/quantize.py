@@ -125,7 +125,7 @@ def _write_reference(model: Path, source: str | None, ref_images: int, seed: int
         ref = write_reference(model, source, num_images=ref_images, seed=seed)
         click.echo(f"reference {ref.outputs_path.name}: check an engine (or a copy) of it with `trtq verify`")
         return
-    removed = remove_reference(reference_paths(model))
+    removed = remove_reference(reference_paths(model), keep_for=model)
     if removed:
         click.echo(f"removed the earlier references {', '.join(p.name for p in removed)} (they belong to another model)")
 

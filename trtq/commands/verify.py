@@ -13,7 +13,8 @@ import click
 @click.option("--outputs", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reference outputs (Polygraphy RunResults JSON) [default: the ones recorded for ARTIFACT].")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="KEY=VALUE",
-              help="Override a pass threshold: cosine, snr_db, recall, precision, conf, match_iou (repeatable).")
+              help="Override a pass threshold: cosine, snr_db, recall, precision, class_agreement, oks, mask_iou, "
+                   "angle_deg, conf, match_iou, score_band (repeatable).")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device for engines.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the verdict and metrics as JSON.")
@@ -28,7 +29,9 @@ def command(artifact: Path, inputs: Path | None, outputs: Path | None, tolerance
       trtq verify model.onnx --inputs a.ref-inputs.json --outputs a.ref-outputs.json --tolerance snr_db=25
 
     Per output: cosine, SQNR and max |error|; for YOLO head outputs also detection agreement (precision, recall,
-    mean IoU). Exit code 0 within tolerance, 1 outside.
+    mean IoU, detections matched within their class; class agreement) and the task's own: keypoint OKS, mask
+    IoU, angle error. Exit code 0 within tolerance, 1 outside or when ARTIFACT cannot be compared with the
+    references (another model's, a mixed set, an output missing, another shape).
     """
     from trtq.agreement import parse_tolerance
     from trtq.fileio import write_json
