@@ -258,7 +258,7 @@ def main() -> None:
                                        "calib_images": args.calib_images, "ref_images": args.ref_images,
                                        "task_calib_images": args.task_calib_images, "imgsz": args.imgsz,
                                        "seed": args.seed, "loadavg": load}, indent=2, default=str) + "\n")
-    args.output.with_suffix(".md").write_text("\n".join(_markdown(rows, margins, tol)) + "\n")
+    args.output.with_suffix(".md").write_text("\n".join(_markdown(rows, margins, tol, _machine(load))) + "\n")
 
 
 GOOD = ("INT8 Q/DQ vs FP32 reference", "CPU target vs FP32 reference")
@@ -358,10 +358,18 @@ def _fmt_row(r: dict[str, Any]) -> str:
             f"{extra} {'pass' if r['passed'] else 'FAIL'}")
 
 
-def _markdown(rows: list[dict[str, Any]], margins: dict[str, float], tol: Any) -> list[str]:
+def _machine(load: list[str]) -> str:
+    """The CPU (name and its VNNI flags) and the load average when the run ended."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    vnni = sorted({f for f in ("avx512_vnni", "avx_vnni") if f" {f}" in info}) or ["no VNNI"]
+    return f"{name} ({', '.join(vnni)}); load average {' '.join(load)} (shared machine)"
+
+
+def _markdown(rows: list[dict[str, Any]], margins: dict[str, float], tol: Any, machine: str) -> list[str]:
     lines = ["# trtq verify: both sides of the default tolerance", "",
              "`PYTHONPATH=. YOLO_OFFLINE=1 .venv/bin/python -m benchmarks.verify_tolerance` (ONNX Runtime, CPU; "
-             "8 seeded coco128 images preferring ones with detections).", "",
+             "8 seeded coco128 images preferring ones with detections).", "", f"Machine: {machine}.", "",
              "| task | case | cosine | SQNR dB | recall | precision | class agr. | OKS | kpt px | mask IoU | angle deg | verdict |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:

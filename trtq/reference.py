@@ -166,6 +166,18 @@ def read_record(ref: Reference, *, strict: bool = True) -> dict[str, Any] | None
     return dict(record)
 
 
+def belongs_to(ref: Reference, model: str | os.PathLike[str]) -> bool:
+    """False when the set's record names another model than ``model`` or does not match its files; True
+    otherwise (also when there is no record to tell)."""
+    from trtq.modelinfo import model_sha256
+
+    try:
+        record = read_record(ref)
+    except TrtqError:
+        return False
+    return record is None or record.get("model_sha256") == model_sha256(model)
+
+
 def remove_reference(ref: Reference, *, keep_for: str | os.PathLike[str] | None = None) -> list[Path]:
     """Delete a reference set's files (an earlier run's, when a new run writes none); the removed paths.
     ``keep_for``: keep a complete set whose record names this model's very bytes."""
@@ -496,7 +508,14 @@ def build_references(
         jobs["float"] = (onnx_path, reference_paths(engine_path), None)
     refs: dict[str, Reference] = {}
     for kind, (model, ref, tab) in jobs.items():
-        if reuse and kind != "float" and ref.exists():
+        if ref.exists() and not belongs_to(ref, model):
+            log.warning("%s belongs to another model than %s: not used", ref.outputs_path.name, model.name)
+            if calib is None:
+                continue
+            reuse_this = False
+        else:
+            reuse_this = reuse
+        if reuse_this and kind != "float" and ref.exists():
             log.info("ranges reused from the cache: keeping the references %s", ref.outputs_path)
             refs[kind] = ref
         elif calib is not None:
