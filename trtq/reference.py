@@ -175,7 +175,7 @@ def belongs_to(ref: Reference, model: str | os.PathLike[str]) -> bool:
         record = read_record(ref)
     except TrtqError:
         return False
-    return record is None or record.get("model_sha256") == model_sha256(model)
+    return record is None or record.get("model_sha256") == model_sha256(Path(model))
 
 
 def remove_reference(ref: Reference, *, keep_for: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -188,7 +188,7 @@ def remove_reference(ref: Reference, *, keep_for: str | os.PathLike[str] | None 
             record = read_record(ref)
         except TrtqError:
             record = None
-        if record is not None and Path(keep_for).is_file() and record.get("model_sha256") == model_sha256(keep_for):
+        if record is not None and Path(keep_for).is_file() and record.get("model_sha256") == model_sha256(Path(keep_for)):
             return []
     removed = []
     for path in ref.paths():

@@ -214,7 +214,7 @@ def test_references_of_another_model_fail_with_the_models_name(tmp_path: Path, i
     ref = write_reference(qdq, images, num_images=2)
     record = __import__("json").loads(ref.record_path.read_text())
     assert record["model"] == "m.int8.onnx" and len(record["model_sha256"]) == 64
-    assert load_json(str(ref.inputs_path)) and RunResults.load(str(ref.outputs_path))  # Polygraphy still reads both
+    assert load_json(str(ref.inputs_path)) and RunResults.load(str(ref.outputs_path))  # pyright: ignore[reportAttributeAccessIssue]  Polygraphy still reads both
     assert verify(qdq).passed
     tiny.replace(qdq)  # a new model in its place (the FP32 one: its outputs would be close enough)
     stale = verify(qdq)
@@ -233,14 +233,13 @@ def test_a_mixed_reference_set_fails(qdq: Path, images: Path, tmp_path: Path) ->
 
 def test_quantize_ref_images_0_removes_the_earlier_references_and_dynamic_batch_8_writes_them(
         tmp_path: Path, images: Path) -> None:
-    import cv2
 
     from trtq.cli import main
 
     few = tmp_path / "few"
     few.mkdir()
     for i, p in enumerate(sorted(images.iterdir())[:4]):
-        cv2.imwrite(str(few / f"{i}.jpg"), cv2.imread(str(p)))
+        (few / f"{i}.jpg").write_bytes(p.read_bytes())
     (few / "broken.jpg").write_bytes(b"not an image")
     from tests.conftest import make_tiny_conv_onnx
 
