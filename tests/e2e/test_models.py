@@ -179,3 +179,25 @@ def test_bare_pose_and_obb_models_are_decoded_as_their_task_everywhere(zoo_onnx,
     assert len(got) == len(want) and np.array_equal(got.class_ids, want.class_ids)
     assert artifact_layout(bare, [o.shape for o in read_model_info(bare).outputs]) == told
     assert read_model_info(bare).layout_or_none == told
+
+
+def test_verify_catches_wrong_classes_and_broken_masks_of_a_real_segment_model(zoo_onnx, yolo_pt: Path,  # noqa: ANN001
+                                                                             calib_dir: Path, tmp_path: Path) -> None:
+    """SQNR and cosine pass both tampered copies; class agreement and mask IoU do not."""
+    from benchmarks.verify_tolerance import reverse_channels, zero_branch
+    from trtq.quantize import quantize
+    from trtq.reference import write_reference
+    from trtq.verify import verify
+
+    fp32 = zoo_onnx("yolov8n-seg.yaml", imgsz=320, weights=yolo_pt, nc=80)
+    qdq = quantize(fp32, calib_dir, num_images=8, output=tmp_path / "seg.int8.onnx", progress=False).path
+    ref = write_reference(fp32, calib_dir, artifact=tmp_path / "seg.fp32.onnx", num_images=8, seed=1)
+    good = verify(qdq, inputs=ref.inputs_path, outputs=ref.outputs_path)
+    assert good.passed, good.table()
+    assert good.detections is not None and good.detections["reference"] >= 8
+    for tampered, why in ((reverse_channels(qdq, tmp_path / "cls.onnx"), "class_agreement"),
+                          (zero_branch(qdq, tmp_path / "mask.onnx", "mask-coefficient"), "mask_iou")):
+        res = verify(tampered, inputs=ref.inputs_path, outputs=ref.outputs_path)
+        assert res.outputs["output0"]["passed"], res.table()  # what used to let it through
+        assert res.detections is not None and not res.detections["passed"] and not res.passed, res.table()
+        assert res.detections[why] < getattr(res.tolerance, why), res.table()
