@@ -179,6 +179,19 @@ def test_bare_pose_and_obb_models_are_decoded_as_their_task_everywhere(zoo_onnx,
     assert len(got) == len(want) and np.array_equal(got.class_ids, want.class_ids)
     assert artifact_layout(bare, [o.shape for o in read_model_info(bare).outputs]) == told
     assert read_model_info(bare).layout_or_none == told
+    # an engine built from it records the task the graph tells, and is read back as that task
+    from tests.fakes.fake_device import FakeDevice
+    from tests.fakes.fake_tensorrt import make_fake_tensorrt
+    from trtq.engine_meta import read_engine
+    from trtq.trt.builder import build_engine
+
+    built = build_engine(bare, trt_module=make_fake_tensorrt("10.3.0"), output=tmp_path / "bare.fp16.engine",
+                         device=FakeDevice(), progress=False, fp16=True)
+    _, meta = read_engine(built.engine_path)
+    assert meta is not None and meta.task == told.task
+    engine_layout = artifact_layout(built.engine_path, [o.shape for o in read_model_info(bare).outputs])
+    assert engine_layout is not None and (engine_layout.task, engine_layout.nc, engine_layout.kpt_shape) == (
+        told.task, told.nc, told.kpt_shape)
 
 
 def test_verify_catches_wrong_classes_and_broken_masks_of_a_real_segment_model(zoo_onnx, yolo_pt: Path,  # noqa: ANN001
