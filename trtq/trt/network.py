@@ -372,8 +372,9 @@ def refuse_hardware_compatibility(gpu: GpuIdentity) -> None:
     """AMPERE_PLUS needs a discrete Ampere-or-newer build GPU: refuse a Jetson / integrated or pre-Ampere one.
 
     NvInfer.h (``HardwareCompatibilityLevel::kAMPERE_PLUS``, NVIDIA/TensorRT v8.6.1 and v10.13.0): "only
-    supported for engines built on NVIDIA Ampere and later GPUs"; TensorRT's developer guide (hardware
-    compatibility) limits it to discrete GPUs, not JetPack or DRIVE OS.
+    supported for engines built on NVIDIA Ampere and later GPUs"; TensorRT 8.6 developer guide, "Hardware
+    Compatibility" (now docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/engine-compatibility.html):
+    supported for Ampere and later architectures only, not on NVIDIA DRIVE OS or JetPack.
     """
     from trtq.engine_meta import HARDWARE_COMPATIBLE_MIN_CC, sm_label
 
