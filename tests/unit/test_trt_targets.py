@@ -354,3 +354,22 @@ def test_dla_engines_are_not_captured(tmp_path: Path, cuda_python: tuple[Any, An
     assert trt.STATE.contexts[-1].executions == before + 1
     runner.close()
     backend.close()
+
+
+def test_dla_engine_with_only_an_ultralytics_header_is_not_captured(
+    tmp_path: Path, cuda_python: tuple[Any, Any]
+) -> None:
+    from tests.unit.test_runtime_engine import fake_plan
+    from trtq.bench.backends import TensorRTBackend
+    from trtq.engine_meta import ultralytics_header
+
+    _, rt = cuda_python
+    engine = tmp_path / "u.engine"  # what ultralytics exports for DLA: its header says so, no trtq record
+    header = {"dla": "0", "names": {0: "a"}, "stride": 32, "imgsz": [32, 32], "batch": 1, "task": "detect"}
+    engine.write_bytes(ultralytics_header(header) + fake_plan("10.3.0"))
+    backend = TensorRTBackend(engine)
+    runner = backend.prepare(1, transfers=True, cuda_graph=True)
+    assert "CUDA graph not used: DLA engine (plain enqueues)" in runner.notes
+    assert not [c for c in rt.CALLS if c[0] == "cudaStreamBeginCapture"]
+    runner.close()
+    backend.close()

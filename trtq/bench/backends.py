@@ -23,6 +23,7 @@ import numpy as np
 
 from trtq.bench.types import Backend, Sample
 from trtq.device import cuda_check, load_cudart
+from trtq.engine_meta import engine_dla_core
 from trtq.errors import TrtqError
 from trtq.ort import ort_session
 from trtq.runtime import model_kind
@@ -245,7 +246,7 @@ class CudaEventRunner:
         session.enqueue()
         session.stream.synchronize()
         self.graph: Any = None
-        dla = getattr(session.meta, "dla_core", None) is not None
+        dla = engine_dla_core(session.meta, session.header) is not None  # trtq's record or an ultralytics header
         if cuda_graph and dla:
             # "CUDA graphs and DLA offloading are not simultaneously supported" (trtexec, NVIDIA/TensorRT
             # samples/common/sampleOptions.cpp, which disables --useCudaGraph with --useDLACore)
