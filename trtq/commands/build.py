@@ -37,7 +37,7 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--version-compatible", is_flag=True,
               help="Engine that also runs on later TensorRT releases (8.6+; may be slower).")
 @click.option("--hardware-compatible", is_flag=True,
-              help="Engine that runs on any Ampere or newer GPU (8.6+, not DLA; may be slower).")
+              help="Engine that runs on any discrete Ampere or newer GPU (TensorRT 8.6+; built on such a GPU; not on Jetson, not DLA; may be slower).")
 @click.option("--num-images", type=int, default=None, help="Calibrate on N images of the (shuffled) set.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--ultralytics-header", is_flag=True,
