@@ -93,34 +93,68 @@ def _from_glob(pattern: str) -> list[Path]:
 
 
 def _from_list_file(list_file: Path) -> list[Path]:
+    """The images a ``.txt`` list names, resolved as ultralytics does (``BaseDataset.get_img_files``): an entry
+    starting with ``./`` is relative to the list's folder, any other relative entry to the working directory.
+    A listed folder contributes its images. Listed files that do not exist are an error naming them."""
     try:
         text = list_file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise TrtqError(f"cannot read image list {list_file}: {exc}") from None
-    base = list_file.parent
     out: list[Path] = []
+    missing: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        p = Path(os.path.expanduser(line))
-        if not p.is_absolute():
-            p = base / p
+        p = Path(os.path.abspath(list_file.parent / line[2:] if line.startswith("./") else os.path.expanduser(line)))
         if p.is_dir():
             out.extend(_scan_dir(p))
         elif _is_image_name(p):
-            out.append(p)  # a missing listed file is kept: the batcher skips it with a warning
+            if not p.exists():
+                missing.append(line)
+            out.append(p)
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise TrtqError(
+            f"{list_file}: {len(missing)} of {len(out)} listed images do not exist ({shown}); as in ultralytics, "
+            f"'./' entries are read from the list's folder and other relative entries from the working directory "
+            f"({Path.cwd()})"
+        )
     return out
 
 
-def _resolve_split(root: Path, entry: str) -> Path:
+def _resolve_split(root: Path, entry: str, *, parent_fallback: bool) -> Path:
+    """A ``train:`` entry against the dataset root, as ``check_det_dataset`` does (``../`` retried without it
+    for a single entry)."""
     p = Path(os.path.expanduser(entry))
     if p.is_absolute():
         return p
     x = (root / entry).resolve()
-    if not x.exists() and entry.startswith("../"):  # ultralytics' fallback for "../" entries
+    if parent_fallback and not x.exists() and entry.startswith("../"):
         x = (root / entry[3:]).resolve()
     return x
+
+
+def _dataset_root(yaml_file: Path, root_entry: Any) -> Path:
+    """The dataset root of a data yaml, as ultralytics' ``check_det_dataset``: ``path:`` as given (relative to
+    the working directory), else in ultralytics' datasets folder; no ``path:``: the yaml's folder. Where neither
+    has it, trtq also tries the yaml's folder before giving up."""
+    if not root_entry:
+        return yaml_file.resolve().parent
+    root = Path(os.path.expanduser(str(root_entry)))
+    if root.exists() or root.is_absolute():
+        return root.resolve() if root.exists() else root
+    candidates = [p for p in (_ultralytics_datasets_dir(), yaml_file.resolve().parent) if p is not None]
+    return next(((c / root).resolve() for c in candidates if (c / root).exists()), root.resolve())
+
+
+def _ultralytics_datasets_dir() -> Path | None:
+    """ultralytics' ``datasets_dir`` setting, where it is installed (imported only for this)."""
+    try:
+        from ultralytics.utils import DATASETS_DIR
+    except Exception:  # not installed, or its settings cannot be read: no datasets folder to search
+        return None
+    return Path(DATASETS_DIR)
 
 
 def _from_data_yaml(yaml_file: Path) -> tuple[list[Path], str]:
@@ -135,23 +169,14 @@ def _from_data_yaml(yaml_file: Path) -> tuple[list[Path], str]:
             f"{yaml_file} has no 'train:' entry; pass an ultralytics data yaml with a train split, "
             "or a folder of images"
         )
-    yaml_dir = yaml_file.resolve().parent
-    root_entry = data.get("path")
-    if root_entry:
-        root = Path(os.path.expanduser(str(root_entry)))
-        if not root.is_absolute():
-            # relative to the yaml's folder; like ultralytics, a folder relative to the working directory
-            # is accepted when the yaml's folder has no such entry
-            beside_yaml = yaml_dir / root
-            root = root.resolve() if root.exists() and not beside_yaml.exists() else beside_yaml
-    else:
-        root = yaml_dir
+    root = _dataset_root(yaml_file, data.get("path"))
     train = data["train"]
-    entries = [str(t) for t in train] if isinstance(train, (list, tuple)) else [str(train)]
+    single = not isinstance(train, (list, tuple))
+    entries = [str(train)] if single else [str(t) for t in train]
     out: list[Path] = []
     searched: list[str] = []
     for entry in entries:
-        p = _resolve_split(root, entry)
+        p = _resolve_split(root, entry, parent_fallback=single)
         searched.append(str(p))
         if p.is_dir():
             out.extend(_scan_dir(p))
@@ -160,7 +185,8 @@ def _from_data_yaml(yaml_file: Path) -> tuple[list[Path], str]:
         elif p.is_file() and _is_image_name(p):
             out.append(p)
         elif not p.exists():
-            raise TrtqError(f"{yaml_file}: train split {entry!r} resolves to {p}, which does not exist")
+            raise TrtqError(f"{yaml_file}: train split {entry!r} resolves to {p}, which does not exist "
+                            f"(dataset root {root}: its 'path:' is read from the working directory, as ultralytics does)")
     return out, f"the train split of {yaml_file} ({', '.join(searched)})"
 
 
@@ -171,9 +197,12 @@ def _sort_unique(paths: Iterable[Path]) -> list[Path]:
 def resolve_image_paths(source: str | os.PathLike[str]) -> list[Path]:
     """List the images of ``source``: a folder (recursive), a glob, a ``.txt`` list of paths or a data yaml.
 
-    A ``.txt`` list holds one path (file or folder) per line; relative paths are relative to the list's folder;
-    blank lines and ``#`` comments are ignored. A data yaml contributes its ``train`` split (a folder, a list of
-    folders or a ``.txt`` list), resolved against its ``path:`` (relative to the yaml's folder) like ultralytics.
+    Relative paths resolve as in ultralytics. A ``.txt`` list holds one path (file or folder) per line: ``./x``
+    is read from the list's folder, any other relative entry from the working directory; blank lines and ``#``
+    comments are ignored; a listed file that does not exist is an error. A data yaml contributes its ``train``
+    split (a folder, a list of folders or a ``.txt`` list) under its dataset root: ``path:`` as given (relative
+    to the working directory), else in ultralytics' datasets folder, else beside the yaml; without ``path:``
+    the yaml's folder.
     Only files with a suffix in :data:`IMAGE_SUFFIXES` (any case) are returned, sorted by path.
     """
     text = os.fspath(source)
