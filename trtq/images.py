@@ -10,9 +10,10 @@ deployed model sees. This module therefore reproduces, pixel for pixel, what ult
    first (a colour first page is used as is, minus alpha) as ultralytics does, and any remaining 16-bit
    result keeps its high byte (``>> 8``). The result is BGR ``uint8`` HxWx3.
 2. Letterbox: ``LetterBox(imgsz, auto=False, scale_fill=False, scaleup=True, center=True, stride=stride,
-   padding_value=114, interpolation=cv2.INTER_LINEAR)``. ``auto`` is False because the predictor only uses the
-   minimum rectangle for ``.pt`` or dynamic-shape models; an ONNX model or TensorRT engine with a fixed input
-   shape gets the full ``imgsz`` canvas. The scale is ``r = min(h_new / h, w_new / w)``, the resized size is
+   padding_value=114, interpolation=cv2.INTER_LINEAR)``. For a fixed input shape (an ONNX model or TensorRT engine)
+   ``auto`` is False: the full ``imgsz`` canvas. A model with dynamic height and width gets ``auto=True``
+   when the images of a batch share a shape (``BasePredictor.pre_transform``): padding only to the next
+   multiple of ``stride``; :func:`letterbox_batch` applies that rule. The scale is ``r = min(h_new / h, w_new / w)``, the resized size is
    ``max(round(w * r), 1) x max(round(h * r), 1)``, the padding is split in two and rounded with the
    ``round(d - 0.1)`` / ``round(d + 0.1)`` rule, and the border is constant 114.
 3. Tensor: stack, HWC to CHW, BGR to RGB, ``float32`` divided by 255 (a true division, as
@@ -358,11 +359,30 @@ def to_tensor(images: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def letterbox_batch(
+    images: Sequence[np.ndarray], imgsz: int | tuple[int, int] = (640, 640), *, stride: int = 32, auto: bool = False
+) -> list[np.ndarray]:
+    """Letterbox one inference batch as ultralytics' predictor does (``BasePredictor.pre_transform``).
+
+    ``auto`` is for a model whose input height and width are dynamic (ultralytics: ``model.dynamic``): each
+    image is padded only up to the next multiple of ``stride`` (``LetterBox(auto=True)``), provided every
+    image of the batch has the same shape; otherwise, and for fixed-size models, to the full ``imgsz`` canvas.
+    """
+    same_shapes = len({im.shape for im in images}) == 1
+    return [letterbox(im, _as_hw(imgsz), stride=stride, auto=auto and same_shapes)[0] for im in images]
+
+
+def dynamic_spatial(shape: Sequence[int | None]) -> bool:
+    """An NCHW input whose height and width are dynamic: ultralytics' predictor pads it to the stride only."""
+    return len(shape) == 4 and (shape[2] is None or shape[3] is None)
+
+
 def preprocess(
-    images: Sequence[np.ndarray], imgsz: int | tuple[int, int] = (640, 640), *, stride: int = 32
+    images: Sequence[np.ndarray], imgsz: int | tuple[int, int] = (640, 640), *, stride: int = 32, auto: bool = False
 ) -> np.ndarray:
-    """Letterbox BGR images to ``imgsz`` and return the model input tensor (ultralytics' predictor path)."""
-    return to_tensor([letterbox(im, _as_hw(imgsz), stride=stride)[0] for im in images])
+    """Letterbox BGR images to ``imgsz`` and return the model input tensor (ultralytics' predictor path;
+    ``auto``: a dynamic-size model, see :func:`letterbox_batch`)."""
+    return to_tensor(letterbox_batch(images, imgsz, stride=stride, auto=auto))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,6 +411,7 @@ class ImageBatcher:
         num_images: int | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        auto: bool = False,
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
             try:
@@ -423,6 +444,7 @@ class ImageBatcher:
         self.batch: int = int(batch)
         self.seed: int = int(seed)
         self.drop_last: bool = bool(drop_last)
+        self.auto: bool = bool(auto)  # pad each batch as ultralytics' predictor pads a dynamic-size model
         self.num_found: int = len(files)
         order = np.random.default_rng(self.seed).permutation(len(files))
         count = len(files) if num_images is None else min(int(num_images), len(files))
@@ -456,12 +478,15 @@ class ImageBatcher:
         num_images: int | None = None,
         seed: int = 0,
         drop_last: bool | None = None,
+        predictor_padding: bool = False,
     ) -> ImageBatcher:
         """A batcher shaped for ``info``'s image input.
 
         A static batch dimension fixes ``batch`` (another value is rejected); a dynamic one accepts any.
         Static H/W set the image size; dynamic H/W use the ultralytics metadata ``imgsz`` or 640.
         ``drop_last=None`` drops a final partial batch for a static batch above 1 and keeps it otherwise.
+        ``predictor_padding``: pad as ultralytics' predictor pads this model (for dynamic H/W, only to the next
+        stride multiple: :func:`letterbox_batch`); else always to the full canvas (a fixed-size engine's input).
         """
         spec = info.input
         shape = spec.shape
@@ -487,6 +512,7 @@ class ImageBatcher:
             num_images=num_images,
             seed=seed,
             drop_last=drop_last,
+            auto=predictor_padding and dynamic_spatial(shape),
         )
 
     def __len__(self) -> int:
@@ -506,7 +532,10 @@ class ImageBatcher:
                     self._warned.add(key)
                     logger.warning("skipping %s", reason)
                 continue
-            yield path, letterbox(img, self.imgsz, stride=self.stride)[0]
+            yield path, img
+
+    def _tensor(self, images: list[np.ndarray]) -> np.ndarray:
+        return to_tensor(letterbox_batch(images, self.imgsz, stride=self.stride, auto=self.auto))
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self.skipped = []
@@ -516,11 +545,11 @@ class ImageBatcher:
             pending.append(img)
             if len(pending) == self.batch:
                 self.num_used += len(pending)
-                yield {self.input_name: to_tensor(pending)}
+                yield {self.input_name: self._tensor(pending)}
                 pending = []
         if pending and not self.drop_last:
             self.num_used += len(pending)
-            yield {self.input_name: to_tensor(pending)}
+            yield {self.input_name: self._tensor(pending)}
         elif pending:
             logger.info("dropped a final partial batch of %d image(s) (batch %d)", len(pending), self.batch)
         if self.num_used == 0:
@@ -541,7 +570,7 @@ class ImageBatcher:
             "imgsz": [self.imgsz[0], self.imgsz[1]],
             "stride": self.stride,
             "pad_value": PAD_VALUE,
-            "auto": False,
+            "auto": self.auto,
             "scaleup": True,
             "center": True,
             "interpolation": "INTER_LINEAR",
