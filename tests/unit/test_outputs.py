@@ -217,3 +217,27 @@ def test_an_unstopped_run_writes_the_whole_set(work: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (work / "out").iterdir()) == [
         "q.onnx", "q.ref-inputs.json", "q.ref-outputs.json", "q.report.json", "q.report.md"]
+
+
+@pytest.mark.parametrize(("args", "want"), [
+    (["export", "m.pt", "-o", "m.pt"], "must be a .onnx file"),
+    (["export", "m.pt", "-o", "m.engine"], "must be a .onnx file"),
+    (["build", "m.onnx", "--fp16", "-o", "m.onnx"], "must be a .engine file"),
+    (["build", "m.onnx", "--fp16", "-o", "e.engine", "--timing-cache", "e.engine.json"], "would overwrite the input"),
+    (["qat", "m.pt", "--distill", "--calib", "imgs", "-o", "m.pt"], "must be a .onnx file"),
+    (["qat", "m.pt", "--distill", "--calib", "q.float.onnx", "-o", "q.onnx"], "would overwrite the input"),
+])
+def test_every_output_option_is_checked_before_any_work(work: Path, args: list[str], want: str) -> None:
+    (work / "m.pt").write_bytes(b"not a checkpoint: never read")
+    for name in ("e.engine.json", "q.float.onnx"):
+        (work / name).write_text("{}")
+    before = {p: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    code, text = run(work, *args)
+    assert code == 2 and want in text, text
+    assert {p: p.read_bytes() for p in work.iterdir() if p.is_file()} == before
+
+
+def test_build_into_a_folder_names_the_engine_inside_it(work: Path) -> None:
+    code, text = run(work, "build", "m.onnx", "--fp16", "-o", "eng/")
+    assert code == 3, text  # no TensorRT here: the finishing command carries the engine path
+    assert "--output eng/m.fp16.engine" in text and (work / "eng").is_dir()
