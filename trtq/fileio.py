@@ -38,16 +38,14 @@ class OutputSet:
     """Files staged next to their final paths, renamed into place together by :func:`output_set`."""
 
     def __init__(self) -> None:
-        self._staged: dict[Path, Path] = {}  # final (absolute) -> staged temp file, in commit order
+        self._staged: dict[Path, Path] = {}  # final (absolute) -> staged temp file, in the order first staged
 
     def path(self, final: str | os.PathLike[str], suffix: str = "") -> Path:
         """The staged file for ``final`` (the same one if ``final`` was staged before: the last write wins)."""
         key = Path(os.path.abspath(final))
-        tmp = self._staged.pop(key, None)
-        if tmp is None:
-            tmp = _temp_beside(key, suffix)
-        self._staged[key] = tmp  # re-inserted: a file written again is renamed after the others
-        return tmp
+        if key not in self._staged:
+            self._staged[key] = _temp_beside(key, suffix)
+        return self._staged[key]
 
     def staged(self, final: str | os.PathLike[str]) -> Path | None:
         return self._staged.get(Path(os.path.abspath(final)))
@@ -63,11 +61,13 @@ class OutputSet:
         return list(self._staged)
 
     def _commit(self) -> None:
+        """Rename every staged file into place; the first one staged (the model of a model + report set) last,
+        so that even a crash in between leaves no primary file without its companions."""
+        finals = list(self._staged)
         with _signals_held():
             try:
-                while self._staged:
-                    final, tmp = next(iter(self._staged.items()))
-                    os.replace(tmp, final)
+                for final in finals[1:] + finals[:1]:
+                    os.replace(self._staged[final], final)
                     del self._staged[final]
             finally:
                 self._discard()

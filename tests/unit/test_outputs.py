@@ -145,6 +145,18 @@ def test_output_set_lands_all_files_or_none(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.onnx"]
 
 
+def test_the_first_file_of_a_set_lands_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    landed: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (real_replace(src, dst), landed.append(Path(dst).name)))
+    with fileio.output_set():
+        for name in ("m.onnx", "m.report.json", "m.report.md"):
+            fileio.write_text(tmp_path / name, name)
+        fileio.write_text(tmp_path / "m.onnx", "m.onnx again")  # rewritten (--max-drop): still the primary
+    assert landed == ["m.report.json", "m.report.md", "m.onnx"]
+    assert (tmp_path / "m.onnx").read_text() == "m.onnx again"
+
+
 def test_sigterm_during_the_renames_waits_until_the_set_has_landed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     names = [tmp_path / f"f{i}" for i in range(3)]
     real_replace = os.replace
