@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from trtq.commands._options import output_option
 from trtq.qat import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR
 
 
@@ -21,8 +22,7 @@ from trtq.qat import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR
 @click.option("--num-images", type=int, default=None, help="Fine-tune on N images of the (shuffled) training set.")
 @click.option("--calib-images", type=int, default=None, help="Calibrate on N images of the (shuffled) calibration set.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for image order and augmentation.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Q/DQ ONNX path (default <model>.qat.int8.qdq.onnx).")
+@output_option("Q/DQ ONNX path, .onnx (default <model>.qat.int8.qdq.onnx; a folder: that name inside it).")
 def command(
     model: Path,
     data: str | None,
@@ -36,7 +36,7 @@ def command(
     num_images: int | None,
     calib_images: int | None,
     seed: int,
-    output: Path | None,
+    output: str | None,
 ) -> None:
     """Quantization-aware fine-tuning of an ultralytics MODEL.pt; writes a Q/DQ INT8 ONNX.
 
@@ -45,31 +45,29 @@ def command(
     ultralytics' trainer on --data's labels, or with --distill against the FP32 model on images alone.
     Also writes the fine-tuned float ONNX with a calibration cache (implicit INT8) and a report.
     """
-    import signal
-
+    from trtq.fileio import default_output, output_path
     from trtq.qat import qat
 
-    def stop(signum: int, frame: object) -> None:  # a terminated run cleans up like an interrupted one
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        result = qat(
-            model,
-            data=data,
-            calib=calib,
-            epochs=epochs,
-            batch=batch,
-            lr=lr,
-            imgsz=imgsz,
-            quantize_head=quantize_head,
-            distill=distill,
-            output=output,
-            num_images=num_images,
-            calib_images=calib_images,
-            seed=seed,
-            progress=True,
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    out = output_path(output, default_output(model, ".qat.int8.qdq.onnx"), suffixes=(".onnx",),
+                      inputs=(model, data, calib), companions=QAT_COMPANIONS)
+    result = qat(
+        model,
+        data=data,
+        calib=calib,
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        imgsz=imgsz,
+        quantize_head=quantize_head,
+        distill=distill,
+        output=out,
+        num_images=num_images,
+        calib_images=calib_images,
+        seed=seed,
+        progress=True,
+    )
     click.echo(result.summary())
+
+
+# files written beside the Q/DQ ONNX (trtq.qat.output_paths)
+QAT_COMPANIONS = ("stem:.float.onnx", "stem:.cache", "stem:.cache.json", "stem:.report.json", "stem:.report.md")

@@ -261,7 +261,10 @@ def _engine_path(src: Path, options: BuildOptions, precision: str, profile: Prof
         if precision == "fp32":
             raise TrtqError("DLA has no FP32: add --fp16 or --int8")
     out = options.output
-    engine_path = Path(out) if out is not None else default_engine_path(src, precision, dla_core=options.dla_core)
+    default = default_engine_path(src, precision, dla_core=options.dla_core)
+    engine_path = Path(out) if out is not None else default
+    if engine_path.is_dir():  # -o FOLDER: the default name inside it
+        engine_path = engine_path / default.name
     if engine_path.suffix != ".engine":
         engine_path = engine_path.with_name(engine_path.name + ".engine")
     return engine_path

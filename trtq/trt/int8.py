@@ -103,7 +103,7 @@ def expected_preprocessing(info: ModelInfo, profile: Profile) -> dict[str, Any]:
     """The preprocessing record an ImageBatcher for this build would write (no image is opened)."""
     from trtq.images import ImageBatcher
 
-    shape_only = SimpleNamespace(imgsz=(profile.height, profile.width), stride=info.stride, batch=profile.opt)
+    shape_only = SimpleNamespace(imgsz=(profile.height, profile.width), stride=info.stride, batch=profile.opt, auto=False)
     return ImageBatcher.preprocessing(cast(Any, shape_only))
 
 
