@@ -41,8 +41,11 @@ def stage_dataset(data: Path, folder: Path, *, num_images: int | None = None, se
     labelled = 0
     for k, img in enumerate(images):
         name = f"{k:06d}_{img.stem}"
-        os.symlink(img.resolve(), img_dir / f"{name}{img.suffix}")
-        label = label_path(img.resolve())
+        # ultralytics' images/ -> labels/ rule on the path as listed: an image that is a link into another
+        # tree (a blob store, a shared cache) keeps the labels of the tree it is listed in
+        listed = Path(os.path.abspath(img))
+        os.symlink(listed, img_dir / f"{name}{img.suffix}")
+        label = label_path(listed)
         if label.is_file():
             os.symlink(label, lbl_dir / f"{name}.txt")
             labelled += 1

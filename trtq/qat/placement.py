@@ -83,7 +83,8 @@ def map_placement(model: nn.Module, onnx_model: Any, plan: Any, amax: Mapping[st
     torch = require_torch()
     nodes = {node_key(n): n for n in onnx_model.graph.node}
     inits = {i.name: i for i in onnx_model.graph.initializer}
-    weight_nodes = {node: w for w, (node, _) in plan.weights.items()}
+    # every reader of a quantized weight reads it through Q/DQ (a shared weight has several readers)
+    weight_nodes = {r: w for w, (node, _) in plan.weights.items() for r in plan.weight_readers.get(w) or [node]}
     placement = QatPlacement(amax={t: float(amax[t]) for t in plan.activations})
     conv_inputs: dict[str, str] = {}
     for tensor, readers in plan.activations.items():

@@ -1,0 +1,104 @@
+"""QAT placement mapping, dataset staging and the checks made before any export or calibration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import onnx  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------- shared weights
+def _shared_weight_pair() -> tuple[torch.nn.Module, onnx.ModelProto, np.ndarray]:
+    """Two convs reading one weight tensor, in PyTorch (``model.0``, ``model.1``) and in ONNX."""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((3, 3, 3, 3)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c0"], name="/model.0/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c0", "w"], ["c1"], name="/model.1/Conv", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("c1", TensorProto.FLOAT, [1, 3, 8, 8])], [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torch.nn.ModuleList([torch.nn.Conv2d(3, 3, 3, padding=1, bias=False) for _ in range(2)])
+            self.model[1].weight = self.model[0].weight  # one Parameter, two readers
+            with torch.no_grad():
+                self.model[0].weight.copy_(torch.from_numpy(w))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model[1](self.model[0](x))
+
+    return Net(), model, w
+
+
+def test_a_weight_shared_by_two_convs_is_fake_quantized_for_both() -> None:
+    from trtq.qat import fake_quantize, insert_fake_quant, map_placement, weight_scale
+    from trtq.qat.numerics import activation_scale
+    from trtq.qdq import dequantize_weight, insert_qdq, plan_qdq, quantize_weight
+
+    net, model, w = _shared_weight_pair()
+    plan = plan_qdq(model)
+    qmodel, used = insert_qdq(model, plan, {"x": 1.0, "c0": 4.0})
+    # the ONNX side: every reader of w reads it through a DequantizeLinear
+    prod = {o: n for n in qmodel.graph.node for o in n.output}
+    onnx_readers = {n.name for n in qmodel.graph.node if n.op_type == "Conv" and prod[n.input[1]].op_type == "DequantizeLinear"}
+    assert onnx_readers == {"/model.0/Conv", "/model.1/Conv"}
+
+    placement = map_placement(net, model, plan, used)
+    assert {p for p, (_, _, qw) in placement.convs.items() if qw} == {"model.0", "model.1"}
+
+    insert_fake_quant(net, placement)
+    x = torch.from_numpy(np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32))
+    q, s = quantize_weight(w, 0)
+    wq = torch.from_numpy(dequantize_weight(q, s, 0))
+    np.testing.assert_array_equal(weight_scale(torch.from_numpy(w)).numpy().reshape(-1), s)
+
+    def fq(t: torch.Tensor, amax: float) -> torch.Tensor:
+        return fake_quantize(t, torch.tensor(activation_scale(amax)))
+
+    c0 = torch.nn.functional.conv2d(fq(x, used["x"]), wq, padding=1)
+    expected = torch.nn.functional.conv2d(fq(c0, used["c0"]), wq, padding=1)
+    with torch.no_grad():
+        np.testing.assert_allclose(net(x).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- staging
+def _image(dst: Path, calib_dir: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sorted(calib_dir.glob("*.jpg"))[0], dst)
+    return dst
+
+
+def test_staging_reads_labels_beside_symlinked_images(tmp_path: Path, calib_dir: Path) -> None:
+    """Images that are links into a store without labels keep the labels of the tree they are listed in
+    (ultralytics' images/ -> labels/ rule applies to the image path as listed, not to the link's target)."""
+    import yaml
+
+    from trtq.qat import stage_dataset
+
+    blob = _image(tmp_path / "store" / "0a1b2c.jpg", calib_dir)
+    ds = tmp_path / "ds"
+    (ds / "images" / "train").mkdir(parents=True)
+    os.symlink(blob, ds / "images" / "train" / "cat.jpg")
+    (ds / "labels" / "train").mkdir(parents=True)
+    (ds / "labels" / "train" / "cat.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    data = ds / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(ds), "train": "images/train", "val": "images/train", "names": {0: "cat"}}))
+
+    staged = stage_dataset(data, tmp_path / "staged")
+    labels = sorted((tmp_path / "staged" / "labels" / "train").iterdir())
+    assert [p.read_text() for p in labels] == ["0 0.5 0.5 0.25 0.25\n"]
+    assert yaml.safe_load(staged.read_text())["names"] == {0: "cat"}
