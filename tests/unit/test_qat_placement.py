@@ -14,6 +14,8 @@ torch = pytest.importorskip("torch")
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from trtq.errors import TrtqError  # noqa: E402
+
 
 # ----------------------------------------------------------------------------------------------- shared weights
 def _shared_weight_pair() -> tuple[torch.nn.Module, onnx.ModelProto, np.ndarray]:
@@ -102,3 +104,90 @@ def test_staging_reads_labels_beside_symlinked_images(tmp_path: Path, calib_dir:
     labels = sorted((tmp_path / "staged" / "labels" / "train").iterdir())
     assert [p.read_text() for p in labels] == ["0 0.5 0.5 0.25 0.25\n"]
     assert yaml.safe_load(staged.read_text())["names"] == {0: "cat"}
+
+
+# ----------------------------------------------------------------------------------------------- refused up front
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory: pytest.TempPathFactory, yolo_pt: Path) -> dict[str, Path]:
+    pytest.importorskip("ultralytics")
+    from tests.qat_data import task_pt
+
+    root = tmp_path_factory.mktemp("qat-models")
+    models = {t: task_pt(t, root, yolo_pt) for t in ("pose", "obb", "segment")}
+    models["yolo11"] = task_pt("detect", root, arch="yolo11n")
+    return models
+
+
+@pytest.fixture
+def no_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any export (the first costly step) fails the test: refusals must come before it."""
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("exported before refusing")
+
+    monkeypatch.setattr("trtq.export.export_onnx", boom)
+
+
+def _qat(pt: Path, tmp_path: Path, **kwargs: object) -> None:
+    from trtq.qat import qat
+
+    qat(pt, imgsz=64, epochs=1, batch=2, output=tmp_path / "out" / "m.onnx", progress=False, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [("yolo11", r"C2PSA, C3k2 layers \(a YOLO11 / YOLO26 structure\); qat fine-tunes YOLOv8 detect, pose and OBB"),
+     ("segment", r"is a segment model; qat fine-tunes YOLOv8 detect, pose and OBB models")],
+)
+def test_unsupported_structures_are_refused_before_any_work(
+    model: str, match: str, task_models: dict[str, Path], calib_dir: Path, tmp_path: Path, no_export: None
+) -> None:
+    with pytest.raises(TrtqError, match=match):
+        _qat(task_models[model], tmp_path, distill=True, calib=calib_dir)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("model", "labels_as", "kpt", "match"),
+    [
+        ("pose", "detect", True, r"no label file of .* fits a pose model: .* pose labels have 56"),
+        ("pose", "pose", False, r"has no kpt_shape, but the model is a pose model with kpt_shape \[17, 3\]"),
+        ("obb", "detect", False, r"no label file of .* fits a obb model: .* OBB labels have 9 values"),
+        ("detect", "pose", False, r"no label file of .* fits a detect model: .* 56 values"),
+    ],
+)
+def test_labels_that_do_not_fit_the_task_are_refused_before_any_work(
+    model: str, labels_as: str, kpt: bool, match: str, task_models: dict[str, Path], yolo_pt: Path,
+    shared_assets: Path, tmp_path: Path, no_export: None,
+) -> None:
+    import yaml
+
+    from tests.qat_data import task_dataset
+
+    pt = yolo_pt if model == "detect" else task_models[model]
+    data, _ = task_dataset(model, tmp_path / "ds", shared_assets / "coco128", pt, labels_as=labels_as)
+    cfg = yaml.safe_load(data.read_text())
+    if model == "pose" and not kpt:
+        cfg.pop("kpt_shape")
+    elif model == "pose" and kpt:
+        assert cfg["kpt_shape"] == [17, 3]
+    data.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(TrtqError, match=match):
+        _qat(pt, tmp_path, data=data)
+
+
+def test_a_data_yaml_with_other_classes_is_refused(task_models: dict[str, Path], shared_assets: Path, tmp_path: Path,
+                                                   no_export: None) -> None:
+    """The pose yaml model has 1 class; coco128's yaml names 80."""
+    with pytest.raises(TrtqError, match="names 80 classes but the model has 1"):
+        _qat(task_models["pose"], tmp_path, data=shared_assets / "coco128" / "data.yaml")
+
+
+def test_cli_refuses_yolo11_in_one_line(task_models: dict[str, Path], calib_dir: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from trtq.cli import main
+
+    r = CliRunner().invoke(main, ["qat", str(task_models["yolo11"]), "--distill", "--calib", str(calib_dir),
+                                  "-o", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 2 and r.output.count("trtq: error:") == 1 and "Traceback" not in r.output, r.output

@@ -20,14 +20,40 @@ if TYPE_CHECKING:  # torch is an optional dependency (the export extra)
     from torch import nn
 
 
+# The tasks and the top-level layers whose ONNX export the placement maps back to modules (YOLOv8).
+QAT_TASKS = ("detect", "pose", "obb")
+QAT_LAYERS = frozenset({"Conv", "C2f", "SPPF", "Concat", "Upsample", "Detect", "Pose", "OBB"})
+SUPPORTED = "qat fine-tunes YOLOv8 detect, pose and OBB models"
+
+
+def check_structure(yolo: Any, pt: Path) -> None:
+    """Refuse, before any export or calibration, a model whose placement QAT cannot map."""
+    task = getattr(yolo, "task", "detect")
+    layers = getattr(getattr(yolo, "model", None), "model", None)
+    names = {type(m).__name__ for m in layers} if layers is not None else set()
+    foreign = sorted(names - QAT_LAYERS - {"Segment"})
+    if foreign:
+        family = " (a YOLO11 / YOLO26 structure)" if {"C3k2", "C2PSA"} & set(foreign) else ""
+        raise TrtqError(
+            f"{pt} has {', '.join(foreign)} layers{family}; {SUPPORTED} (Conv, C2f, SPPF layers): "
+            "use `trtq quantize` on its ONNX export"
+        )
+    if task not in QAT_TASKS:
+        raise TrtqError(
+            f"{pt} is a {task} model; {SUPPORTED} (the mask prototype's ConvTranspose upsampling is not placed): "
+            "use `trtq quantize` on its ONNX export"
+        )
+
+
 def load_detection_model(pt: Path) -> tuple[Any, nn.Module]:
-    """(the YOLO wrapper, its DetectionModel in float32 with BatchNorm folded into the convs)."""
+    """(the YOLO wrapper, its model in float32 with BatchNorm folded into the convs); refuses what QAT cannot map."""
     from trtq.export import _load_yolo
 
     yolo = _load_yolo(pt)
     model: Any = yolo.model
     if not isinstance(model, require_torch().nn.Module):
         raise TrtqError(f"{pt} holds no PyTorch model; qat needs an ultralytics .pt checkpoint")
+    check_structure(yolo, pt)
     model = model.float().cpu()
     model.eval()
     with _quiet():

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtq.errors import TrtqError
+from trtq.qat.dataset import stage_dataset
 from trtq.qat.distill import distill_finetune
 from trtq.qat.labels import label_finetune
 from trtq.qat.model import load_detection_model, save_checkpoint
@@ -140,9 +141,33 @@ def _place_and_calibrate(s: QatSettings, tmp: Path) -> Calibrated:
     return Calibrated(plan, fmodel, graph_inputs, dict(used), chosen, calibration)
 
 
-def _fake_quant_model(s: QatSettings, cal: Calibrated) -> tuple[nn.Module, nn.Module | None]:
-    """(the PyTorch model with fake quantization at the planned tensors, the FP32 teacher for distillation)."""
-    _, net = load_detection_model(s.pt)
+@dataclass
+class Loaded:
+    """The model to fine-tune, its task, and (label fine-tuning) the staged dataset checked against that task."""
+
+    net: nn.Module
+    task: str
+    staged: Path | None
+
+
+def _load_model(s: QatSettings, tmp: Path) -> Loaded:
+    """The model, its structure and task checked, and its staged dataset: before any export or calibration."""
+    yolo, net = load_detection_model(s.pt)
+    task = str(yolo.task)
+    if s.distill:
+        return Loaded(net, task, None)
+    assert s.data is not None
+    head: Any = net.model[-1]  # type: ignore[index]
+    kpt = getattr(head, "kpt_shape", None)
+    staged = stage_dataset(
+        s.data, tmp / "runs" / "data", num_images=s.num_images, seed=s.seed, task=task,
+        nc=int(head.nc), kpt_shape=(int(kpt[0]), int(kpt[1])) if kpt is not None else None,
+    )
+    return Loaded(net, task, staged)
+
+
+def _fake_quant_model(s: QatSettings, net: nn.Module, cal: Calibrated) -> nn.Module | None:
+    """Put fake quantization at the planned tensors of ``net``; returns the FP32 teacher for distillation."""
     teacher = None
     if s.distill:
         import copy
@@ -157,23 +182,23 @@ def _fake_quant_model(s: QatSettings, cal: Calibrated) -> tuple[nn.Module, nn.Mo
         sum(1 for _, _, w in placement.convs.values() if w),
         len(placement.residuals),
     )
-    return net, teacher
+    return teacher
 
 
-def _finetune(s: QatSettings, net: nn.Module, teacher: nn.Module | None, tmp: Path) -> tuple[nn.Module, dict[str, Any]]:
+def _finetune(s: QatSettings, model: Loaded, teacher: nn.Module | None, tmp: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Fine-tune by distillation or with ultralytics' trainer; a non-finite loss is an error."""
     if teacher is not None:
         tuned, stats = distill_finetune(
-            net, teacher, source=s.train_source, epochs=s.epochs, batch=s.batch, lr=s.lr, imgsz=s.imgsz,
+            model.net, teacher, source=s.train_source, epochs=s.epochs, batch=s.batch, lr=s.lr, imgsz=s.imgsz,
             num_images=s.num_images, seed=s.seed, progress=s.progress,
         )
     else:
-        assert s.data is not None
+        assert model.staged is not None
         pt_copy = tmp / s.pt.name
         shutil.copy2(s.pt, pt_copy)
         tuned, stats = label_finetune(
-            net, pt=pt_copy, data=str(s.data), epochs=s.epochs, batch=s.batch, lr=s.lr, imgsz=s.imgsz,
-            workdir=tmp / "runs", num_images=s.num_images, workers=s.workers, seed=s.seed,
+            model.net, pt=pt_copy, staged=model.staged, task=model.task, epochs=s.epochs, batch=s.batch, lr=s.lr, imgsz=s.imgsz,
+            workdir=tmp / "runs", workers=s.workers, seed=s.seed,
         )
     if not stats["losses"] or not all(math.isfinite(v) for v in stats["losses"]):
         raise TrtqError("fine-tuning diverged (non-finite loss); lower --lr")
@@ -224,6 +249,7 @@ def _qat_section(s: QatSettings, stats: dict[str, Any], paths: dict[str, Path], 
         "imgsz": s.imgsz,
         "train_data": str(s.calib_source if s.distill else s.data),
         "train_images": stats.get("train_images"),
+        "train_instances": stats.get("train_instances"),
         "iterations": stats["iterations"],
         "first_losses": stats.get("first_losses") or {"loss": losses[0]},
         "first_loss": losses[0],
@@ -299,10 +325,11 @@ def qat(
     )
     paths = output_paths(out)
     with staging(out) as tmp:
+        loaded = _load_model(s, tmp)
         cal = _place_and_calibrate(s, tmp)
-        net, teacher = _fake_quant_model(s, cal)
+        teacher = _fake_quant_model(s, loaded.net, cal)
         t_ft = time.perf_counter()
-        tuned, stats = _finetune(s, net, teacher, tmp)
+        tuned, stats = _finetune(s, loaded, teacher, tmp)
         finetune_seconds = time.perf_counter() - t_ft
         del teacher
         result = _export_qdq(s, tuned, cal, tmp)

@@ -99,7 +99,7 @@ def map_placement(model: nn.Module, onnx_model: Any, plan: Any, amax: Mapping[st
             else:
                 raise TrtqError(
                     f"quantized tensor {tensor!r} is read by {node.op_type} node {reader!r} ({type(module).__name__}); "
-                    "QAT supports Conv inputs and residual bottleneck Adds (YOLOv8 detection models)"
+                    "QAT supports Conv inputs and residual bottleneck Adds (YOLOv8 detect, pose and OBB models)"
                 )
     for node_name in dict.fromkeys([*conv_inputs, *weight_nodes]):
         node = nodes[node_name]
