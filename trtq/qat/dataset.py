@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 # data yaml keys that describe the task (kept in the staged yaml); the split entries are rewritten
 TASK_KEYS = ("kpt_shape", "flip_idx", "kpt_names", "kpt_oks_sigmas", "channels")
+_A_TASK = {"detect": "a detect", "pose": "a pose", "obb": "an OBB"}
 
 
 def _label_rule(task: str, kpt_shape: tuple[int, int] | None) -> str:
@@ -114,9 +115,11 @@ def stage_dataset(
             "'labels' folder beside 'images'); label fine-tuning needs them, or use --distill"
         )
     if unfit and len(unfit) == labelled:
-        raise TrtqError(f"no label file of {data} fits a {task} model: {unfit[0]}")
+        raise TrtqError(f"no label file of {data} fits {_A_TASK.get(task, task)} model: {unfit[0]}")
     if unfit:
-        logger.warning("%d of %d label files do not fit a %s model and will be dropped; first: %s", len(unfit), labelled, task, unfit[0])
+        logger.warning(
+            "%d of %d label files do not fit %s model and will be dropped; first: %s", len(unfit), labelled, _A_TASK.get(task, task), unfit[0]
+        )
     if instances == 0:
         raise TrtqError(f"the {labelled} label files of {data} hold no instance; label fine-tuning needs some, or use --distill")
     staged = folder / "data.yaml"

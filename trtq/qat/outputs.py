@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import shutil
 import tempfile
@@ -68,7 +69,8 @@ def output_paths(output: Path) -> dict[str, Path]:
 def staging(output: Path) -> Iterator[Path]:
     """A private folder next to ``output``, removed whatever happens."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".trtq-tmp", dir=output.parent))
+    # absolute: the export and ultralytics' trainer change or resolve against the working folder
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".trtq-tmp", dir=os.path.abspath(output.parent)))
     try:
         yield tmp
     finally:
