@@ -152,7 +152,7 @@ def test_unsupported_structures_are_refused_before_any_work(
     [
         ("pose", "detect", True, r"no label file of .* fits a pose model: .* pose labels have 56"),
         ("pose", "pose", False, r"has no kpt_shape, but the model is a pose model with kpt_shape \[17, 3\]"),
-        ("obb", "detect", False, r"no label file of .* fits an OBB model: .* OBB labels have 9 values"),
+        ("obb", "detect", False, r"no label file of .* fits an OBB model: .* 5 values; OBB labels are 'class x1 y1 x2 y2 x3 y3 x4 y4'"),
         ("detect", "pose", False, r"no label file of .* fits a detect model: .* 56 values"),
     ],
 )

@@ -26,18 +26,18 @@ def _label_rule(task: str, kpt_shape: tuple[int, int] | None) -> str:
     if task == "pose" and kpt_shape is not None:
         return f"pose labels have {5 + kpt_shape[0] * kpt_shape[1]} values (class, box, {kpt_shape[0]}x{kpt_shape[1]} keypoints)"
     if task == "obb":
-        return "OBB labels have 9 values (class x1 y1 x2 y2 x3 y3 x4 y4)"
+        return "OBB labels are 'class x1 y1 x2 y2 x3 y3 x4 y4' (corners, or a polygon), not 'class cx cy w h' boxes"
     return "detect labels are 'class cx cy w h' (or polygons)"
 
 
 def check_task_labels(path: Path, task: str, nc: int | None, kpt_shape: tuple[int, int] | None) -> int:
-    """Instances in one label file in ``task``'s format, or a one-line TrtqError (ultralytics would drop it)."""
+    """Instances in one label file in ``task``'s format, or a one-line TrtqError (ultralytics would drop the file or fail on it)."""
     from trtq.evaluate import check_label_file
 
     count = check_label_file(path, nc, kpt_shape=kpt_shape if task == "pose" else None)
     if task == "obb" and count:
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip() and len(line.split()) != 9:
+            if len(line.split()) == 5:  # an axis-aligned box: ultralytics needs the corners of a rotated one
                 raise TrtqError(f"label file {path} line {lineno}: {len(line.split())} values; {_label_rule(task, None)}")
     return count
 
