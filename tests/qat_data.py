@@ -41,7 +41,7 @@ def task_pt(task: str, folder: Path, weights: Path | None = None, arch: str = "y
 def _label_line(task: str, box: np.ndarray, kpt_shape: tuple[int, int]) -> str:
     cx, cy, w, h = (float(v) for v in box)
     x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-    if task == "obb":
+    if task in ("obb", "segment"):  # a rotated box's corners; for segment, a 4-point polygon
         values = [x1, y1, x2, y1, x2, y2, x1, y2]
     elif task == "pose":
         n, dims = kpt_shape

@@ -1,4 +1,4 @@
-"""Label fine-tuning of pose and OBB models with their own ultralytics trainers, and where the training files go.
+"""Label fine-tuning of pose, OBB and segment models with their own ultralytics trainers, and where the training files go.
 
 Tiny runs: YOLOv8n structures from ultralytics' yamls with the COCO backbone transplanted, four coco128 images
 with synthetic labels in the task's format, 64 px, one iteration.
@@ -23,6 +23,12 @@ from trtq.errors import TrtqError  # noqa: E402
 IMGSZ = 64
 
 
+def _quantized_tensors(path: Path) -> set[str]:
+    import onnx
+
+    return {n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"}
+
+
 def _run(pt: Path, data: Path, out: Path) -> dict:
     from trtq.qat import qat
 
@@ -30,17 +36,25 @@ def _run(pt: Path, data: Path, out: Path) -> dict:
     return json.loads(out.with_suffix(".report.json").read_text())["qat"]
 
 
-@pytest.mark.parametrize("task", ["pose", "obb"])
-def test_labels_mode_trains_pose_and_obb_with_their_own_loss(
+@pytest.mark.parametrize("task", ["pose", "obb", "segment"])
+def test_labels_mode_trains_each_task_with_its_own_loss(
     task: str, tmp_path: Path, shared_assets: Path, yolo_pt: Path
 ) -> None:
     pt = task_pt(task, tmp_path / "pt", yolo_pt)
     data, instances = task_dataset(task, tmp_path / "ds", shared_assets / "coco128", pt)
-    q = _run(pt, data, tmp_path / "out" / "m.onnx")
+    out = tmp_path / "out" / "m.onnx"
+    q = _run(pt, data, out)
     assert q["train_instances"] == instances > 0  # every synthetic label was read, none dropped as corrupt
-    extra = {"pose": {"pose", "kobj"}, "obb": {"angle"}}[task]
+    extra = {"pose": {"pose", "kobj"}, "obb": {"angle"}, "segment": {"seg"}}[task]
     assert extra <= set(q["first_losses"]), q["first_losses"]
     assert all(np.isfinite(v) for v in q["first_losses"].values())
+    # the fine-tuned Q/DQ ONNX quantizes exactly the tensors `trtq quantize` does on the model's export
+    from trtq.export import export_onnx
+    from trtq.quantize import quantize
+
+    base = export_onnx(pt, imgsz=IMGSZ, output=tmp_path / "base.onnx")
+    ptq = quantize(base, data, num_images=2, output=tmp_path / "ptq.onnx", progress=False)
+    assert _quantized_tensors(out) == _quantized_tensors(ptq.path)
 
 
 def test_a_run_whose_labels_are_all_dropped_fails(tmp_path: Path, shared_assets: Path, yolo_pt: Path) -> None:

@@ -77,6 +77,55 @@ def test_a_weight_shared_by_two_convs_is_fake_quantized_for_both() -> None:
         np.testing.assert_allclose(net(x).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_a_conv_transpose_is_fake_quantized_like_its_qdq_onnx() -> None:
+    """A segment model's mask prototype upsamples with a ConvTranspose: input per tensor, weight per output
+    channel along axis 1; the PyTorch forward equals onnx's reference evaluation of the Q/DQ ONNX."""
+    from onnx.reference import ReferenceEvaluator
+
+    from trtq.qat import insert_fake_quant, map_placement, weight_scale
+    from trtq.qdq import insert_qdq, plan_qdq, quantize_weight
+
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((3, 4, 2, 2)) * rng.uniform(0.05, 1.0, (1, 4, 1, 1))).astype(np.float32)
+    b = (rng.standard_normal(4) * 0.1).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="/model.0/ConvTranspose", strides=[2, 2])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plan = plan_qdq(model)
+    assert plan.weights["w"][1] == 1
+    qmodel, used = insert_qdq(model, plan, {"x": 2.0})
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torch.nn.ModuleList([torch.nn.ConvTranspose2d(3, 4, 2, 2)])
+            with torch.no_grad():
+                self.model[0].weight.copy_(torch.from_numpy(w))
+                self.model[0].bias.copy_(torch.from_numpy(b))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model[0](x)
+
+    net = Net()
+    placement = map_placement(net, model, plan, used)
+    assert placement.convs == {"model.0": ("/model.0/ConvTranspose", "x", True)}
+    insert_fake_quant(net, placement)
+    np.testing.assert_array_equal(weight_scale(torch.from_numpy(w), 1).numpy().reshape(-1), quantize_weight(w, 1)[1])
+    x = (rng.standard_normal((1, 3, 8, 8)) * 0.8).astype(np.float32)
+    for opset in qmodel.opset_import:  # onnx's reference QuantizeLinear starts at opset 19 (same INT8 semantics)
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, 19)
+    ref = np.asarray(ReferenceEvaluator(qmodel).run(None, {"x": x})[0])
+    with torch.no_grad():
+        got = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert np.abs(got - np.asarray(ReferenceEvaluator(model).run(None, {"x": x})[0])).max() > 1e-3  # really quantized
+
+
 # ----------------------------------------------------------------------------------------------- staging
 def _image(dst: Path, calib_dir: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -134,16 +183,10 @@ def _qat(pt: Path, tmp_path: Path, **kwargs: object) -> None:
     qat(pt, imgsz=64, epochs=1, batch=2, output=tmp_path / "out" / "m.onnx", progress=False, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    ("model", "match"),
-    [("yolo11", r"C2PSA, C3k2 layers \(a YOLO11 / YOLO26 structure\); qat fine-tunes YOLOv8 detect, pose and OBB"),
-     ("segment", r"is a segment model; qat fine-tunes YOLOv8 detect, pose and OBB models")],
-)
-def test_unsupported_structures_are_refused_before_any_work(
-    model: str, match: str, task_models: dict[str, Path], calib_dir: Path, tmp_path: Path, no_export: None
-) -> None:
+def test_yolo11_is_refused_before_any_work(task_models: dict[str, Path], calib_dir: Path, tmp_path: Path, no_export: None) -> None:
+    match = r"C2PSA, C3k2 layers \(a YOLO11 / YOLO26 structure\); qat fine-tunes YOLOv8 detect, segment, pose and OBB"
     with pytest.raises(TrtqError, match=match):
-        _qat(task_models[model], tmp_path, distill=True, calib=calib_dir)
+        _qat(task_models["yolo11"], tmp_path, distill=True, calib=calib_dir)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
@@ -154,6 +197,7 @@ def test_unsupported_structures_are_refused_before_any_work(
         ("pose", "pose", False, r"has no kpt_shape, but the model is a pose model with kpt_shape \[17, 3\]"),
         ("obb", "detect", False, r"no label file of .* fits an OBB model: .* 5 values; OBB labels are 'class x1 y1 x2 y2 x3 y3 x4 y4'"),
         ("detect", "pose", False, r"no label file of .* fits a detect model: .* 56 values"),
+        ("segment", "detect", False, r"no label file of .* fits a segment model: .* 5 values; segment labels are polygons"),
     ],
 )
 def test_labels_that_do_not_fit_the_task_are_refused_before_any_work(

@@ -38,7 +38,7 @@ def command(
     seed: int,
     output: Path | None,
 ) -> None:
-    """Quantization-aware fine-tuning of an ultralytics MODEL.pt (YOLOv8 detect, pose or OBB); writes a Q/DQ INT8 ONNX.
+    """Quantization-aware fine-tuning of an ultralytics MODEL.pt (YOLOv8 detect, segment, pose or OBB); writes a Q/DQ INT8 ONNX.
 
     Fake quantization goes exactly where `trtq quantize` puts Q/DQ (per-channel weights, per-tensor
     activations, shared Concat scales, residual Adds); ranges start from trtq's calibration. Fine-tunes with

@@ -19,12 +19,14 @@ logger = logging.getLogger(__name__)
 
 # data yaml keys that describe the task (kept in the staged yaml); the split entries are rewritten
 TASK_KEYS = ("kpt_shape", "flip_idx", "kpt_names", "kpt_oks_sigmas", "channels")
-_A_TASK = {"detect": "a detect", "pose": "a pose", "obb": "an OBB"}
+_A_TASK = {"detect": "a detect", "segment": "a segment", "pose": "a pose", "obb": "an OBB"}
 
 
 def _label_rule(task: str, kpt_shape: tuple[int, int] | None) -> str:
     if task == "pose" and kpt_shape is not None:
         return f"pose labels have {5 + kpt_shape[0] * kpt_shape[1]} values (class, box, {kpt_shape[0]}x{kpt_shape[1]} keypoints)"
+    if task == "segment":
+        return "segment labels are polygons 'class x1 y1 x2 y2 x3 y3 ...', not 'class cx cy w h' boxes"
     if task == "obb":
         return "OBB labels are 'class x1 y1 x2 y2 x3 y3 x4 y4' (corners, or a polygon), not 'class cx cy w h' boxes"
     return "detect labels are 'class cx cy w h' (or polygons)"
@@ -35,9 +37,9 @@ def check_task_labels(path: Path, task: str, nc: int | None, kpt_shape: tuple[in
     from trtq.evaluate import check_label_file
 
     count = check_label_file(path, nc, kpt_shape=kpt_shape if task == "pose" else None)
-    if task == "obb" and count:
+    if task in ("obb", "segment") and count:
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if len(line.split()) == 5:  # an axis-aligned box: ultralytics needs the corners of a rotated one
+            if len(line.split()) == 5:  # a box: ultralytics needs a rotated box's corners or a mask's polygon
                 raise TrtqError(f"label file {path} line {lineno}: {len(line.split())} values; {_label_rule(task, None)}")
     return count
 

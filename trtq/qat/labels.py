@@ -26,6 +26,10 @@ def _trainer_class(task: str) -> type:
         from ultralytics.models.yolo.obb import OBBTrainer
 
         return OBBTrainer
+    if task == "segment":
+        from ultralytics.models.yolo.segment import SegmentationTrainer
+
+        return SegmentationTrainer
     if task == "detect":
         from ultralytics.models.yolo.detect import DetectionTrainer
 

@@ -21,9 +21,9 @@ if TYPE_CHECKING:  # torch is an optional dependency (the export extra)
 
 
 # The tasks and the top-level layers whose ONNX export the placement maps back to modules (YOLOv8).
-QAT_TASKS = ("detect", "pose", "obb")
-QAT_LAYERS = frozenset({"Conv", "C2f", "SPPF", "Concat", "Upsample", "Detect", "Pose", "OBB"})
-SUPPORTED = "qat fine-tunes YOLOv8 detect, pose and OBB models"
+QAT_TASKS = ("detect", "segment", "pose", "obb")
+QAT_LAYERS = frozenset({"Conv", "C2f", "SPPF", "Concat", "Upsample", "Detect", "Segment", "Pose", "OBB"})
+SUPPORTED = "qat fine-tunes YOLOv8 detect, segment, pose and OBB models"
 
 
 def check_structure(yolo: Any, pt: Path) -> None:
@@ -31,7 +31,7 @@ def check_structure(yolo: Any, pt: Path) -> None:
     task = getattr(yolo, "task", "detect")
     layers = getattr(getattr(yolo, "model", None), "model", None)
     names = {type(m).__name__ for m in layers} if layers is not None else set()
-    foreign = sorted(names - QAT_LAYERS - {"Segment"})
+    foreign = sorted(names - QAT_LAYERS)
     if foreign:
         family = " (a YOLO11 / YOLO26 structure)" if {"C3k2", "C2PSA"} & set(foreign) else ""
         raise TrtqError(
@@ -39,10 +39,7 @@ def check_structure(yolo: Any, pt: Path) -> None:
             "use `trtq quantize` on its ONNX export"
         )
     if task not in QAT_TASKS:
-        raise TrtqError(
-            f"{pt} is a {task} model; {SUPPORTED} (the mask prototype's ConvTranspose upsampling is not placed): "
-            "use `trtq quantize` on its ONNX export"
-        )
+        raise TrtqError(f"{pt} is a {task} model; {SUPPORTED}: use `trtq quantize` on its ONNX export")
 
 
 def load_detection_model(pt: Path) -> tuple[Any, nn.Module]:

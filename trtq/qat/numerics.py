@@ -65,12 +65,15 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int = ACT_QMIN, qm
     return _FUNCTION.apply(x, scale, qmin, qmax)
 
 
-def weight_scale(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel scale ``max|w_c| / 127`` as :func:`trtq.qdq.quantize_weight` computes it (float32)."""
+def weight_scale(w: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """Per-output-channel scale ``max|w_c| / 127`` as :func:`trtq.qdq.quantize_weight` computes it (float32).
+
+    ``axis`` is the output-channel axis: 0 for a Conv2d weight, 1 for a ConvTranspose2d one. The result
+    broadcasts against ``w`` (size 1 on every other axis)."""
     torch = require_torch()
-    amax = w.detach().abs().amax(dim=tuple(range(1, w.ndim)))
+    amax = w.detach().abs().amax(dim=tuple(i for i in range(w.ndim) if i != axis), keepdim=True)
     amax = torch.where(amax > 0, amax, torch.ones_like(amax))
-    return (amax / torch.tensor(float(WEIGHT_QMAX), dtype=amax.dtype)).reshape(-1, *([1] * (w.ndim - 1)))
+    return amax / torch.tensor(float(WEIGHT_QMAX), dtype=amax.dtype)
 
 
 def activation_scale(amax: float) -> np.float32:
@@ -80,7 +83,7 @@ def activation_scale(amax: float) -> np.float32:
     return np.float32(np.array(amax / QMAX, dtype=np.float32))
 
 
-def _module_classes() -> tuple[type, type, type]:
+def _module_classes() -> tuple[type, type, type, type]:
     torch = require_torch()
     nn = torch.nn
     F = torch.nn.functional
@@ -123,6 +126,20 @@ def _module_classes() -> tuple[type, type, type]:
                     w = fake_quantize(w, weight_scale(w).to(w.dtype), -WEIGHT_QMAX, WEIGHT_QMAX)
             return F.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
+    class QuantConvTranspose2d(QuantConv2d):
+        """A ConvTranspose2d (a mask prototype's upsampling) with its input and weight fake-quantized; the
+        weight's output channels are its axis 1, as in ONNX's ConvTranspose."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            c: Any = self.conv
+            w = c.weight
+            if self.enabled:
+                if self.input_quantizer is not None:
+                    x = self.input_quantizer(x)
+                if self.quantize_weight:
+                    w = fake_quantize(w, weight_scale(w, 1).to(w.dtype), -WEIGHT_QMAX, WEIGHT_QMAX)
+            return F.conv_transpose2d(x, w, c.bias, c.stride, c.padding, c.output_padding, c.groups, c.dilation)
+
     class QuantResidual(nn.Module):
         """A bottleneck ``x + cv2(cv1(x))`` whose shortcut ``x`` goes through the Add's Q/DQ pair."""
 
@@ -138,14 +155,15 @@ def _module_classes() -> tuple[type, type, type]:
             shortcut = self.shortcut_quantizer(x) if self.enabled else x
             return shortcut + b.cv2(b.cv1(x))
 
-    return ActQuantizer, QuantConv2d, QuantResidual
+    return ActQuantizer, QuantConv2d, QuantResidual, QuantConvTranspose2d
 
 
-_CLASSES: tuple[type, type, type] | None = None
+_CLASSES: tuple[type, type, type, type] | None = None
 
 
-def module_classes() -> tuple[type, type, type]:
-    """(ActQuantizer, QuantConv2d, QuantResidual), defined on first use so that torch stays optional."""
+def module_classes() -> tuple[type, type, type, type]:
+    """(ActQuantizer, QuantConv2d, QuantResidual, QuantConvTranspose2d), defined on first use so that torch
+    stays optional."""
     global _CLASSES
     if _CLASSES is None:
         _CLASSES = _module_classes()

@@ -72,9 +72,10 @@ class QatPlacement:
 def map_placement(model: nn.Module, onnx_model: Any, plan: Any, amax: Mapping[str, float]) -> QatPlacement:
     """Translate a :class:`trtq.qdq.QdqPlan` of ``model``'s ONNX export into PyTorch module paths.
 
-    Every reader of a quantized tensor must be a Conv (its input is fake-quantized) or a residual Add of a
-    bottleneck (its shortcut is); every quantized weight must belong to a Conv whose PyTorch weight has the
-    same shape. Anything else is an error, never a silently different placement.
+    Every reader of a quantized tensor must be a Conv or ConvTranspose (its input is fake-quantized) or a
+    residual Add of a bottleneck (its shortcut is); every quantized weight must belong to one of those convs,
+    with the same shape and output-channel axis in PyTorch. Anything else is an error, never a silently
+    different placement.
     """
     from onnx import numpy_helper
 
@@ -85,6 +86,7 @@ def map_placement(model: nn.Module, onnx_model: Any, plan: Any, amax: Mapping[st
     inits = {i.name: i for i in onnx_model.graph.initializer}
     # every reader of a quantized weight reads it through Q/DQ (a shared weight has several readers)
     weight_nodes = {r: w for w, (node, _) in plan.weights.items() for r in plan.weight_readers.get(w) or [node]}
+    axes = {w: axis for w, (_, axis) in plan.weights.items()}
     placement = QatPlacement(amax={t: float(amax[t]) for t in plan.activations})
     conv_inputs: dict[str, str] = {}
     for tensor, readers in plan.activations.items():
@@ -92,21 +94,24 @@ def map_placement(model: nn.Module, onnx_model: Any, plan: Any, amax: Mapping[st
             node = nodes[reader]
             path = module_path(model, reader)
             module = model.get_submodule(path)
-            if node.op_type == "Conv" and isinstance(module, torch.nn.Conv2d):
+            if _is_mapped_conv(node.op_type, module, torch):
                 conv_inputs[reader] = tensor
             elif node.op_type == "Add" and hasattr(module, "cv1") and hasattr(module, "cv2") and getattr(module, "add", False):
                 placement.residuals[path] = (reader, tensor)
             else:
                 raise TrtqError(
                     f"quantized tensor {tensor!r} is read by {node.op_type} node {reader!r} ({type(module).__name__}); "
-                    "QAT supports Conv inputs and residual bottleneck Adds (YOLOv8 detect, pose and OBB models)"
+                    "QAT supports Conv inputs and residual bottleneck Adds (YOLOv8 detect, segment, pose and OBB models)"
                 )
     for node_name in dict.fromkeys([*conv_inputs, *weight_nodes]):
         node = nodes[node_name]
         path = module_path(model, node_name)
         module: Any = model.get_submodule(path)
-        if node.op_type != "Conv" or not isinstance(module, torch.nn.Conv2d):
-            raise TrtqError(f"quantized weighted op {node_name!r} is a {node.op_type} ({type(module).__name__}); QAT supports Conv2d")
+        if not _is_mapped_conv(node.op_type, module, torch):
+            raise TrtqError(
+                f"quantized weighted op {node_name!r} is a {node.op_type} ({type(module).__name__}); "
+                "QAT supports Conv2d and ConvTranspose2d (one group)"
+            )
         w = weight_nodes.get(node_name)
         if w is not None:
             shape = tuple(numpy_helper.to_array(inits[w]).shape)
@@ -115,6 +120,8 @@ def map_placement(model: nn.Module, onnx_model: Any, plan: Any, amax: Mapping[st
                     f"weight of {node_name!r} has shape {shape} in the ONNX but {tuple(module.weight.shape)} in the "
                     "PyTorch model; they are not the same model"
                 )
+            if axes[w] != (1 if node.op_type == "ConvTranspose" else 0):
+                raise TrtqError(f"weight of {node_name!r} is quantized along axis {axes[w]}; QAT quantizes output channels")
         placement.convs[path] = (node_name, conv_inputs.get(node_name), w is not None)
     # a residual shortcut is the bottleneck's input: the same tensor its first conv reads
     for path, (add, tensor) in placement.residuals.items():
@@ -122,6 +129,12 @@ def map_placement(model: nn.Module, onnx_model: Any, plan: Any, amax: Mapping[st
         if first is None or first[1] != tensor:
             raise TrtqError(f"residual Add {add!r} quantizes {tensor!r}, which is not its bottleneck's input; unsupported structure")
     return placement
+
+
+def _is_mapped_conv(op_type: str, module: Any, torch: Any) -> bool:
+    if op_type == "Conv":
+        return isinstance(module, torch.nn.Conv2d)
+    return op_type == "ConvTranspose" and isinstance(module, torch.nn.ConvTranspose2d) and module.groups == 1
 
 
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -132,12 +145,14 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
 
 def insert_fake_quant(model: nn.Module, placement: QatPlacement) -> dict[str, nn.Module]:
     """Wrap ``model``'s convs and bottlenecks in place; returns ONNX tensor -> its (shared) quantizer."""
-    act_cls, conv_cls, res_cls = module_classes()
+    act_cls, conv_cls, res_cls, convt_cls = module_classes()
+    torch = require_torch()
     quantizers: dict[str, nn.Module] = {t: act_cls(t, a) for t, a in placement.amax.items()}
     targets = {p: model.get_submodule(p) for p in [*placement.convs, *placement.residuals]}
     for path, (node, tensor, qw) in placement.convs.items():
         conv = targets[path]
-        _set_submodule(model, path, conv_cls(conv, quantizers[tensor] if tensor else None, qw, node))
+        cls = convt_cls if isinstance(conv, torch.nn.ConvTranspose2d) else conv_cls
+        _set_submodule(model, path, cls(conv, quantizers[tensor] if tensor else None, qw, node))
     for path, (node, tensor) in placement.residuals.items():
         _set_submodule(model, path, res_cls(targets[path], quantizers[tensor], node))
     return quantizers
@@ -145,7 +160,7 @@ def insert_fake_quant(model: nn.Module, placement: QatPlacement) -> dict[str, nn
 
 def strip_fake_quant(model: nn.Module) -> nn.Module:
     """Undo :func:`insert_fake_quant` in place (the plain modules come back, with the fine-tuned weights)."""
-    _, conv_cls, res_cls = module_classes()
+    _, conv_cls, res_cls, _ = module_classes()  # QuantConvTranspose2d is a QuantConv2d
     wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, (conv_cls, res_cls))]
     # deepest first, so that a bottleneck's convs are unwrapped before the bottleneck itself
     for name, m in sorted(wrapped, key=lambda item: -item[0].count(".")):
@@ -155,7 +170,7 @@ def strip_fake_quant(model: nn.Module) -> nn.Module:
 
 
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:
-    act_cls, conv_cls, res_cls = module_classes()
+    act_cls, conv_cls, res_cls, _ = module_classes()
     for m in model.modules():
         if isinstance(m, (act_cls, conv_cls, res_cls)):
             setattr(m, "enabled", enabled)  # noqa: B010 - a plain attribute, not a parameter
