@@ -10,7 +10,7 @@ from trtq.qat import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR
 
 @click.command(name="qat")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", default=None, help="ultralytics data yaml: labelled training images (its train split).")
+@click.option("--data", default=None, help="ultralytics data yaml: labelled training images (its train split) in the model's task format.")
 @click.option("--epochs", type=int, default=DEFAULT_EPOCHS, show_default=True, help="Fine-tuning epochs.")
 @click.option("--batch", type=int, default=DEFAULT_BATCH, show_default=True, help="Images per fine-tuning step.")
 @click.option("--lr", type=float, default=DEFAULT_LR, show_default=True, help="Initial learning rate (AdamW, cosine to lr/100).")
@@ -38,11 +38,12 @@ def command(
     seed: int,
     output: str | None,
 ) -> None:
-    """Quantization-aware fine-tuning of an ultralytics MODEL.pt; writes a Q/DQ INT8 ONNX.
+    """Quantization-aware fine-tuning of an ultralytics MODEL.pt (YOLOv8 detect, segment, pose or OBB); writes a Q/DQ INT8 ONNX.
 
     Fake quantization goes exactly where `trtq quantize` puts Q/DQ (per-channel weights, per-tensor
     activations, shared Concat scales, residual Adds); ranges start from trtq's calibration. Fine-tunes with
-    ultralytics' trainer on --data's labels, or with --distill against the FP32 model on images alone.
+    ultralytics' trainer for the model's task on --data's labels, or with --distill against the FP32 model
+    on images alone.
     Also writes the fine-tuned float ONNX with a calibration cache (implicit INT8) and a report.
     """
     from trtq.fileio import default_output, output_path
