@@ -68,6 +68,8 @@ class TensorHistogram:
     positions: int  # spatial positions sampled per image (every channel at each); 0 = every value
     derived: str = ""  # how it was derived from measured tensors ("" = measured)
     known_amax: float | None = None  # a range fixed by the graph (a SiLU's sigmoid: 1.0), whatever the algorithm
+    nonfinite: int = 0  # NaN / inf values seen in the sample, left out of the histogram and the range
+    nonfinite_batches: int = 0  # batches whose range had NaN / inf (then taken from the finite sampled values)
 
 
 _LOCAL = threading.local()
@@ -101,6 +103,8 @@ class _Accumulator:
         self.positions = positions
         self.derived = ""
         self.known_amax: float | None = None
+        self.nonfinite = 0  # NaN / inf values in the samples, left out
+        self.nonfinite_batches = 0  # batches whose exact range was not finite
 
     @property
     def max_abs(self) -> float:
@@ -126,18 +130,34 @@ class _Accumulator:
             self.counts = merged
             self.k = k_needed
 
-    def update(self, values: np.ndarray, vmin: float, vmax: float) -> None:
-        """Add one batch: ``values`` are (a sample of) x or of |x| (only |x| counts), ``vmin``/``vmax`` the
-        exact signed range of x."""
+    def update(self, values: np.ndarray, vmin: float, vmax: float, *, partial: bool = False) -> None:
+        """Add one batch: ``values`` are (a sample of) the signed x, ``vmin``/``vmax`` the exact signed range of x.
+
+        NaN and inf are left out of the histogram and the range, and counted. A range that is not finite (a
+        reduction over values with a NaN or inf), or ``partial`` (finite, but some of its parts were not), is
+        completed by the finite sampled values: each bound keeps its own finite value, so one NaN no longer
+        costs a tensor its signed minimum.
+        """
         v = values.reshape(-1)
         if v.dtype != np.float32:
             v = v.astype(np.float32)
         vmin, vmax = float(vmin), float(vmax)
-        if not (np.isfinite(vmin) and np.isfinite(vmax)):
-            v = v[np.isfinite(v)]
-            vmax = float(np.abs(v).max()) if v.size else 0.0
-            vmin = -vmax
-            logger.warning("non-finite activations were left out of the calibration statistics")
+        bad = 0
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = v.sum()
+        if not np.isfinite(total):  # one pass; a NaN or inf (or a float32 overflow) sends it to the exact count
+            keep = np.isfinite(v)
+            bad = int(v.size - np.count_nonzero(keep))
+            if bad:
+                v = v[keep]
+        self.nonfinite += bad
+        exact = np.isfinite(vmin) and np.isfinite(vmax) and not partial
+        if not exact:
+            self.nonfinite_batches += 1
+        if bad or not exact:
+            lo, hi = (float(v.min()), float(v.max())) if v.size else (np.inf, -np.inf)
+            vmin = min(vmin, lo) if np.isfinite(vmin) else lo
+            vmax = max(vmax, hi) if np.isfinite(vmax) else hi
         self.min_value = min(self.min_value, vmin)
         self.max_value = max(self.max_value, vmax)
         if v.size == 0:
@@ -172,6 +192,8 @@ class _Accumulator:
         self.min_value = min(self.min_value, other.min_value)
         self.max_value = max(self.max_value, other.max_value)
         self.count += other.count
+        self.nonfinite += other.nonfinite
+        self.nonfinite_batches += other.nonfinite_batches
         if other.k is None:
             self._add_zeros(other.zeros)
             return
@@ -194,6 +216,9 @@ class _Accumulator:
 
     def finalize(self, name: str, min_bins: int = 0) -> TensorHistogram:
         if self.count == 0:
+            if self.nonfinite:
+                raise TrtqError(f"every value of tensor {name!r} was NaN or inf on the calibration images: "
+                                "check the model (an FP16 overflow?) and the images")
             raise TrtqError(f"no statistics were collected for tensor {name!r}")
         max_abs = self.max_abs
         if self.k is None:  # every value was exactly 0: any range represents it; use [0, 1]
@@ -208,7 +233,17 @@ class _Accumulator:
             edges = np.arange(n + 1, dtype=np.float64) * width
         return TensorHistogram(
             name, counts, edges, max_abs, self.min_value, self.max_value, self.count, self.positions, self.derived,
-            self.known_amax,
+            self.known_amax, self.nonfinite, self.nonfinite_batches,
+        )
+
+    def warn_nonfinite(self, name: str) -> None:
+        """One warning for a tensor that had NaN / inf values (what was left out, and where its range comes from)."""
+        if not (self.nonfinite or self.nonfinite_batches):
+            return
+        logger.warning(
+            "tensor %s: NaN/inf activations in %d batch(es) (%d of the %d sampled values) were left out of its "
+            "histogram and range; its range [%.6g, %.6g] is that of the finite values",
+            name, self.nonfinite_batches, self.nonfinite, self.count + self.nonfinite, self.min_value, self.max_value,
         )
 
 
@@ -650,12 +685,13 @@ def collect_histograms(
     def add(accs: dict[str, _Accumulator], results: dict[str, np.ndarray]) -> None:
         for n in plan.measured:
             sample, mn, mx, _ = graph.outputs[n]
-            accs[n].update(results[sample], float(results[mn].min()), float(results[mx].max()))
+            lo, hi, partial = _finite_range(results[mn], results[mx])
+            accs[n].update(results[sample], lo, hi, partial=partial)
         for n, (src, first_channel, end_channel) in plan.split.items():
             sample, mn, mx, _ = graph.outputs[src]
             part = results[sample][(slice(None),) * graph.channel_axis[src] + (slice(first_channel, end_channel),)]
-            lo, hi = results[mn][first_channel:end_channel].min(), results[mx][first_channel:end_channel].max()
-            accs[n].update(part, float(lo), float(hi))
+            lo, hi, partial = _finite_range(results[mn][first_channel:end_channel], results[mx][first_channel:end_channel])
+            accs[n].update(part, lo, hi, partial=partial)
 
     # Each worker takes the next batch (decoding it while the others run), runs it on one core and bins
     # its statistics into its own accumulators; they are merged at the end (exactly).
@@ -716,7 +752,21 @@ def collect_histograms(
             acc.merge(other[n])
     for n, (src, first_channel, end_channel) in plan.split.items():
         accs[n].derived = f"channels {first_channel}:{end_channel} of {src} (Split): its sample and exact range"
+    for n, acc in accs.items():  # measured tensors only: one warning each, none repeated for derived ones
+        acc.warn_nonfinite(n)
     return {n: _resolve(n, plan, accs).finalize(n) for n in names}
+
+
+def _finite_range(mins: np.ndarray, maxs: np.ndarray) -> tuple[float, float, bool]:
+    """``(min, max, partial)`` of per-batch (or per-channel) reduced bounds, over their finite entries only.
+
+    A bound with no finite entry is NaN; ``partial`` says some entry was NaN / inf (the range then misses
+    those values and is completed from the sample, see :meth:`_Accumulator.update`).
+    """
+    lo_ok, hi_ok = np.isfinite(mins), np.isfinite(maxs)
+    lo = float(mins[lo_ok].min()) if lo_ok.any() else float("nan")
+    hi = float(maxs[hi_ok].max()) if hi_ok.any() else float("nan")
+    return lo, hi, not (bool(lo_ok.all()) and bool(hi_ok.all()))
 
 
 def _resolve(name: str, plan: StatsPlan, accs: dict[str, _Accumulator]) -> _Accumulator:

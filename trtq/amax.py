@@ -104,7 +104,9 @@ def collect_statistics(
 
     info = read_model_info(model_path)
     check_model(info)
-    batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed)
+    # padded as ultralytics' predictor pads this model: a dynamic-size Q/DQ ONNX keeps its dynamic input
+    batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed,
+                                      predictor_padding=True)
     hists = collect_histograms(
         model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected), fused_silu=fused_silu
     )

@@ -16,7 +16,14 @@ from typing import Any
 import click
 
 from trtq import __version__
-from trtq.errors import EXIT_ERROR, TrtqError
+from trtq.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    TrtqError,
+    terminate_as_interrupt,
+)
 
 # name -> (module, one-line help shown by `trtq --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,17 +61,24 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with terminate_as_interrupt():
+                return super().invoke(ctx)
         except TrtqError as exc:
             _fail(str(exc), exc.exit_code)
+        except Terminated:
+            _fail(f"terminated (SIGTERM); {_KEPT}", EXIT_TERMINATED)
         except KeyboardInterrupt:
-            _fail("interrupted (no partial output was kept)", 130)
+            _fail(f"interrupted; {_KEPT}", EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug in trtq: one line, and the traceback on request
             if os.environ.get("TRTQ_DEBUG"):
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (set TRTQ_DEBUG=1 for the traceback)", EXIT_ERROR)
+
+
+# every output is written atomically, and the files of one result as a set (trtq.fileio.output_set)
+_KEPT = "no partially written file was left (the files of a step that finished before it are kept)"
 
 
 def _fail(message: str, code: int) -> None:

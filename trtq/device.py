@@ -28,6 +28,25 @@ BACKENDS = ("auto", "pycuda", "cuda-python")
 _D = TypeVar("_D", bound="_BufferedDevice")
 
 
+#: Compute capabilities that only Jetson / DRIVE system-on-chip GPUs have (Tegra X1 5.3, TX2 6.2, Xavier 7.2,
+#: Orin 8.7, Thor 10.1 under CUDA 12.x and 11.0 under CUDA 13): used when a device does not say whether it is
+#: integrated.
+INTEGRATED_COMPUTE_CAPABILITIES = frozenset({(5, 3), (6, 2), (7, 2), (8, 7), (10, 1), (11, 0)})
+
+
+def is_integrated(device: object) -> bool:
+    """Whether ``device`` is an integrated (Jetson / DRIVE) GPU sharing memory with the CPU.
+
+    Read from the device's ``integrated`` attribute (CUDA's ``cudaDeviceProp.integrated`` /
+    ``CU_DEVICE_ATTRIBUTE_INTEGRATED``) where it has one, else from the compute capability.
+    """
+    flag = getattr(device, "integrated", None)
+    if flag is not None:
+        return bool(flag)
+    cc = getattr(device, "compute_capability", None)
+    return cc is not None and (int(cc[0]), int(cc[1])) in INTEGRATED_COMPUTE_CAPABILITIES
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The interface
 # ----------------------------------------------------------------------------------------------------------
@@ -188,6 +207,7 @@ class _BufferedDevice:
 
     name: str
     compute_capability: tuple[int, int]
+    integrated: bool | None = None  # CUDA's "integrated" device attribute (Jetson / DRIVE), None if unknown
 
     def __init__(self) -> None:
         self._buffers: list[_Buffer] = []
@@ -314,6 +334,7 @@ class PycudaDevice(_BufferedDevice):
             self.name = str(dev.name())
             cc = dev.compute_capability()
             self.compute_capability = (int(cc[0]), int(cc[1]))
+            self.integrated = _pycuda_integrated(module, dev)
         except Exception as exc:
             self._close_backend()  # a context pushed before the failure is popped again
             raise MissingDependencyError(f"no usable CUDA device {index} ({type(exc).__name__}: {exc})") from None
@@ -356,6 +377,18 @@ class PycudaDevice(_BufferedDevice):
 # ----------------------------------------------------------------------------------------------------------
 # cuda-python (cuda.bindings.runtime): every call returns (err, *results)
 # ----------------------------------------------------------------------------------------------------------
+def _pycuda_integrated(driver: Any, dev: Any) -> bool | None:
+    """``CU_DEVICE_ATTRIBUTE_INTEGRATED`` through pycuda (``device_attribute.INTEGRATED``), None if unreadable."""
+    attr = getattr(getattr(driver, "device_attribute", None), "INTEGRATED", None)
+    if attr is None:
+        return None
+    try:
+        return bool(dev.get_attribute(attr))
+    except Exception as exc:  # an old pycuda or driver without the attribute
+        log.debug("CU_DEVICE_ATTRIBUTE_INTEGRATED not readable: %s", exc)
+        return None
+
+
 def load_cudart(purpose: str = "the cuda-python device backend") -> Any:
     """The cuda-python runtime module (``cuda.bindings.runtime``, or the older ``cuda.cudart``).
 
@@ -487,6 +520,8 @@ class CudaPythonDevice(_BufferedDevice):
         raw_name = getattr(props, "name", b"")
         self.name = raw_name.decode(errors="replace").rstrip("\x00") if isinstance(raw_name, bytes) else str(raw_name)
         self.compute_capability = (int(props.major), int(props.minor))
+        flag = getattr(props, "integrated", None)  # cudaDeviceProp.integrated: 1 on Jetson / DRIVE
+        self.integrated = None if flag is None else bool(int(flag))
         self._streams: list[_CudaPythonStream] = []
         self._events: list[_CudaPythonEvent] = []
 

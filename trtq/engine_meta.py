@@ -303,7 +303,9 @@ def configure_runtime(runtime: Any, meta: EngineMetadata | None, header: dict[st
     if core is not None:
         runtime.DLA_core = core
     if meta is not None and meta.builder.get("version_compatible", False):
-        runtime.engine_host_code_allowed = True
+        from trtq.trt.compat import allow_engine_host_code
+
+        allow_engine_host_code(runtime)  # 8.6+; a version-compatible plan cannot come from an older TensorRT
     return core
 
 
@@ -313,8 +315,13 @@ def check_compatible(
     tensorrt_version: str,
     compute_capability: tuple[int, int],
     dla_core: int | None = None,
+    integrated: bool = False,
 ) -> None:
-    """Raise :class:`TrtqError` explaining why this engine cannot load here (and how to rebuild it)."""
+    """Raise :class:`TrtqError` explaining why this engine cannot load here (and how to rebuild it).
+
+    ``integrated``: this GPU is a Jetson / integrated one (``trtq.device.is_integrated``), where
+    hardware-compatible (AMPERE_PLUS) engines are not supported, whatever the compute capability.
+    """
     problems: list[str] = []
     built_v = _short_version(meta.tensorrt_version) if meta.tensorrt_version else ""
     here_v = _short_version(tensorrt_version)
@@ -333,9 +340,14 @@ def check_compatible(
         problems.append("version")
     cc_differs = meta.compute_capability is not None and tuple(meta.compute_capability) != tuple(compute_capability)
     # a hardware-compatible engine (AMPERE_PLUS) runs on any GPU of compute capability 8.0 or newer
-    any_ampere = bool(meta.builder.get("hardware_compatible", False)) and (
-        tuple(compute_capability) >= HARDWARE_COMPATIBLE_MIN_CC
-    )
+    hardware_compatible = bool(meta.builder.get("hardware_compatible", False))
+    any_ampere = hardware_compatible and not integrated and tuple(compute_capability) >= HARDWARE_COMPATIBLE_MIN_CC
+    if hardware_compatible and integrated:
+        raise TrtqError(
+            f"this hardware-compatible (AMPERE_PLUS) engine runs on discrete Ampere or newer GPUs only; this is an "
+            f"integrated Jetson GPU ({sm_label(compute_capability)}), where TensorRT does not support it: rebuild it "
+            f"here with `{(meta.command or 'trtq build MODEL.onnx ...').replace(' --hardware-compatible', '')}`"
+        )
     if cc_differs and not any_ampere:
         problems.append("gpu")
     if meta.dla_core is not None and dla_core is not None and meta.dla_core != dla_core:

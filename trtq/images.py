@@ -10,9 +10,10 @@ deployed model sees. This module therefore reproduces, pixel for pixel, what ult
    first (a colour first page is used as is, minus alpha) as ultralytics does, and any remaining 16-bit
    result keeps its high byte (``>> 8``). The result is BGR ``uint8`` HxWx3.
 2. Letterbox: ``LetterBox(imgsz, auto=False, scale_fill=False, scaleup=True, center=True, stride=stride,
-   padding_value=114, interpolation=cv2.INTER_LINEAR)``. ``auto`` is False because the predictor only uses the
-   minimum rectangle for ``.pt`` or dynamic-shape models; an ONNX model or TensorRT engine with a fixed input
-   shape gets the full ``imgsz`` canvas. The scale is ``r = min(h_new / h, w_new / w)``, the resized size is
+   padding_value=114, interpolation=cv2.INTER_LINEAR)``. For a fixed input shape (an ONNX model or TensorRT engine)
+   ``auto`` is False: the full ``imgsz`` canvas. A model with dynamic height and width gets ``auto=True``
+   when the images of a batch share a shape (``BasePredictor.pre_transform``): padding only to the next
+   multiple of ``stride``; :func:`letterbox_batch` applies that rule. The scale is ``r = min(h_new / h, w_new / w)``, the resized size is
    ``max(round(w * r), 1) x max(round(h * r), 1)``, the padding is split in two and rounded with the
    ``round(d - 0.1)`` / ``round(d + 0.1)`` rule, and the border is constant 114.
 3. Tensor: stack, HWC to CHW, BGR to RGB, ``float32`` divided by 255 (a true division, as
@@ -93,34 +94,68 @@ def _from_glob(pattern: str) -> list[Path]:
 
 
 def _from_list_file(list_file: Path) -> list[Path]:
+    """The images a ``.txt`` list names, resolved as ultralytics does (``BaseDataset.get_img_files``): an entry
+    starting with ``./`` is relative to the list's folder, any other relative entry to the working directory.
+    A listed folder contributes its images. Listed files that do not exist are an error naming them."""
     try:
         text = list_file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise TrtqError(f"cannot read image list {list_file}: {exc}") from None
-    base = list_file.parent
     out: list[Path] = []
+    missing: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        p = Path(os.path.expanduser(line))
-        if not p.is_absolute():
-            p = base / p
+        p = Path(os.path.abspath(list_file.parent / line[2:] if line.startswith("./") else os.path.expanduser(line)))
         if p.is_dir():
             out.extend(_scan_dir(p))
         elif _is_image_name(p):
-            out.append(p)  # a missing listed file is kept: the batcher skips it with a warning
+            if not p.exists():
+                missing.append(line)
+            out.append(p)
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise TrtqError(
+            f"{list_file}: {len(missing)} of {len(out)} listed images do not exist ({shown}); as in ultralytics, "
+            f"'./' entries are read from the list's folder and other relative entries from the working directory "
+            f"({Path.cwd()})"
+        )
     return out
 
 
-def _resolve_split(root: Path, entry: str) -> Path:
+def _resolve_split(root: Path, entry: str, *, parent_fallback: bool) -> Path:
+    """A ``train:`` entry against the dataset root, as ``check_det_dataset`` does (``../`` retried without it
+    for a single entry)."""
     p = Path(os.path.expanduser(entry))
     if p.is_absolute():
         return p
     x = (root / entry).resolve()
-    if not x.exists() and entry.startswith("../"):  # ultralytics' fallback for "../" entries
+    if parent_fallback and not x.exists() and entry.startswith("../"):
         x = (root / entry[3:]).resolve()
     return x
+
+
+def _dataset_root(yaml_file: Path, root_entry: Any) -> Path:
+    """The dataset root of a data yaml, as ultralytics' ``check_det_dataset``: ``path:`` as given (relative to
+    the working directory), else in ultralytics' datasets folder; no ``path:``: the yaml's folder. Where neither
+    has it, trtq also tries the yaml's folder before giving up."""
+    if not root_entry:
+        return yaml_file.resolve().parent
+    root = Path(os.path.expanduser(str(root_entry)))
+    if root.exists() or root.is_absolute():
+        return root.resolve() if root.exists() else root
+    candidates = [p for p in (_ultralytics_datasets_dir(), yaml_file.resolve().parent) if p is not None]
+    return next(((c / root).resolve() for c in candidates if (c / root).exists()), root.resolve())
+
+
+def _ultralytics_datasets_dir() -> Path | None:
+    """ultralytics' ``datasets_dir`` setting, where it is installed (imported only for this)."""
+    try:
+        from ultralytics.utils import DATASETS_DIR
+    except Exception:  # not installed, or its settings cannot be read: no datasets folder to search
+        return None
+    return Path(DATASETS_DIR)
 
 
 def _from_data_yaml(yaml_file: Path) -> tuple[list[Path], str]:
@@ -135,23 +170,14 @@ def _from_data_yaml(yaml_file: Path) -> tuple[list[Path], str]:
             f"{yaml_file} has no 'train:' entry; pass an ultralytics data yaml with a train split, "
             "or a folder of images"
         )
-    yaml_dir = yaml_file.resolve().parent
-    root_entry = data.get("path")
-    if root_entry:
-        root = Path(os.path.expanduser(str(root_entry)))
-        if not root.is_absolute():
-            # relative to the yaml's folder; like ultralytics, a folder relative to the working directory
-            # is accepted when the yaml's folder has no such entry
-            beside_yaml = yaml_dir / root
-            root = root.resolve() if root.exists() and not beside_yaml.exists() else beside_yaml
-    else:
-        root = yaml_dir
+    root = _dataset_root(yaml_file, data.get("path"))
     train = data["train"]
-    entries = [str(t) for t in train] if isinstance(train, (list, tuple)) else [str(train)]
+    single = not isinstance(train, (list, tuple))
+    entries = [str(train)] if single else [str(t) for t in train]
     out: list[Path] = []
     searched: list[str] = []
     for entry in entries:
-        p = _resolve_split(root, entry)
+        p = _resolve_split(root, entry, parent_fallback=single)
         searched.append(str(p))
         if p.is_dir():
             out.extend(_scan_dir(p))
@@ -160,7 +186,8 @@ def _from_data_yaml(yaml_file: Path) -> tuple[list[Path], str]:
         elif p.is_file() and _is_image_name(p):
             out.append(p)
         elif not p.exists():
-            raise TrtqError(f"{yaml_file}: train split {entry!r} resolves to {p}, which does not exist")
+            raise TrtqError(f"{yaml_file}: train split {entry!r} resolves to {p}, which does not exist "
+                            f"(dataset root {root}: its 'path:' is read from the working directory, as ultralytics does)")
     return out, f"the train split of {yaml_file} ({', '.join(searched)})"
 
 
@@ -171,9 +198,12 @@ def _sort_unique(paths: Iterable[Path]) -> list[Path]:
 def resolve_image_paths(source: str | os.PathLike[str]) -> list[Path]:
     """List the images of ``source``: a folder (recursive), a glob, a ``.txt`` list of paths or a data yaml.
 
-    A ``.txt`` list holds one path (file or folder) per line; relative paths are relative to the list's folder;
-    blank lines and ``#`` comments are ignored. A data yaml contributes its ``train`` split (a folder, a list of
-    folders or a ``.txt`` list), resolved against its ``path:`` (relative to the yaml's folder) like ultralytics.
+    Relative paths resolve as in ultralytics. A ``.txt`` list holds one path (file or folder) per line: ``./x``
+    is read from the list's folder, any other relative entry from the working directory; blank lines and ``#``
+    comments are ignored; a listed file that does not exist is an error. A data yaml contributes its ``train``
+    split (a folder, a list of folders or a ``.txt`` list) under its dataset root: ``path:`` as given (relative
+    to the working directory), else in ultralytics' datasets folder, else beside the yaml; without ``path:``
+    the yaml's folder.
     Only files with a suffix in :data:`IMAGE_SUFFIXES` (any case) are returned, sorted by path.
     """
     text = os.fspath(source)
@@ -329,11 +359,30 @@ def to_tensor(images: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
+def letterbox_batch(
+    images: Sequence[np.ndarray], imgsz: int | tuple[int, int] = (640, 640), *, stride: int = 32, auto: bool = False
+) -> list[np.ndarray]:
+    """Letterbox one inference batch as ultralytics' predictor does (``BasePredictor.pre_transform``).
+
+    ``auto`` is for a model whose input height and width are dynamic (ultralytics: ``model.dynamic``): each
+    image is padded only up to the next multiple of ``stride`` (``LetterBox(auto=True)``), provided every
+    image of the batch has the same shape; otherwise, and for fixed-size models, to the full ``imgsz`` canvas.
+    """
+    same_shapes = len({im.shape for im in images}) == 1
+    return [letterbox(im, _as_hw(imgsz), stride=stride, auto=auto and same_shapes)[0] for im in images]
+
+
+def dynamic_spatial(shape: Sequence[int | None]) -> bool:
+    """An NCHW input whose height and width are dynamic: ultralytics' predictor pads it to the stride only."""
+    return len(shape) == 4 and (shape[2] is None or shape[3] is None)
+
+
 def preprocess(
-    images: Sequence[np.ndarray], imgsz: int | tuple[int, int] = (640, 640), *, stride: int = 32
+    images: Sequence[np.ndarray], imgsz: int | tuple[int, int] = (640, 640), *, stride: int = 32, auto: bool = False
 ) -> np.ndarray:
-    """Letterbox BGR images to ``imgsz`` and return the model input tensor (ultralytics' predictor path)."""
-    return to_tensor([letterbox(im, _as_hw(imgsz), stride=stride)[0] for im in images])
+    """Letterbox BGR images to ``imgsz`` and return the model input tensor (ultralytics' predictor path;
+    ``auto``: a dynamic-size model, see :func:`letterbox_batch`)."""
+    return to_tensor(letterbox_batch(images, imgsz, stride=stride, auto=auto))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,6 +411,7 @@ class ImageBatcher:
         num_images: int | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        auto: bool = False,
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
             try:
@@ -394,6 +444,7 @@ class ImageBatcher:
         self.batch: int = int(batch)
         self.seed: int = int(seed)
         self.drop_last: bool = bool(drop_last)
+        self.auto: bool = bool(auto)  # pad each batch as ultralytics' predictor pads a dynamic-size model
         self.num_found: int = len(files)
         order = np.random.default_rng(self.seed).permutation(len(files))
         count = len(files) if num_images is None else min(int(num_images), len(files))
@@ -427,12 +478,15 @@ class ImageBatcher:
         num_images: int | None = None,
         seed: int = 0,
         drop_last: bool | None = None,
+        predictor_padding: bool = False,
     ) -> ImageBatcher:
         """A batcher shaped for ``info``'s image input.
 
         A static batch dimension fixes ``batch`` (another value is rejected); a dynamic one accepts any.
         Static H/W set the image size; dynamic H/W use the ultralytics metadata ``imgsz`` or 640.
         ``drop_last=None`` drops a final partial batch for a static batch above 1 and keeps it otherwise.
+        ``predictor_padding``: pad as ultralytics' predictor pads this model (for dynamic H/W, only to the next
+        stride multiple: :func:`letterbox_batch`); else always to the full canvas (a fixed-size engine's input).
         """
         spec = info.input
         shape = spec.shape
@@ -458,6 +512,7 @@ class ImageBatcher:
             num_images=num_images,
             seed=seed,
             drop_last=drop_last,
+            auto=predictor_padding and dynamic_spatial(shape),
         )
 
     def __len__(self) -> int:
@@ -477,7 +532,10 @@ class ImageBatcher:
                     self._warned.add(key)
                     logger.warning("skipping %s", reason)
                 continue
-            yield path, letterbox(img, self.imgsz, stride=self.stride)[0]
+            yield path, img
+
+    def _tensor(self, images: list[np.ndarray]) -> np.ndarray:
+        return to_tensor(letterbox_batch(images, self.imgsz, stride=self.stride, auto=self.auto))
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self.skipped = []
@@ -487,11 +545,11 @@ class ImageBatcher:
             pending.append(img)
             if len(pending) == self.batch:
                 self.num_used += len(pending)
-                yield {self.input_name: to_tensor(pending)}
+                yield {self.input_name: self._tensor(pending)}
                 pending = []
         if pending and not self.drop_last:
             self.num_used += len(pending)
-            yield {self.input_name: to_tensor(pending)}
+            yield {self.input_name: self._tensor(pending)}
         elif pending:
             logger.info("dropped a final partial batch of %d image(s) (batch %d)", len(pending), self.batch)
         if self.num_used == 0:
@@ -512,7 +570,7 @@ class ImageBatcher:
             "imgsz": [self.imgsz[0], self.imgsz[1]],
             "stride": self.stride,
             "pad_value": PAD_VALUE,
-            "auto": False,
+            "auto": self.auto,
             "scaleup": True,
             "center": True,
             "interpolation": "INTER_LINEAR",

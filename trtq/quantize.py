@@ -33,6 +33,7 @@ from trtq import __version__, onnxgraph
 from trtq.amax import QUANTIZE_ALGOS, activation_amax, calibration_record, collect_statistics
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
+from trtq.fileio import current as current_file
 from trtq.headpolicy import branch_summary, head_keep_float, node_key, reason_code
 from trtq.qdq import QdqPlan, insert_qdq, plan_qdq, qdq_summary
 
@@ -551,7 +552,7 @@ def keep_sensitive_float(
     from trtq.sensitivity import REASON_MAX_DROP, LayerCost, analyse
 
     fp32 = float(evaluate(model_path, data)["map50_95"])
-    current = float(evaluate(result.path, data)["map50_95"])
+    current = float(evaluate(current_file(result.path), data)["map50_95"])
     steps = [{"kept_float": [], "map50_95": current, "drop_points": (fp32 - current) * 100}]
     kept: list[str] = []
     ranking: list[LayerCost] = []
@@ -563,7 +564,7 @@ def keep_sensitive_float(
             kept.append(cost.layer)
             keep = {name: REASON_MAX_DROP for name in kept}
             result = write_qdq(model_path, amax, keep_float=keep, **write_kwargs)
-            current = float(evaluate(result.path, data)["map50_95"])
+            current = float(evaluate(current_file(result.path), data)["map50_95"])
             steps.append({"kept_float": list(kept), "map50_95": current, "drop_points": (fp32 - current) * 100})
             logger.info("max-drop: %d layer(s) in float -> mAP50-95 %.4f (drop %.2f points)", len(kept), current, steps[-1]["drop_points"])
             if (fp32 - current) * 100 <= max_drop:

@@ -130,12 +130,12 @@ def write_record(ref: Reference, model_sha256: str, model_name: str, *, images: 
     """The record that binds a reference set: the model it belongs to (sha256, the hash ``trtq build``
     keeps in an engine's record) and the sha256 of the inputs and outputs files. A sidecar, so both
     Polygraphy files stay as ``polygraphy run --load-inputs / --load-outputs`` reads them."""
-    from trtq.fileio import sha256_file, write_json
+    from trtq.fileio import current, sha256_file, write_json
 
-    write_json(ref.record_path, {
+    write_json(ref.record_path, {  # inside an output set the two files are still staged: hash what will land
         "model": model_name, "model_sha256": model_sha256, "images": images, "source": source,
-        "inputs": ref.inputs_path.name, "inputs_sha256": sha256_file(ref.inputs_path),
-        "outputs": ref.outputs_path.name, "outputs_sha256": sha256_file(ref.outputs_path),
+        "inputs": ref.inputs_path.name, "inputs_sha256": sha256_file(current(ref.inputs_path)),
+        "outputs": ref.outputs_path.name, "outputs_sha256": sha256_file(current(ref.outputs_path)),
     })
 
 

@@ -88,6 +88,32 @@ class TaskLayout:
         return ", ".join(parts)
 
 
+#: ultralytics models trtq does not handle, by the head class their export records (metadata ``head``), with
+#: the words of their description for exports that predate that key
+UNSUPPORTED_MODELS = (
+    ("RTDETRDecoder", ("rtdetr", "rt-detr"), "an RT-DETR model (transformer decoder head)"),
+    ("WorldDetect", ("world",), "a YOLO-World model (open-vocabulary head fed with text embeddings)"),
+    ("YOLOEDetect", ("yoloe",), "a YOLOE model (open-vocabulary head fed with prompt embeddings)"),
+    ("YOLOESegment", (), "a YOLOE model (open-vocabulary head fed with prompt embeddings)"),
+)
+
+
+def refuse_unsupported(metadata: Mapping[str, Any], source: str = "model") -> None:
+    """One line, before any work, for an ultralytics export trtq cannot quantize or decode: RT-DETR,
+    YOLO-World, YOLOE, and any model exported with ``nms=True`` (NMS inside the graph)."""
+    head = str(metadata.get("head", ""))
+    # "Ultralytics YOLOv8s-worldv2 model trained on DATA": the model's name, not the data's
+    name = str(metadata.get("description", "")).lower().removeprefix("ultralytics ").split(" model")[0]
+    for head_class, words, what in UNSUPPORTED_MODELS:
+        if head == head_class or (not head and any(w in name for w in words)):
+            raise TrtqError(f"{source} is {what}, which trtq does not support; it handles YOLOv8, YOLO11 and YOLO26 "
+                            "detect, segment, pose and obb models")
+    args = metadata.get("args")
+    if isinstance(args, Mapping) and _as_bool(args.get("nms")):
+        raise TrtqError(f"{source} was exported with nms=True (NMS inside the graph, which trtq does not quantize or "
+                        "decode); re-export it without nms=True (`trtq export MODEL.pt`) and let trtq run NMS")
+
+
 def parse_metadata_value(value: str) -> Any:
     """Ultralytics stores metadata_props as Python literals (``{0: 'person'}``) or plain strings."""
     for parse in (ast.literal_eval, json.loads):
@@ -129,6 +155,7 @@ def task_layout(
     ``output_shapes`` lists every graph output in order (``None`` for a dynamic dimension). Raises a
     one-line :class:`TrtqError` for a model trtq cannot decode.
     """
+    refuse_unsupported(metadata, source)
     if not output_shapes:
         raise TrtqError(f"{source} has no outputs")
     first = tuple(output_shapes[0])

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trtq.errors import MissingDependencyError, TrtqError
 from trtq.fileio import atomic_path
@@ -45,6 +46,13 @@ class ZooModel:
 
 def zoo(archs: tuple[str, ...] = ARCHITECTURES, tasks: tuple[str, ...] = tuple(TASK_SUFFIX)) -> list[ZooModel]:
     return [ZooModel(a, t) for a in archs for t in tasks]
+
+
+def model_class(cfg: str) -> Any:
+    """ultralytics' model class for a yaml: ``RTDETR`` for RT-DETR configurations, else ``YOLO``."""
+    from ultralytics import RTDETR, YOLO
+
+    return RTDETR if Path(cfg).name.lower().startswith("rtdetr") else YOLO
 
 
 def build_onnx(
@@ -88,9 +96,9 @@ def build_onnx(
 
             local_cfg = Path(tmp) / Path(cfg).name
             local_cfg.write_text(yaml.safe_dump(spec))
-            yolo = YOLO(str(local_cfg))
+            yolo = model_class(cfg)(str(local_cfg))
         else:
-            yolo = YOLO(cfg)
+            yolo = model_class(cfg)(cfg)
         if weights is not None:
             local_pt = Path(tmp) / "weights" / Path(weights).name
             local_pt.parent.mkdir()

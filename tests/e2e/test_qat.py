@@ -164,12 +164,12 @@ def test_fake_quant_model_matches_the_exported_qdq_onnx(base_onnx: Path, yolo_pt
 
 
 def test_interrupted_run_leaves_no_output(monkeypatch: pytest.MonkeyPatch, yolo_pt: Path, val_yaml: Path, tmp_path: Path) -> None:
-    import trtq.qat as qat_mod
+    import trtq.qat.pipeline as qat_mod
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(qat_mod, "_label_finetune", boom)
+    monkeypatch.setattr(qat_mod, "label_finetune", boom)
     with pytest.raises(KeyboardInterrupt):
         qat_mod.qat(yolo_pt, data=val_yaml, imgsz=IMGSZ, output=tmp_path / "x.onnx", calib_images=2, num_images=2,
                     progress=False)

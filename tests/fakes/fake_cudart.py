@@ -15,7 +15,12 @@ version where trtq relies on them:
   released, so a result read after the free is visibly wrong;
 - a stream between ``cudaStreamBeginCapture`` and ``cudaStreamEndCapture`` records the work the fake
   TensorRT enqueues on it (``fake_device.CAPTURING``) instead of running it; ``cudaGraphLaunch`` replays it;
-- events read ``fake_device.FakeClock``.
+- events read ``fake_device.FakeClock``;
+- every failing call sets the runtime's last error, which ``cudaGetLastError`` returns and resets and
+  ``cudaPeekAtLastError`` only returns (CUDA runtime API, error handling); ``invalidate_capture(stream)``
+  injects a capture failure: the stream's capture is invalidated (as by an operation not permitted while
+  capturing, ``cudaErrorStreamCaptureUnsupported``) and ``cudaStreamEndCapture`` then returns
+  ``cudaErrorStreamCaptureInvalidated`` and no graph.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's names
     cudaSuccess = 0
     cudaErrorInvalidValue = 1
     cudaErrorInvalidResourceHandle = 400
+    cudaErrorStreamCaptureUnsupported = 900
     cudaErrorStreamCaptureInvalidated = 901
 
 
@@ -85,6 +91,28 @@ def make_fake_cudart(version: str = "12.9") -> types.ModuleType:
 
     def int_calls() -> int:
         return counters["int"]
+
+    last_error = [ok]
+    invalidated: set[int] = set()
+
+    def _fail(code: cudaError_t) -> cudaError_t:
+        last_error[0] = code
+        return code
+
+    def cudaGetLastError() -> tuple[Any]:  # noqa: N802
+        err, last_error[0] = last_error[0], ok
+        calls.append(("cudaGetLastError", int(err)))
+        return (err,)
+
+    def cudaPeekAtLastError() -> tuple[Any]:  # noqa: N802
+        return (last_error[0],)
+
+    def invalidate_capture(stream: Any) -> None:
+        """Inject a capture failure on ``stream`` (a handle or its address); see the module docstring."""
+        h = handle_of(stream)
+        if h in fake_device.CAPTURING:
+            invalidated.add(h)
+            _fail(cudaError_t.cudaErrorStreamCaptureUnsupported)
 
     mod.int_calls = int_calls
 
@@ -149,6 +177,7 @@ def make_fake_cudart(version: str = "12.9") -> types.ModuleType:
 
     mod.handle_of = handle_of
     mod.get_cuda_native_handle = get_cuda_native_handle
+    mod.invalidate_capture = invalidate_capture
 
     # ------------------------------------------------------------------------------------------ device
     def cudaGetDeviceCount() -> tuple[Any, int]:  # noqa: N802
@@ -158,7 +187,7 @@ def make_fake_cudart(version: str = "12.9") -> types.ModuleType:
         return (ok,)
 
     def cudaGetDeviceProperties(index: int) -> tuple[Any, Any]:  # noqa: N802
-        return ok, types.SimpleNamespace(name=b"Fake Orin\x00\x00", major=8, minor=7)
+        return ok, types.SimpleNamespace(name=b"Fake Orin\x00\x00", major=8, minor=7, integrated=1)
 
     def cudaDeviceSynchronize() -> tuple[Any]:  # noqa: N802
         calls.append(("cudaDeviceSynchronize",))
@@ -252,8 +281,9 @@ def make_fake_cudart(version: str = "12.9") -> types.ModuleType:
         h = handle_of(stream)
         ops = fake_device.CAPTURING.pop(h, None)
         calls.append(("cudaStreamEndCapture", h, None if ops is None else len(ops)))
-        if ops is None:
-            return cudaError_t.cudaErrorStreamCaptureInvalidated, None
+        if ops is None or h in invalidated:
+            invalidated.discard(h)
+            return _fail(cudaError_t.cudaErrorStreamCaptureInvalidated), None
         graph = cudaGraph_t()
         graphs[graph.getPtr()] = ops
         return ok, graph
@@ -332,7 +362,7 @@ def make_fake_cudart(version: str = "12.9") -> types.ModuleType:
         times.pop(handle_of(event), None)
         return (ok,)
 
-    for fn in (cudaGetDeviceCount, cudaSetDevice, cudaGetDeviceProperties, cudaDeviceSynchronize, cudaMalloc,
+    for fn in (cudaGetLastError, cudaPeekAtLastError, cudaGetDeviceCount, cudaSetDevice, cudaGetDeviceProperties, cudaDeviceSynchronize, cudaMalloc,
                cudaFree, cudaMallocHost, cudaFreeHost, cudaMemcpy, cudaMemcpyAsync, cudaStreamCreate,
                cudaStreamSynchronize, cudaStreamDestroy, cudaStreamBeginCapture, cudaStreamEndCapture,
                cudaGraphLaunch, cudaGraphExecDestroy, cudaGraphDestroy, cudaEventCreate, cudaEventRecord,

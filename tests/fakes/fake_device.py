@@ -127,9 +127,11 @@ class FakeDevice:
 
     backend = "fake"
 
-    def __init__(self, name: str = "Fake GPU", compute_capability: tuple[int, int] = (8, 7)) -> None:
+    def __init__(self, name: str = "Fake GPU", compute_capability: tuple[int, int] = (8, 7),
+                 integrated: bool | None = None) -> None:
         self.name = name
         self.compute_capability = compute_capability
+        self.integrated = integrated  # None: unknown, judged from the compute capability (trtq.device.is_integrated)
         self.calls: list[tuple[Any, ...]] = []
         self.buffers: list[FakeBuffer] = []
         self.closed = False

@@ -89,6 +89,10 @@ def make_fake_tensorrt(
     at_least_8_6 = vt >= (8, 6, 0)
     deprecated_implicit = vt >= (10, 1, 0)
     st_rejects_flags = (10, 2, 0) <= vt < (10, 7, 0)
+    # TensorRT 11.0 - 11.3 have no DLA: even on an Orin, num_DLA_cores is 0 (DLA is back in 11.4.1 on AGX Orin;
+    # TensorRT 11.x Jetson migration guides, docs.nvidia.com/deeplearning/tensorrt/11.4.1/api/migration/)
+    if (11, 0, 0) <= vt < (11, 4, 0):
+        num_dla_cores = 0
 
     mod = types.ModuleType("tensorrt")
     mod.__version__ = version
@@ -432,6 +436,10 @@ def make_fake_tensorrt(
             net = self.network
             if v8 and not net.get_flag(mod.NetworkDefinitionCreationFlag.EXPLICIT_BATCH):
                 self.errors.append(ParserError("Network must have the explicit batch flag (ONNX models need it)"))
+                return False
+            opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+            if v8 and opset > 17:  # the 8.5 / 8.6 ONNX parsers stop at opset 17
+                self.errors.append(ParserError(f"Unsupported ONNX opset {opset} (this parser supports up to 17)"))
                 return False
             graph = model.graph
             inits = {i.name for i in graph.initializer}
@@ -1191,11 +1199,20 @@ def make_fake_tensorrt(
         ``runtime_deserialize_cuda_engine`` in NVIDIA/TensorRT v10.13.0 ``python/src/infer/pyCore.cpp``).
         """
         def __init__(self, logger: Any) -> None:
-            self.logger = logger
+            object.__setattr__(self, "logger", logger)
             _use_logger(logger, "createInferRuntime")
             self.DLA_core = -1
-            self.engine_host_code_allowed = False
+            if at_least_8_6:
+                self.engine_host_code_allowed = False
             rec("Runtime")
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            # pybind11 objects take no new attributes: ``engine_host_code_allowed`` is bound from 8.6 only
+            # (``py::class_<IRuntime>`` in NVIDIA/TensorRT v8.6.1 pyCore.cpp; absent at 8.5.3), so setting it on
+            # 8.5 raises AttributeError
+            if name == "engine_host_code_allowed" and not at_least_8_6:
+                raise AttributeError(f"'tensorrt.tensorrt.Runtime' object has no attribute {name!r}")
+            object.__setattr__(self, name, value)
 
         @property
         def num_DLA_cores(self) -> int:  # noqa: N802
@@ -1216,7 +1233,7 @@ def make_fake_tensorrt(
                 _error(f"The engine plan file is not compatible with this version of TensorRT, "
                        f"expecting library version {version} got {plan['version']}")
                 return None
-            if plan.get("version_compatible") and not self.engine_host_code_allowed:
+            if plan.get("version_compatible") and not getattr(self, "engine_host_code_allowed", False):
                 _error("Cannot deserialize a version-compatible engine that contains host code: "
                        "set IRuntime::setEngineHostCodeAllowed(true) for trusted plans")
                 return None

@@ -312,24 +312,22 @@ def test_glob_source(tmp_path: Path) -> None:
     assert len(resolve_image_paths(str(tmp_path / "**" / "*.png"))) == 3
 
 
-def test_txt_list_source(tmp_path: Path) -> None:
+def test_txt_list_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     imgs = _write_images(tmp_path / "data" / "images", 3)
     lst = tmp_path / "data" / "list.txt"
+    # a bare relative entry is read from the working directory, a './' one from the list's folder
+    monkeypatch.chdir(tmp_path)
     lst.write_text(
-        f"# calibration set\n\nimages/{imgs[2].name}\n  ./images/{imgs[0].name}  \n{imgs[1]}\nreadme.md\n"
+        f"# calibration set\n\ndata/images/{imgs[2].name}\n  ./images/{imgs[0].name}  \n{imgs[1]}\nreadme.md\n"
     )
     assert resolve_image_paths(lst) == sorted(imgs, key=str)
     with lst.open("a") as fh:
-        fh.write("images/missing.png\n")
-    listed = resolve_image_paths(lst)
-    assert len(listed) == 4  # a listed file that is gone is kept and skipped (with a reason) when iterating
-    b = ImageBatcher(lst, imgsz=32)
-    assert len(list(b)) == 3 and [(p.name, "file not found" in r) for p, r in b.skipped] == [
-        ("missing.png", True)
-    ]
+        fh.write("images/missing.png\n")  # bare: data/images/... exists, but ./images/missing.png does not
+    with pytest.raises(TrtqError, match=r"1 of 4 listed images do not exist \(images/missing.png\)"):
+        resolve_image_paths(lst)
 
 
-def test_data_yaml_sources(tmp_path: Path) -> None:
+def test_data_yaml_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = tmp_path / "ds"
     train = _write_images(ds / "images" / "train", 3)
     extra = _write_images(ds / "images" / "extra", 2)
@@ -338,7 +336,8 @@ def test_data_yaml_sources(tmp_path: Path) -> None:
     assert resolve_image_paths(ds / "plain.yaml") == train
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "rel.yaml").write_text("path: ../ds\ntrain: [images/train, images/extra]\nval: images/val\n")
+    monkeypatch.chdir(tmp_path)  # 'path: ds' is read from the working directory
+    (cfg / "rel.yaml").write_text("path: ds\ntrain: [images/train, images/extra]\nval: images/val\n")
     assert resolve_image_paths(cfg / "rel.yaml") == sorted([*train, *extra], key=str)
     (cfg / "abs.yaml").write_text(f"path: {ds}\ntrain: images/extra\nval: images/val\n")
     assert resolve_image_paths(cfg / "abs.yaml") == extra

@@ -181,3 +181,24 @@ def test_an_unreadable_image_is_skipped_not_fatal(yolo_onnx: Path, tmp_path: Pat
     results = run_predict(yolo_onnx, src, save=tmp_path / "out")
     assert [r.path.name for r in results] == [good.name]
     assert [p.name for p in (tmp_path / "out").iterdir()] == [good.name]
+
+
+def test_every_image_unreadable_is_an_error_and_skipped_files_are_listed(tmp_path: Path) -> None:
+    from trtq.cli import main
+
+    model = make_tiny_yolo_onnx(tmp_path / "m.onnx")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_text("not an image")
+    (src / "b.png").write_bytes(b"\x89PNG broken")
+    res = CliRunner().invoke(main, ["predict", str(model), "--source", str(src), "--json"])
+    assert res.exit_code != 0, res.output
+    assert "none of the 2 images" in res.output and "Traceback" not in res.output
+    # one readable image: the run succeeds and the JSON names the file it skipped, with the reason
+    cv2.imwrite(str(src / "c.jpg"), np.full((48, 64, 3), 127, np.uint8))
+    res = CliRunner().invoke(main, ["predict", str(model), "--source", str(src), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [Path(i["image"]).name for i in doc["images"]] == ["c.jpg"]
+    assert sorted(Path(s["image"]).name for s in doc["skipped"]) == ["a.jpg", "b.png"]
+    assert all(s["reason"] for s in doc["skipped"])

@@ -23,6 +23,7 @@ import numpy as np
 
 from trtq.bench.types import Backend, Sample
 from trtq.device import cuda_check, load_cudart
+from trtq.engine_meta import engine_dla_core
 from trtq.errors import TrtqError
 from trtq.ort import ort_session
 from trtq.runtime import model_kind
@@ -168,13 +169,45 @@ class CudaGraph:
         cuda_check(rt.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
         try:
             enqueue()
-        finally:
+        except BaseException:
+            self._abandon_capture()
+            raise
+        try:
             self._graph = cuda_check(rt.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+        except RuntimeError:
+            self._clear_error()
+            raise
         try:
             self._exec = cuda_check(instantiate(self._graph, 0), "cudaGraphInstantiateWithFlags")
         except BaseException:
             self.close()
             raise
+
+    def _abandon_capture(self) -> None:
+        """End a capture whose enqueue failed, without raising: the enqueue's error is the one to report.
+
+        As trtexec's ``endCaptureOnError`` (NVIDIA/TensorRT ``samples/common/sampleDevice.h``): an invalidated
+        capture ends with ``cudaErrorStreamCaptureInvalidated`` and no graph; an enqueue TensorRT refused ends
+        with a graph that must not be used (destroyed here); then ``cudaGetLastError`` clears the error the
+        failure left behind, so the next CUDA call does not report it.
+        """
+        rt = self._rt
+        try:
+            result: Any = rt.cudaStreamEndCapture(self._stream)  # (err, graph or None)
+            err: Any = result[0]
+            graph: Any = result[1] if len(result) > 1 else None
+            if graph is not None and int(getattr(err, "value", err)) == 0:
+                rt.cudaGraphDestroy(graph)
+        except Exception as exc:  # never mask the enqueue's own error
+            logger.debug("ending the failed CUDA graph capture: %s: %s", type(exc).__name__, exc)
+        self._clear_error()
+
+    def _clear_error(self) -> None:
+        """``cudaGetLastError()``: read and reset the runtime's last error (never raises)."""
+        try:
+            self._rt.cudaGetLastError()
+        except Exception as exc:
+            logger.debug("cudaGetLastError: %s: %s", type(exc).__name__, exc)
 
     def launch(self) -> None:
         cuda_check(self._rt.cudaGraphLaunch(self._exec, self._stream), "cudaGraphLaunch")
@@ -213,7 +246,12 @@ class CudaEventRunner:
         session.enqueue()
         session.stream.synchronize()
         self.graph: Any = None
-        if cuda_graph:
+        dla = engine_dla_core(session.meta, session.header) is not None  # trtq's record or an ultralytics header
+        if cuda_graph and dla:
+            # "CUDA graphs and DLA offloading are not simultaneously supported" (trtexec, NVIDIA/TensorRT
+            # samples/common/sampleOptions.cpp, which disables --useCudaGraph with --useDLACore)
+            self.notes.append("CUDA graph not used: DLA engine (plain enqueues)")
+        elif cuda_graph:
             try:
                 self.graph = make_cuda_graph(session.stream, session.enqueue)
                 self.notes.append("CUDA graph replay")

@@ -20,3 +20,9 @@ def path_option(flag: str, dest: str, help_text: str, *, folder: bool = False) -
     """An optional output path (``folder``: a directory, else a file), passed to the command as ``dest``."""
     kind = click.Path(file_okay=not folder, dir_okay=folder, path_type=Path)
     return click.option(flag, dest, type=kind, default=None, help=help_text)
+
+
+def output_option(help_text: str, flag: str = "--output") -> Callable[[F], F]:
+    """``-o/--output PATH``, kept as typed (a trailing ``/`` means a folder); checked by
+    :func:`trtq.fileio.output_path` before any work."""
+    return click.option("-o", flag, "output", type=str, default=None, metavar="PATH", help=help_text)

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
+from trtq.commands._options import output_option
 
 
 @click.command(name="build")
@@ -37,7 +38,7 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--version-compatible", is_flag=True,
               help="Engine that also runs on later TensorRT releases (8.6+; may be slower).")
 @click.option("--hardware-compatible", is_flag=True,
-              help="Engine that runs on any Ampere or newer GPU (8.6+, not DLA; may be slower).")
+              help="Engine that runs on any discrete Ampere or newer GPU (TensorRT 8.6+; built on such a GPU; not on Jetson, not DLA; may be slower).")
 @click.option("--num-images", type=int, default=None, help="Calibrate on N images of the (shuffled) set.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Shuffle seed for the image order.")
 @click.option("--ultralytics-header", is_flag=True,
@@ -45,8 +46,7 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--no-verify", is_flag=True, help="Do not check the built engine against the reference outputs.")
 @click.option("--ref-images", type=click.IntRange(min=0), default=8, show_default=True,
               help="Images in the reference inputs/outputs written for `trtq verify` (0: none).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Engine path (default engines/<model>.<precision>.engine).")
+@output_option("Engine path, .engine (default engines/<model>.<precision>.engine; a folder: that name inside it).")
 def command(
     model: Path,
     fp16: bool,
@@ -75,7 +75,7 @@ def command(
     ultralytics_header: bool,
     no_verify: bool,
     ref_images: int,
-    output: Path | None,
+    output: str | None,
 ) -> None:
     """Build a TensorRT engine from MODEL (.pt, FP32 .onnx or Q/DQ .onnx).
 
@@ -94,6 +94,8 @@ def command(
     """
     from trtq.trt.builder import build
     from trtq.trt.options import BuildOptions
+
+    out = _engine_output(output, inputs=(model, calib, cache, timing_cache))
 
     options = BuildOptions(
         fp16=fp16,
@@ -118,7 +120,7 @@ def command(
         version_compatible=version_compatible,
         hardware_compatible=hardware_compatible,
         ultralytics_header=ultralytics_header,
-        output=output,
+        output=out,
         num_images=num_images,
         seed=seed,
         verify=not no_verify,
@@ -137,3 +139,19 @@ def command(
     if result.verification is not None:  # trtq.verify (a failing engine raised VerificationFailed)
         v = result.verification
         click.echo(f"  verification: {v.get('status')}" + (f" ({v['reason']})" if v.get("reason") else ""))
+
+
+def _engine_output(output: str | None, *, inputs: tuple[str | Path | None, ...]) -> Path | None:
+    """``-o`` checked before any work: an .engine file (not an input, nor its record), or a folder for the
+    default name (made here; the builder names the engine inside it once the precision is known)."""
+    from trtq.fileio import check_writable, names_folder, output_path
+
+    if output is None:
+        return None
+    if names_folder(output):
+        check_writable(output)
+        folder = Path(output)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return output_path(output, "model.engine", suffixes=(".engine",), inputs=inputs,
+                       companions=(".json", "stem:.ref-inputs.json", "stem:.ref-outputs.json"))

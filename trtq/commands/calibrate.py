@@ -6,6 +6,7 @@ import click
 
 from calibrators.collect import DEFAULT_MAX_POSITIONS
 from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
+from trtq.commands._options import output_option
 
 
 @click.command(name="calibrate")
@@ -20,7 +21,7 @@ from calibrators.ranges import ALGORITHMS, DEFAULT_ALGO, DEFAULT_PERCENTILE
 @click.option("--exact", is_flag=True,
               help=f"Histogram every activation value instead of at most {DEFAULT_MAX_POSITIONS} sampled spatial "
                    "positions per tensor and image (slower; min and max are exact either way).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Cache path (default <model>.<algo>.cache).")
+@output_option("Cache path, .cache (default <model>.<algo>.cache; a folder: that name inside it).")
 def command(
     model: Path,
     source: str,
@@ -31,7 +32,7 @@ def command(
     seed: int,
     trt_version: str,
     exact: bool,
-    output: Path | None,
+    output: str | None,
 ) -> None:
     """Calibrate an ONNX MODEL (FP32 or FP16, opset 11+) on the CPU and write a TensorRT calibration cache +
     JSON sidecar.
@@ -42,23 +43,27 @@ def command(
     from calibrators.calibrate import calibrate
     from calibrators.table import trt_version_code
     from trtq.errors import TrtqError
+    from trtq.fileio import default_output, output_path, output_set
 
     if not 8500 <= trt_version_code(trt_version) < 110000:
         raise TrtqError(
             f"TensorRT {trt_version} has no implicit INT8 calibration (a cache serves TensorRT 8.5 to 10.x); "
             "for TensorRT 11 build the explicit Q/DQ model of `trtq quantize` instead"
         )
-    result = calibrate(
-        model,
-        source,
-        algo=algo,
-        percentile=percentile,
-        num_images=num_images,
-        batch=batch,
-        seed=seed,
-        trt_version=trt_version,
-        output=output,
-        max_positions=None if exact else DEFAULT_MAX_POSITIONS,
-        progress=True,
-    )
+    out = output_path(output, default_output(model, f".{algo}.cache"), suffixes=(".cache",),
+                      inputs=(model, source), companions=(".json",))
+    with output_set():  # the cache and its sidecar land together
+        result = calibrate(
+            model,
+            source,
+            algo=algo,
+            percentile=percentile,
+            num_images=num_images,
+            batch=batch,
+            seed=seed,
+            trt_version=trt_version,
+            output=out,
+            max_positions=None if exact else DEFAULT_MAX_POSITIONS,
+            progress=True,
+        )
     click.echo(result.summary())

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
+
+from trtq.commands._options import output_option
 
 
 class _ImgszCommand(click.Command):
@@ -33,19 +34,21 @@ class _ImgszCommand(click.Command):
 @click.option("--end2end", is_flag=True,
               help="YOLO26: export the end-to-end one-to-one head ([N, 300, 6+], no NMS) instead of the default "
                    "one-to-many head ([N, 4+classes, anchors], decoded with NMS).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Output .onnx path.")
+@output_option("Output path, .onnx (default <model>.onnx beside the model; a folder: that name inside it).")
 def command(model: str, imgsz: tuple[int, ...], opset: int, batch: int, dynamic: bool, end2end: bool,
-            output: Path | None) -> None:
+            output: str | None) -> None:
     """Export an Ultralytics YOLO MODEL (.pt path or model name; detect, segment, pose or obb) to ONNX,
     simplified, with metadata."""
     from trtq.errors import TrtqError
     from trtq.export import export_onnx
+    from trtq.fileio import default_output, output_path
     from trtq.modelinfo import check_model, read_model_info
 
     if len(imgsz) > 2:
         raise TrtqError(f"--imgsz takes one size or H W, got {len(imgsz)} values")
     size: Any = 640 if not imgsz else imgsz[0] if len(imgsz) == 1 else (imgsz[0], imgsz[1])
-    out = export_onnx(model, imgsz=size, opset=opset, batch=batch, dynamic=dynamic, output=output, end2end=end2end)
+    dest = output_path(output, default_output(model, ".onnx"), suffixes=(".onnx",), inputs=(model,)) if output else None
+    out = export_onnx(model, imgsz=size, opset=opset, batch=batch, dynamic=dynamic, output=dest, end2end=end2end)
     info = read_model_info(out, with_hash=False)
     layout = check_model(info)
     shape = "x".join("?" if d is None else str(d) for d in info.input.shape)

@@ -78,6 +78,7 @@ def command(
             "conf": conf,
             "iou": iou,
             "images": [r.to_dict() for r in results],
+            "skipped": results.skipped,
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     if save is not None:

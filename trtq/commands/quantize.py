@@ -5,6 +5,7 @@ from typing import Any
 
 import click
 
+from trtq.commands._options import output_option
 from trtq.cpu_target import CPU_DEFAULT_ALGO
 from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 
@@ -40,7 +41,8 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
               help="Images in the reference inputs/outputs written for `trtq verify` (0: none; needs --calib).")
 @click.option("--reduce-range", is_flag=True,
               help="--target cpu: 7-bit weights, for x86 CPUs without VNNI (their 16-bit pairwise sums can saturate).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Q/DQ ONNX path (default <model>.int8.qdq.onnx; <model>.int8.cpu.onnx for --target cpu).")
+@output_option("Q/DQ ONNX path, .onnx (default <model>.int8.qdq.onnx; <model>.int8.cpu.onnx for --target cpu; "
+               "a folder: that name inside it).")
 def command(
     model: Path,
     source: str | None,
@@ -61,7 +63,7 @@ def command(
     int8_weights: bool,
     ref_images: int,
     reduce_range: bool,
-    output: Path | None,
+    output: str | None,
 ) -> None:
     """Write an explicit INT8 Q/DQ ONNX of MODEL (runs on ONNX Runtime CPU and TensorRT).
 
@@ -77,53 +79,78 @@ def command(
     models are upgraded to 13. A report (.report.json and .report.md) next to the output lists every
     quantized tensor with its range and what stayed float per head branch, with the reason.
     """
+    from trtq.cpu_target import CPU_SUFFIX
     from trtq.errors import TrtqError
+    from trtq.fileio import default_output, output_path, output_set
     from trtq.quantize import quantize
 
     if target != "cpu" and reduce_range:
         raise TrtqError("--reduce-range applies to --target cpu only")
     if target == "cpu" and quantize_head:
         raise TrtqError("--quantize-head applies to --target tensorrt only; drop it for --target cpu")
+    default = default_output(model, CPU_SUFFIX if target == "cpu" else ".int8.qdq.onnx")
+    out = output_path(output, default, suffixes=(".onnx",), inputs=(model, table, source, data),
+                      companions=OUTPUT_COMPANIONS)
     if target == "cpu":
-        result_cpu = _quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch, seed,
-                                 no_head_policy, no_concat_unify, int8_weights, reduce_range, output)
+        with output_set():  # the model, its report and its references land together, or none of them
+            result_cpu = _quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch,
+                                       seed, no_head_policy, no_concat_unify, int8_weights, reduce_range, out)
+            _write_reference(result_cpu.path, source, ref_images, seed)
         click.echo(result_cpu.summary())
-        _write_reference(result_cpu.path, source, ref_images, seed)
+        _echo_reference(result_cpu.path, source, ref_images)
         return
     if source is None and table is None:
         raise TrtqError("quantize needs calibration images: pass --calib DIR (or --cache CACHE from `trtq calibrate`)")
-    result = quantize(
-        model,
-        source,
-        algo=algo or DEFAULT_ALGO,
-        percentile=percentile,
-        exclude=exclude,
-        max_drop=max_drop,
-        data=data,
-        num_images=num_images,
-        batch=batch,
-        seed=seed,
-        output=output,
-        table=table,
-        force_cache=force_cache,
-        head_policy=not no_head_policy,
-        quantize_head=quantize_head,
-        unify_concat=not no_concat_unify,
-        int8_weights=int8_weights,
-        progress=True,
-    )
+    with output_set():
+        result = quantize(
+            model,
+            source,
+            algo=algo or DEFAULT_ALGO,
+            percentile=percentile,
+            exclude=exclude,
+            max_drop=max_drop,
+            data=data,
+            num_images=num_images,
+            batch=batch,
+            seed=seed,
+            output=out,
+            table=table,
+            force_cache=force_cache,
+            head_policy=not no_head_policy,
+            quantize_head=quantize_head,
+            unify_concat=not no_concat_unify,
+            int8_weights=int8_weights,
+            progress=True,
+        )
+        _write_reference(result.path, source, ref_images, seed)
     click.echo(result.summary())
-    _write_reference(result.path, source, ref_images, seed)
+    _echo_reference(result.path, source, ref_images)
+
+
+# files written beside the output: the report, and the reference inputs/outputs (and their record) for `trtq verify`
+OUTPUT_COMPANIONS = ("stem:.report.json", "stem:.report.md", "stem:.ref-inputs.json", "stem:.ref-outputs.json",
+                     "stem:.ref.json")
 
 
 def _write_reference(model: Path, source: str | None, ref_images: int, seed: int) -> None:
-    """Reference inputs and outputs for `trtq verify` (trtq.reference), one image per feed for a dynamic-batch
-    model; none (and an earlier run's removed: they belong to another model) with --ref-images 0."""
-    from trtq.reference import reference_paths, remove_reference, write_reference
+    """Reference inputs and outputs for `trtq verify` (trtq.reference), staged with the model: one image per
+    feed for a dynamic-batch model (whatever the calibration batch)."""
+    if ref_images and source is not None:
+        from trtq.fileio import current
+        from trtq.reference import write_reference
+
+        write_reference(current(model), source, artifact=model, num_images=ref_images, seed=seed,
+                        what=f"Q/DQ ONNX {model.name}")
+
+
+def _echo_reference(model: Path, source: str | None, ref_images: int) -> None:
+    """Say where the references are; without any (--ref-images 0, no --calib), remove an earlier run's once the
+    new model has landed: they belong to another model (kept when they name these very bytes)."""
+    from trtq.reference import reference_paths, remove_reference
 
     if ref_images and source is not None:
-        ref = write_reference(model, source, num_images=ref_images, seed=seed)
-        click.echo(f"reference {ref.outputs_path.name}: check an engine (or a copy) of it with `trtq verify`")
+        name = reference_paths(model).outputs_path.name
+        click.echo(f"reference {name}: check an engine (or a copy) of it with `trtq verify`")
         return
     removed = remove_reference(reference_paths(model), keep_for=model)
     if removed:

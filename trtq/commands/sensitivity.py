@@ -20,9 +20,11 @@ from trtq.quantize import DEFAULT_ALGO, QUANTIZE_ALGOS
               help="Path prefix for OUT.txt, OUT.json and the bar chart OUT.png (default <model>.sensitivity).")
 def command(model: Path, source: str, data: str | None, metric: str, algo: str, num_images: int, top: int, output: Path | None) -> None:
     """Rank MODEL's quantized layers by what each costs when it alone is INT8; write text, JSON and a PNG chart."""
+    from trtq.fileio import check_writable
     from trtq.sensitivity import analyse
 
     prefix = output if output is not None else model.with_name(f"{model.stem}.sensitivity")
+    check_writable(prefix.parent)
     result = analyse(model, source, algo=algo, data=data, metric=metric, num_images=num_images, output=prefix, progress=True)
     click.echo(result.table(top))
     click.echo(f"wrote {result.text_path}, {result.json_path} and {result.png_path}")

@@ -48,9 +48,11 @@ class Detector:
             raise TrtqError(f"max_det must be at least 1, got {max_det}")
         self.max_det = int(max_det)
         self.path = Path(path)
-        from trtq.images import letterbox  # OpenCV, only when a detector is made
+        from trtq.images import letterbox, letterbox_batch, to_tensor  # OpenCV, only when a detector is made
 
         self._letterbox = letterbox
+        self._letterbox_batch = letterbox_batch
+        self._to_tensor = to_tensor
         session = open_session(self.path, device=device, providers=providers)
         try:
             self.layout, self._head, self._protos = _layout_of(session, self.path)
@@ -68,6 +70,8 @@ class Detector:
         self.batch_range: tuple[int, int] = s.batch_range
         self.names: dict[int, str] = dict(s.names)
         self.input_name: str = s.input_name
+        # dynamic height and width: each batch is padded only to the stride, as ultralytics' predictor does
+        self.dynamic_hw: bool = bool(getattr(s, "dynamic_hw", False))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -113,13 +117,19 @@ class Detector:
             for start in range(0, len(batch), chunk):
                 part = batch[start : start + chunk]
                 t0 = time.perf_counter()
-                n_run = max(len(part), lo)
-                buf = session.input_buffer(n_run)
-                for i, img in enumerate(part):
-                    self._fill(buf[i], img, rgb)
-                t1 = time.perf_counter()
-                out = session.run(len(part))
-                t2 = time.perf_counter()
+                if self.dynamic_hw:
+                    x = self._dynamic_input(part, rgb)
+                    canvas = (int(x.shape[2]), int(x.shape[3]))
+                    t1 = time.perf_counter()
+                    out = getattr(session, "run_array")(x)  # noqa: B009 - only ONNX sessions have dynamic sizes
+                    t2 = time.perf_counter()
+                else:
+                    buf = session.input_buffer(max(len(part), lo))
+                    for i, img in enumerate(part):
+                        self._fill(buf[i], img, rgb)
+                    t1 = time.perf_counter()
+                    out, canvas = session.run(len(part)), self.imgsz
+                    t2 = time.perf_counter()
                 decoded = decode_layout(
                     out[self._head], self.layout, conf=self.conf, iou=self.iou, max_det=self.max_det
                 )
@@ -127,7 +137,7 @@ class Detector:
                 for i, (img, rows) in enumerate(zip(part, decoded, strict=True)):
                     proto = None if protos is None else protos[i].astype(np.float32, copy=False)
                     shape = (int(img.shape[0]), int(img.shape[1]))
-                    results.append(to_detections(rows, self.layout, self.imgsz, shape, self.names, proto))
+                    results.append(to_detections(rows, self.layout, canvas, shape, self.names, proto))
                 t3 = time.perf_counter()
                 timing["preprocess"] += (t1 - t0) * 1e3
                 timing["inference"] += (t2 - t1) * 1e3
@@ -163,6 +173,12 @@ class Detector:
                     f"image {i} is {img.dtype}; expected uint8 pixels 0..255 (as OpenCV reads them)"
                 )
         return batch
+
+    def _dynamic_input(self, part: list[np.ndarray], rgb: bool) -> np.ndarray:
+        """The input batch of a dynamic-size model: :func:`trtq.images.letterbox_batch` (padded to the stride
+        when the images share a shape, as ultralytics' predictor pads such a model), RGB, /255, NCHW."""
+        x = self._to_tensor(self._letterbox_batch(part, self.imgsz, stride=self.stride, auto=True))
+        return np.ascontiguousarray(x[:, ::-1]) if rgb else x  # to_tensor swaps BGR to RGB
 
     def _fill(self, dst: np.ndarray, img: np.ndarray, rgb: bool) -> None:
         """Letterbox ``img`` into one slot of the input buffer: CHW, RGB, float /255 (ultralytics' predictor)."""

@@ -39,6 +39,14 @@ class Prediction:
         }
 
 
+class Predictions(list[Prediction]):
+    """The predictions of a run, in source order, and the files it skipped (unreadable) with the reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped: list[dict[str, str]] = []
+
+
 def predict(
     model: str | Path,
     source: str | Path,
@@ -51,19 +59,20 @@ def predict(
     device: int = 0,
     providers: Sequence[str] | None = None,
     on_result: Any = None,
-) -> list[Prediction]:
+) -> Predictions:
     """Run ``model`` on every image of ``source`` (file, directory, glob, list file).
 
     ``save``: write each image with drawn detections (boxes; masks, keypoints and skeleton, rotated boxes)
     into this directory (same file name; JPEG/PNG as the source,
     other formats as JPEG). ``json_path``: write all detections as one JSON file. ``on_result``: called with
     each :class:`Prediction` as soon as it is ready (progress output). Images are processed one at a time.
+    Unreadable files are skipped (listed in ``skipped`` and the JSON); when none can be read it is an error.
     """
     from trtq.fileio import write_json
     from trtq.images import load_image, resolve_image_paths
 
     out_dir = Path(save) if save is not None else None
-    results: list[Prediction] = []
+    results = Predictions()
     used_names: set[str] = set()
     with Detector(model, conf=conf, iou=iou, max_det=max_det, device=device, providers=providers) as det:
         paths = resolve_image_paths(source)
@@ -74,6 +83,7 @@ def predict(
                 if len(paths) == 1:
                     raise
                 logger.warning("skipped %s: %s", path, exc)
+                results.skipped.append({"image": str(path), "reason": str(exc)})
                 continue
             (d,) = det.detect(img)
             saved = None
@@ -90,6 +100,9 @@ def predict(
             results.append(pred)
             if on_result is not None:
                 on_result(pred)
+        if not results and results.skipped:
+            raise TrtqError(f"none of the {len(results.skipped)} images of {source} could be read "
+                            f"(first: {results.skipped[0]['reason']})")
         if json_path is not None:
             write_json(
                 json_path,
@@ -100,6 +113,7 @@ def predict(
                     "conf": conf,
                     "iou": iou,
                     "images": [r.to_dict() for r in results],
+                    "skipped": results.skipped,
                 },
             )
     return results

@@ -70,6 +70,8 @@ class OnnxSession:
         self.input_name = str(inp.name)
         self.output_names = [str(o.name) for o in outputs]
         h, w = in_shape[2], in_shape[3]
+        # height and width chosen per batch: ultralytics' predictor pads such a model to the stride only
+        self.dynamic_hw = h is None and w is None
         if h is None or w is None:
             size = meta.get("imgsz", 640)
             h, w = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
@@ -94,6 +96,16 @@ class OnnxSession:
             raise TrtqError("this ONNX Runtime session is closed")
         run_n = self._static_batch or n
         outs = self.session.run(self.output_names, {self.input_name: self.input_buffer(run_n)})
+        return [np.asarray(o)[:n] for o in outs]
+
+    def run_array(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run one NCHW float32 batch of any height and width (a dynamic-size model); every output."""
+        if self.session is None:
+            raise TrtqError("this ONNX Runtime session is closed")
+        n = x.shape[0]
+        if self._static_batch is not None and n < self._static_batch:
+            x = np.concatenate([x, np.zeros((self._static_batch - n, *x.shape[1:]), x.dtype)])
+        outs = self.session.run(self.output_names, {self.input_name: x.astype(self.dtype, copy=False)})
         return [np.asarray(o)[:n] for o in outs]
 
     def close(self) -> None:

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 from trtq.engine_meta import DEFAULT_OUTPUT_DIR, default_engine_path, engine_base_name
 from trtq.errors import MissingDependencyError, TrtqError
 from trtq.trt import compat
-from trtq.trt.int8 import Int8Plan, choose_mode, finish_message, prepare_int8
-from trtq.trt.network import NetworkJob, build_with_tensorrt
+from trtq.trt.int8 import Int8Plan, check_parser_opset, choose_mode, finish_message, prepare_int8
+from trtq.trt.network import NetworkJob, build_with_tensorrt, check_dla_release
 from trtq.trt.options import BuildOptions, Profile, command_line, resolve_profile
 
 if TYPE_CHECKING:
@@ -150,6 +150,12 @@ def build(
     plan = Int8Plan(mode=None)
     if precision == "int8":
         plan.mode = choose_mode(options.mode, qdq=qdq, caps=caps, dla=options.dla_core is not None)
+    if caps is not None:
+        if options.dla_core is not None:
+            check_dla_release(caps)
+        check_parser_opset(caps, graph, onnx_path, explicit_from_fp16=precision == "int8" and not qdq
+                           and plan.mode == "explicit" and info.float_dtype == "float16")
+    if precision == "int8":
         if qdq:
             plan.qdq_path = onnx_path
         else:
@@ -255,7 +261,10 @@ def _engine_path(src: Path, options: BuildOptions, precision: str, profile: Prof
         if precision == "fp32":
             raise TrtqError("DLA has no FP32: add --fp16 or --int8")
     out = options.output
-    engine_path = Path(out) if out is not None else default_engine_path(src, precision, dla_core=options.dla_core)
+    default = default_engine_path(src, precision, dla_core=options.dla_core)
+    engine_path = Path(out) if out is not None else default
+    if engine_path.is_dir():  # -o FOLDER: the default name inside it
+        engine_path = engine_path / default.name
     if engine_path.suffix != ".engine":
         engine_path = engine_path.with_name(engine_path.name + ".engine")
     return engine_path

@@ -115,6 +115,37 @@ def trt_logger(trt: ModuleType, severity: str | None = None) -> Any:
     return logger
 
 
+@contextlib.contextmanager
+def logger_at(trt: ModuleType, severity: str) -> Iterator[Any]:
+    """The process-wide TensorRT logger at ``severity`` for the ``with`` block, its previous level restored after.
+
+    A logger made here (none existed) is left at the default level (:func:`trt_logger` without a severity).
+    """
+    previous = _LOGGERS.get(trt)
+    before = previous.min_severity if previous is not None else None
+    logger = trt_logger(trt, severity)
+    try:
+        yield logger
+    finally:
+        if before is not None:
+            logger.min_severity = before
+        else:
+            trt_logger(trt)
+
+
+def allow_engine_host_code(runtime: Any) -> bool:
+    """``runtime.engine_host_code_allowed = True`` where the binding has it (8.6+); False on 8.5.
+
+    The property is bound from TensorRT 8.6 (``python/src/infer/pyCore.cpp``, ``py::class_<IRuntime>`` at
+    NVIDIA/TensorRT v8.6.1 and v10.13.0; absent at 8.5.3), and pybind11 objects refuse new attributes, so
+    setting it on 8.5 raises AttributeError. Version-compatible plans only exist from 8.6 on.
+    """
+    if not hasattr(runtime, "engine_host_code_allowed"):
+        return False
+    runtime.engine_host_code_allowed = True
+    return True
+
+
 def typed(module: ModuleType):  # noqa: ANN201 - the return type is the stub module, inferred by the checker
     """Return ``module`` unchanged; for the type checker it is the ``tensorrt`` stub module.
 

@@ -86,12 +86,18 @@ def layer_precisions(
     ``dla_core``: the DLA core a DLA engine was built for (set on the runtime before deserializing).
     ``host_code``: allow the lean runtime a version-compatible plan carries.
     """
+    with compat.logger_at(trt, "ERROR") as logger:  # the process logger gets its level back afterwards
+        return _layer_rows(trt, logger, plan, dla_core=dla_core, host_code=host_code)
+
+
+def _layer_rows(trt: ModuleType, logger: Any, plan: bytes, *, dla_core: int | None,
+                host_code: bool) -> list[dict[str, Any]]:
     t = compat.typed(trt)
-    runtime = t.Runtime(compat.trt_logger(trt, "ERROR"))
+    runtime = t.Runtime(logger)
     if dla_core is not None:
         runtime.DLA_core = int(dla_core)
-    if host_code:
-        runtime.engine_host_code_allowed = True
+    if host_code and not compat.allow_engine_host_code(runtime):
+        log.info("TensorRT %s has no engine_host_code_allowed (8.6+)", compat.trt_version(trt))
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise TrtqError("TensorRT could not deserialize the engine (another TensorRT version or GPU?)")

@@ -69,11 +69,41 @@ def choose_mode(mode: str, *, qdq: bool, caps: compat.Capabilities | None, dla: 
     return "implicit"
 
 
+#: The newest ONNX opset the ONNX parsers of TensorRT 8.5 / 8.6 read (10.0 and later read newer ones).
+MAX_OPSET_BEFORE_10 = 17
+
+
+def check_parser_opset(caps: compat.Capabilities, graph: Any, onnx_path: Path, *, explicit_from_fp16: bool) -> None:
+    """Refuse, before any CPU work, an ONNX this TensorRT's parser cannot read.
+
+    On 8.5 / 8.6 the parser stops at opset 17: a model already past it, and explicit INT8 from an FP16 ONNX
+    (whose Q/DQ nodes carry FP16 scales, which ONNX allows only from opset 19) are refused in one line.
+    """
+    if caps.major_minor >= (10, 0):
+        return
+    from trtq.onnxgraph import default_opset
+    from trtq.precision import FP16_QDQ_OPSET
+
+    opset = default_opset(graph)
+    if opset > MAX_OPSET_BEFORE_10:
+        raise TrtqError(
+            f"TensorRT {caps.version}'s ONNX parser reads opsets up to {MAX_OPSET_BEFORE_10} and {onnx_path.name} is "
+            f"opset {opset}: re-export it with `trtq export --opset {MAX_OPSET_BEFORE_10}` (from the FP32 model for "
+            "INT8), or build on TensorRT 10+"
+        )
+    if explicit_from_fp16:
+        raise TrtqError(
+            f"explicit INT8 from the FP16 {onnx_path.name} writes FP16 Q/DQ scales, which need opset "
+            f"{FP16_QDQ_OPSET}, and TensorRT {caps.version}'s ONNX parser stops at opset {MAX_OPSET_BEFORE_10}: build "
+            "from the FP32 ONNX (layers outside INT8 still run in FP16), use --mode implicit, or TensorRT 10+"
+        )
+
+
 def expected_preprocessing(info: ModelInfo, profile: Profile) -> dict[str, Any]:
     """The preprocessing record an ImageBatcher for this build would write (no image is opened)."""
     from trtq.images import ImageBatcher
 
-    shape_only = SimpleNamespace(imgsz=(profile.height, profile.width), stride=info.stride, batch=profile.opt)
+    shape_only = SimpleNamespace(imgsz=(profile.height, profile.width), stride=info.stride, batch=profile.opt, auto=False)
     return ImageBatcher.preprocessing(cast(Any, shape_only))
 
 

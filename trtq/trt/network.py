@@ -142,17 +142,55 @@ def _head_dtype(trt: Any, layer: Any, reason: str, fp16: bool) -> Any:
     return t.float32
 
 
-def _gpu_identity(device: Device | None) -> tuple[str, tuple[int, int] | None]:
-    if device is not None:
-        return device.name, device.compute_capability
-    try:
-        from trtq.device import get_device
+@dataclass(frozen=True)
+class GpuIdentity:
+    """The build GPU: name, compute capability (None if unknown) and whether it is integrated (Jetson)."""
 
+    name: str = ""
+    compute_capability: tuple[int, int] | None = None
+    integrated: bool = False
+
+
+def _gpu_identity(device: Device | None) -> GpuIdentity:
+    from trtq.device import get_device, is_integrated
+
+    if device is not None:
+        return GpuIdentity(device.name, device.compute_capability, is_integrated(device))
+    try:
         with get_device() as dev:
-            return dev.name, dev.compute_capability
+            return GpuIdentity(dev.name, dev.compute_capability, is_integrated(dev))
     except (MissingDependencyError, TrtqError) as exc:
         log.warning("GPU name and compute capability unknown (%s); not recorded in the engine metadata", exc)
-        return "", None
+        return GpuIdentity()
+
+
+#: TensorRT releases without DLA support: 11.0 - 11.3 (DLA came back in 11.4.1, on AGX Orin with JetPack
+#: 7.2.2 or newer; TensorRT 11.4.1 Jetson migration guide, docs.nvidia.com/deeplearning/tensorrt/11.4.1/api/
+#: migration/tensorrt-10x-to-11x-jetson.html)
+NO_DLA_RELEASES = ((11, 0), (11, 3))
+
+
+def check_dla_release(caps: compat.Capabilities) -> None:
+    """Refuse DLA on a TensorRT release without it (before any work: the device is not the problem)."""
+    lo, hi = NO_DLA_RELEASES
+    if lo <= caps.major_minor <= hi:
+        raise TrtqError(
+            f"--dla-core: TensorRT {caps.version} has no DLA support (TensorRT 11.0-11.3 dropped it; use TensorRT "
+            "10.x from JetPack 6, or 11.4.1+ on AGX Orin), whatever the device; drop --dla-core or change TensorRT"
+        )
+
+
+def check_dla_core(caps: compat.Capabilities, builder: Any, dla_core: int) -> None:
+    """Refuse a DLA core this TensorRT or this device cannot give (naming which of the two lacks DLA)."""
+    check_dla_release(caps)
+    cores = int(builder.num_DLA_cores)
+    if cores == 0:
+        raise TrtqError(
+            f"--dla-core: TensorRT {caps.version} sees no DLA on this device (DLA exists on Jetson Xavier/Orin); "
+            "drop --dla-core"
+        )
+    if dla_core >= cores:
+        raise TrtqError(f"--dla-core {dla_core}: this device has {cores} DLA core(s) (0..{cores - 1})")
 
 
 def build_with_tensorrt(
@@ -165,11 +203,8 @@ def build_with_tensorrt(
     logger = compat.trt_logger(trt)
     builder = t.Builder(logger)
     if options.dla_core is not None:
-        cores = int(builder.num_DLA_cores)
-        if cores == 0:
-            raise TrtqError("--dla-core: this device has no DLA (DLA exists on Jetson Xavier/Orin); drop --dla-core")
-        if options.dla_core >= cores:
-            raise TrtqError(f"--dla-core {options.dla_core}: this device has {cores} DLA core(s) (0..{cores - 1})")
+        check_dla_core(caps, builder, options.dla_core)
+    gpu = _gpu_identity(job.device)
     network = _parse_network(trt, builder, logger, job.onnx_path, strongly=strongly)
     config = builder.create_builder_config()
     config.profiling_verbosity = t.ProfilingVerbosity.DETAILED  # per-layer precisions in the engine inspector
@@ -181,7 +216,7 @@ def build_with_tensorrt(
     names, trt_profile = _set_profile(trt, builder, network, config, job.profile)
     if options.dla_core is not None:
         _set_dla(trt, network, config, options, flags, builder_info)
-    _set_compatibility(trt, caps, config, options, flags, builder_info)
+    _set_compatibility(trt, caps, config, options, flags, builder_info, gpu)
 
     # the head policy (implicit INT8): pin the head to float with precision constraints
     float_layers: dict[str, str] = {}
@@ -207,7 +242,7 @@ def build_with_tensorrt(
         if tc is not None:
             write_bytes(timing_cache, bytes(memoryview(tc.serialize())))
             log.info("saved timing cache %s", timing_cache)
-    meta = _engine_metadata(caps, job, names=names, strongly=strongly, calibrator_label=calibrator_label,
+    meta = _engine_metadata(caps, job, gpu, names=names, strongly=strongly, calibrator_label=calibrator_label,
                             float_layers=float_layers, builder_info={**builder_info, "flags": flags})
     return meta, plan_bytes, float_layers, batches
 
@@ -317,7 +352,7 @@ def _set_dla(trt: ModuleType, network: Any, config: Any, options: BuildOptions, 
 
 
 def _set_compatibility(trt: ModuleType, caps: compat.Capabilities, config: Any, options: BuildOptions,
-                       flags: list[str], builder_info: dict[str, Any]) -> None:
+                       flags: list[str], builder_info: dict[str, Any], gpu: GpuIdentity) -> None:
     """Engines that load on later TensorRT releases / on other GPUs (recorded for the runtime's checks)."""
     if options.version_compatible:
         if not compat.set_builder_flag(trt, config, "VERSION_COMPATIBLE"):
@@ -329,7 +364,31 @@ def _set_compatibility(trt: ModuleType, caps: compat.Capabilities, config: Any, 
             raise TrtqError("hardware-compatible engines run on GPUs only; drop --dla-core or the hardware compatibility")
         if not compat.set_hardware_compatibility(trt, config):
             raise TrtqError(f"TensorRT {caps.version} cannot build hardware-compatible engines (8.6 or newer can)")
+        refuse_hardware_compatibility(gpu)
         builder_info["hardware_compatible"] = "ampere_plus"
+
+
+def refuse_hardware_compatibility(gpu: GpuIdentity) -> None:
+    """AMPERE_PLUS needs a discrete Ampere-or-newer build GPU: refuse a Jetson / integrated or pre-Ampere one.
+
+    NvInfer.h (``HardwareCompatibilityLevel::kAMPERE_PLUS``, NVIDIA/TensorRT v8.6.1 and v10.13.0): "only
+    supported for engines built on NVIDIA Ampere and later GPUs"; TensorRT 8.6 developer guide, "Hardware
+    Compatibility" (now docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/engine-compatibility.html):
+    supported for Ampere and later architectures only, not on NVIDIA DRIVE OS or JetPack.
+    """
+    from trtq.engine_meta import HARDWARE_COMPATIBLE_MIN_CC, sm_label
+
+    cc = gpu.compute_capability
+    if gpu.integrated:
+        raise TrtqError(
+            f"--hardware-compatible is for discrete Ampere or newer GPUs; {gpu.name or 'this GPU'} "
+            f"({sm_label(cc)}) is an integrated Jetson GPU, where TensorRT does not support it: drop --hardware-compatible"
+        )
+    if cc is not None and tuple(cc) < HARDWARE_COMPATIBLE_MIN_CC:
+        raise TrtqError(
+            f"--hardware-compatible engines must be built on an Ampere or newer GPU (SM 8.0+); {gpu.name or 'this GPU'} "
+            f"is {sm_label(cc)}: build on an Ampere+ GPU or drop --hardware-compatible"
+        )
 
 
 def _pin_head(trt: ModuleType, network: Any, config: Any, graph: onnx.ModelProto, *, fp16: bool,
@@ -411,7 +470,8 @@ def _run_build(builder: Any, network: Any, config: Any, calibrator: Any, job: Ne
     return plan_bytes, batches
 
 
-def _engine_metadata(caps: compat.Capabilities, job: NetworkJob, *, names: list[str], strongly: bool,
+def _engine_metadata(caps: compat.Capabilities, job: NetworkJob, gpu: GpuIdentity, *, names: list[str],
+                     strongly: bool,
                      calibrator_label: str | None, float_layers: dict[str, str],
                      builder_info: dict[str, Any]) -> EngineMetadata:
     from trtq.engine_meta import EngineMetadata
@@ -421,14 +481,13 @@ def _engine_metadata(caps: compat.Capabilities, job: NetworkJob, *, names: list[
     cache_sha: str | None = None
     if int8 and mode == "implicit" and plan.cache_path is not None and plan.cache_path.is_file():
         cache_sha = sha256_file(plan.cache_path)
-    gpu_name, cc = _gpu_identity(job.device)
     shape_of = {
         "min": list(profile.shape("min")), "opt": list(profile.shape("opt")), "max": list(profile.shape("max"))
     }
     return EngineMetadata(
         tensorrt_version=caps.version,
-        gpu_name=gpu_name,
-        compute_capability=cc,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
         dla_core=job.options.dla_core,
         precision=job.precision,
         mode=mode,

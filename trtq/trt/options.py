@@ -82,6 +82,14 @@ class BuildOptions:
             raise TrtqError(f"--builder-opt-level must be 0..5, got {self.builder_opt_level}")
         if self.dla_core is not None and self.dla_core < 0:
             raise TrtqError(f"--dla-core must be 0 or more, got {self.dla_core}")
+        if self.version_compatible and self.ultralytics_header:
+            # ultralytics' AutoBackend deserializes without setting engine_host_code_allowed, so TensorRT refuses
+            # the lean runtime a version-compatible plan carries and YOLO("x.engine") gets None
+            # (ultralytics/nn/autobackend.py, the `engine` branch)
+            raise TrtqError(
+                "--version-compatible engines need engine_host_code_allowed, which ultralytics never sets, so "
+                "YOLO() could not load this file: drop --ultralytics-header or --version-compatible"
+            )
         _ = self.image_size  # raises for a bad --imgsz
         if self.batch is not None and self.ranged:
             raise TrtqError("pass either --batch N or --min-batch/--opt-batch/--max-batch, not both")

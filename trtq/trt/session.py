@@ -72,7 +72,7 @@ class TensorRTSession:
         require_tensorrt(f"running the TensorRT engine {path.name}")
         import tensorrt as trt
 
-        from trtq.device import get_device
+        from trtq.device import get_device, is_integrated
         from trtq.engine_meta import check_compatible, configure_runtime
 
         plan, meta, header = _read_engine_checked(path)
@@ -88,6 +88,7 @@ class TensorRTSession:
                     tensorrt_version=str(trt.__version__),
                     compute_capability=self.device.compute_capability,
                     dla_core=meta.dla_core,
+                    integrated=is_integrated(self.device),
                 )
             else:
                 logger.warning(
