@@ -239,7 +239,7 @@ def _pair(inputs: str | os.PathLike[str] | None, outputs: str | os.PathLike[str]
     raise TrtqError("pass both --inputs and --outputs (or files named *.ref-inputs.json / *.ref-outputs.json)")
 
 
-def artifact_layout(path: Path, output_shapes: Sequence[Sequence[int]]) -> TaskLayout | None:
+def artifact_layout(path: Path, output_shapes: Sequence[Sequence[int | None]]) -> TaskLayout | None:
     """The task layout of an ONNX model (:func:`trtq.modelinfo.model_layout`, as quantize and the runtime
     read it) or engine (its record or header); None for outputs that are not a YOLO head. A head that could
     be several tasks is refused (:class:`trtq.tasks.AmbiguousLayout`), not decoded as a detector's."""

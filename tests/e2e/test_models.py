@@ -187,6 +187,7 @@ def test_bare_pose_and_obb_models_are_decoded_as_their_task_everywhere(zoo_onnx,
 
     built = build_engine(bare, trt_module=make_fake_tensorrt("10.3.0"), output=tmp_path / "bare.fp16.engine",
                          device=FakeDevice(), progress=False, fp16=True)
+    assert built.engine_path is not None
     _, meta = read_engine(built.engine_path)
     assert meta is not None and meta.task == told.task
     engine_layout = artifact_layout(built.engine_path, [o.shape for o in read_model_info(bare).outputs])
