@@ -6,6 +6,7 @@ from typing import Any
 import click
 
 from trtq.cpu_target import CPU_DEFAULT_ALGO
+from trtq.cpuisa import ISA_AUTO, ISA_CHOICES
 from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 
 
@@ -39,7 +40,10 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--ref-images", type=click.IntRange(min=0), default=8, show_default=True,
               help="Images in the reference inputs/outputs written for `trtq verify` (0: none; needs --calib).")
 @click.option("--reduce-range", is_flag=True,
-              help="--target cpu: 7-bit weights, for x86 CPUs without VNNI (their 16-bit pairwise sums can saturate).")
+              help="--target cpu: 7-bit weights on any --cpu-isa (no 16-bit saturation; half the weight resolution).")
+@click.option("--cpu-isa", type=click.Choice(ISA_CHOICES), default=ISA_AUTO, show_default=True,
+              help="--target cpu: the CPU the model is for (auto: this one). avx2 (x86 without VNNI) gets 8-bit weights "
+                   "whose pairs cannot saturate its 16-bit sums; avx-vnni, avx512-vnni and arm64 full 8-bit weights.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Q/DQ ONNX path (default <model>.int8.qdq.onnx; <model>.int8.cpu.onnx for --target cpu).")
 def command(
     model: Path,
@@ -61,6 +65,7 @@ def command(
     int8_weights: bool,
     ref_images: int,
     reduce_range: bool,
+    cpu_isa: str,
     output: Path | None,
 ) -> None:
     """Write an explicit INT8 Q/DQ ONNX of MODEL (runs on ONNX Runtime CPU and TensorRT).
@@ -80,13 +85,13 @@ def command(
     from trtq.errors import TrtqError
     from trtq.quantize import quantize
 
-    if target != "cpu" and reduce_range:
-        raise TrtqError("--reduce-range applies to --target cpu only")
+    if target != "cpu" and (reduce_range or cpu_isa != ISA_AUTO):
+        raise TrtqError(f"{'--reduce-range' if reduce_range else '--cpu-isa'} applies to --target cpu only")
     if target == "cpu" and quantize_head:
         raise TrtqError("--quantize-head applies to --target tensorrt only; drop it for --target cpu")
     if target == "cpu":
         result_cpu = _quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch, seed,
-                                 no_head_policy, no_concat_unify, int8_weights, reduce_range, output)
+                                 no_head_policy, no_concat_unify, int8_weights, reduce_range, output, cpu_isa)
         click.echo(result_cpu.summary())
         _write_reference(result_cpu.path, source, ref_images, batch, seed)
         return
@@ -141,6 +146,7 @@ def _quantize_cpu(
     int8_weights: bool,
     reduce_range: bool,
     output: Path | None,
+    cpu_isa: str = ISA_AUTO,
 ) -> Any:
     from trtq.cpu_target import quantize_cpu
     from trtq.errors import TrtqError
@@ -167,6 +173,7 @@ def _quantize_cpu(
         output=output,
         head_policy=not no_head_policy,
         reduce_range=reduce_range,
+        cpu_isa=cpu_isa,
         progress=True,
     )
     return result

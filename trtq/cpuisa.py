@@ -1,0 +1,303 @@
+"""CPU instruction sets and ONNX Runtime's u8 x s8 integer kernels: which weight layouts saturate where.
+
+ONNX Runtime's CPU provider multiplies u8 activation codes by s8 weight codes. How it adds the products
+depends on the CPU:
+
+* x86 without VNNI (AVX2 only: AMD Zen 2/3, Intel before Ice Lake; AVX512 without VNNI too): VPMADDUBSW
+  adds each *pair* of adjacent products along K in **saturating 16 bits**, then widens to 32 bits. A pair
+  ``a1*w1 + a2*w2`` with ``a`` in [0, 255] overflows int16 once same-sign weights have ``|w1| + |w2| > 128``.
+* x86 with AVX-VNNI or AVX512-VNNI (VPDPBUSD) and Arm64 (SDOT/UDOT, or widening multiplies) accumulate
+  in 32 bits: exact.
+
+Weight layouts (recorded in the model's metadata as ``trtq_cpu_weights``):
+
+* ``s8``: full-range 8-bit weights, [-127, 127]. Exact on VNNI and Arm64; can saturate on AVX2.
+* ``s8-pair128``: 8-bit weights whose adjacent same-sign pairs (in every K order ONNX Runtime may pack)
+  are limited to ``|w1| + |w2| <= 128``, so ``255 * 128 = 32640`` fits int16: exact on AVX2, and on every
+  other CPU the same model. Only the few pairs over the limit lose a code or a few.
+* ``s7``: 7-bit weights, [-63, 63] (``--reduce-range``): exact everywhere, half the weight resolution.
+
+A base module: it imports only ``trtq.errors`` (numpy and onnx when called).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from trtq.errors import TrtqError
+
+if TYPE_CHECKING:
+    import onnx
+
+logger = logging.getLogger(__name__)
+
+ISA_AVX2 = "avx2"
+ISA_AVX_VNNI = "avx-vnni"
+ISA_AVX512_VNNI = "avx512-vnni"
+ISA_ARM64 = "arm64"
+ISAS = (ISA_AVX2, ISA_AVX_VNNI, ISA_AVX512_VNNI, ISA_ARM64)
+ISA_AUTO = "auto"
+ISA_CHOICES = (ISA_AUTO, *ISAS)
+# CPUs whose u8 x s8 kernels add product pairs in saturating 16 bits
+SATURATING_ISAS = frozenset({ISA_AVX2})
+
+WEIGHTS_S8 = "s8"
+WEIGHTS_S8_PAIR128 = "s8-pair128"
+WEIGHTS_S7 = "s7"
+WEIGHT_LAYOUTS = (WEIGHTS_S8, WEIGHTS_S8_PAIR128, WEIGHTS_S7)
+# the layout each ISA gets by default: chosen by measurement (README "INT8 on the CPU")
+ISA_LAYOUT = {
+    ISA_AVX2: WEIGHTS_S8_PAIR128,
+    ISA_AVX_VNNI: WEIGHTS_S8,
+    ISA_AVX512_VNNI: WEIGHTS_S8,
+    ISA_ARM64: WEIGHTS_S8,
+}
+
+# model metadata (metadata_props)
+TARGET_KEY = "trtq_target"
+TARGET_CPU = "cpu"
+ISA_KEY = "trtq_cpu_isa"
+WEIGHTS_KEY = "trtq_cpu_weights"
+
+INT16_MAX = 32767
+INT16_MIN = -32768
+U8_MAX = 255
+# the largest |w1| + |w2| of a same-sign pair that cannot saturate with u8 codes up to 255
+PAIR_LIMIT = INT16_MAX // U8_MAX  # 128
+
+
+@dataclass(frozen=True)
+class CpuIsa:
+    isa: str
+    reason: str  # why: the flags read, or "asked for"
+
+
+def _x86_flags(cpuinfo: str) -> set[str]:
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def detect_isa(*, cpuinfo: str | None = None, machine: str | None = None) -> CpuIsa:
+    """The ISA class of this CPU: from ``/proc/cpuinfo`` flags on x86, ``platform.machine()`` on Arm."""
+    arch = (machine if machine is not None else platform.machine()).lower()
+    if arch in ("aarch64", "arm64"):
+        return CpuIsa(ISA_ARM64, f"{arch} CPU (Arm64: dot-product kernels accumulate in 32 bits)")
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags = _x86_flags(cpuinfo)
+    if "avx512_vnni" in flags:
+        return CpuIsa(ISA_AVX512_VNNI, "CPU flags include avx512_vnni")
+    if "avx_vnni" in flags:
+        return CpuIsa(ISA_AVX_VNNI, "CPU flags include avx_vnni")
+    if not flags:
+        return CpuIsa(ISA_AVX2, f"{arch or 'unknown'} CPU whose flags cannot be read: assumed without VNNI")
+    return CpuIsa(ISA_AVX2, "CPU flags have no avx512_vnni or avx_vnni (u8 x s8 pairs add in 16 bits)")
+
+
+def resolve_isa(isa: str | None) -> CpuIsa:
+    """``auto`` (or None): this CPU; otherwise the ISA asked for."""
+    if isa is None or isa == ISA_AUTO:
+        found = detect_isa()
+        return CpuIsa(found.isa, f"auto: this CPU, {found.reason}")
+    if isa not in ISAS:
+        raise TrtqError(f"unknown CPU ISA {isa!r}; choose one of {', '.join(ISA_CHOICES)}")
+    return CpuIsa(isa, "asked for (--cpu-isa)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the saturation rule
+# ---------------------------------------------------------------------------------------------------------------
+def k_orders(wq: np.ndarray) -> Iterator[np.ndarray]:
+    """The weight codes of every output channel as ``[M, K]`` in each K order the kernels may pack.
+
+    ``wq`` is ``[M, C/group, kh, kw]`` (or ``[M, K]``); K runs over one group's channels. Orders: ONNX's own
+    (channel, kh, kw); channels last (kh, kw, channel), as ONNX Runtime's QLinearConv reorders its filter;
+    and channels last with each kernel position's channels padded to a multiple of 4 (its symmetric-conv
+    packing), which differs from the previous one only for a channel count not divisible by 4.
+    """
+    for order in range(3 if wq.ndim >= 3 else 1):
+        flat, _ = _view(wq, order)
+        if flat is not None:
+            yield flat
+
+
+def _pairs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if flat.shape[1] % 2:
+        flat = np.concatenate([flat, np.zeros((flat.shape[0], 1), flat.dtype)], axis=1)
+    return flat[:, 0::2], flat[:, 1::2]
+
+
+def worst_pair_sum(wq: np.ndarray, act_max: int = U8_MAX) -> tuple[int, int]:
+    """(largest, smallest) ``a1*w1 + a2*w2`` over adjacent K pairs, every packing order and u8 codes in
+    ``[0, act_max]``: what a 16-bit pairwise adder must hold."""
+    hi, lo = 0, 0
+    for flat in k_orders(np.asarray(wq, dtype=np.int64)):
+        a, b = _pairs(flat)
+        pos = np.maximum(a, 0) + np.maximum(b, 0)
+        neg = np.minimum(a, 0) + np.minimum(b, 0)
+        hi = max(hi, int(pos.max(initial=0)) * act_max)
+        lo = min(lo, int(neg.min(initial=0)) * act_max)
+    return hi, lo
+
+
+def pair_sum_fits(wq: np.ndarray, act_max: int = U8_MAX) -> bool:
+    hi, lo = worst_pair_sum(wq, act_max)
+    return hi <= INT16_MAX and lo >= INT16_MIN
+
+
+def limit_pairs(wq: np.ndarray, limit: int = PAIR_LIMIT) -> np.ndarray:
+    """A copy of s8 weight codes ``[M, C, kh, kw]`` whose adjacent same-sign pairs, in every K order of
+    :func:`k_orders`, have ``|w1| + |w2| <= limit``: the excess is taken from both, the larger one first.
+
+    Only magnitudes shrink, so a pair fixed in one order stays fixed while the next order is fixed."""
+    w = np.asarray(wq, dtype=np.int64).copy()
+    shape = w.shape
+    m = shape[0]
+    for _ in range(4):  # each pass fixes every order in turn; more than one pass is rarely needed
+        changed = False
+        for order in range(3 if w.ndim >= 3 else 1):
+            flat, undo = _view(w, order)
+            if flat is None:
+                continue
+            a, b = _pairs(flat)
+            same = np.sign(a) * np.sign(b) > 0
+            excess = np.where(same, np.abs(a) + np.abs(b) - limit, 0)
+            bad = excess > 0
+            if not bad.any():
+                continue
+            changed = True
+            big_a = np.abs(a) >= np.abs(b)
+            cut_big, cut_small = (excess + 1) // 2, excess // 2
+            cut_a = np.where(bad, np.where(big_a, cut_big, cut_small), 0)
+            cut_b = np.where(bad, np.where(big_a, cut_small, cut_big), 0)
+            a = a - np.sign(a) * cut_a
+            b = b - np.sign(b) * cut_b
+            out = np.empty((m, a.shape[1] * 2), dtype=np.int64)
+            out[:, 0::2], out[:, 1::2] = a, b
+            w = undo(out[:, : flat.shape[1]])
+        if not changed:
+            break
+    return w.reshape(shape).astype(np.int8)
+
+
+def _view(w: np.ndarray, order: int):  # noqa: ANN202 - (flat [M, K], function flat -> w)
+    """Order ``order`` of :func:`k_orders` as a flat ``[M, K]`` array and the function mapping it back."""
+    m = w.shape[0]
+    if order == 0:
+        return w.reshape(m, -1), lambda f: f.reshape(w.shape)
+    last = np.moveaxis(w, 1, -1)
+    c = last.shape[-1]
+    if order == 1:
+        return last.reshape(m, -1), lambda f: np.moveaxis(f.reshape(last.shape), -1, 1)
+    if c % 4 == 0:
+        return None, None  # the padded order equals order 1
+    padded = np.concatenate([last, np.zeros((*last.shape[:-1], 4 - c % 4), w.dtype)], axis=-1)
+
+    def undo(f: np.ndarray) -> np.ndarray:
+        return np.moveaxis(f.reshape(padded.shape)[..., :c], -1, 1)
+
+    return padded.reshape(m, -1), undo
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a model and the CPU it runs on
+# ---------------------------------------------------------------------------------------------------------------
+def _metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _load(model: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto | None:
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        if isinstance(model, bytes):
+            return onnx.load_from_string(model)
+        return onnx.load(str(model))
+    except Exception:  # noqa: BLE001 - not an ONNX file: nothing to say about its CPU layout
+        return None
+
+
+def is_cpu_target(model: str | Path | bytes | onnx.ModelProto) -> bool:
+    """True for an INT8 model trtq laid out for ONNX Runtime's CPU integer kernels (``--target cpu``)."""
+    import onnx
+
+    if isinstance(model, (str, Path)):
+        try:
+            m: onnx.ModelProto | None = onnx.load(str(model), load_external_data=False)
+        except Exception:  # noqa: BLE001
+            return False
+    else:
+        m = _load(model)
+    return m is not None and _metadata(m).get(TARGET_KEY) == TARGET_CPU
+
+
+def saturating_weights(model: onnx.ModelProto) -> list[str]:
+    """Names of the s8 weight initializers read by a DequantizeLinear feeding a Conv/MatMul whose worst
+    adjacent pair with u8 codes up to 255 does not fit int16."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    readers = {i for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") for i in n.input[1:2]}
+    bad = []
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear" or n.output[0] not in readers or n.input[0] not in inits:
+            continue
+        arr = numpy_helper.to_array(inits[n.input[0]])
+        if arr.dtype == np.int8 and not pair_sum_fits(arr):
+            bad.append(n.input[0])
+    return bad
+
+
+_warned: set[str] = set()
+
+
+def saturation_warning(model: str | Path | bytes | onnx.ModelProto, *, host: CpuIsa | None = None) -> str | None:
+    """One line when ``model`` is a CPU-target INT8 model whose weights can saturate the integer kernels of
+    ``host`` (default: this CPU); None when it runs exactly here (or is not a CPU-target model)."""
+    m = _load(model)
+    if m is None or _metadata(m).get(TARGET_KEY) != TARGET_CPU:
+        return None
+    cpu = host or detect_isa()
+    if cpu.isa not in SATURATING_ISAS:
+        return None
+    bad = saturating_weights(m)
+    if not bad:
+        return None
+    meta = _metadata(m)
+    made_for = meta.get(ISA_KEY)
+    layout = meta.get(WEIGHTS_KEY, "8-bit")
+    name = Path(model).name if isinstance(model, (str, Path)) else "this model"
+    return (f"{name} was quantized for {made_for or 'a CPU with VNNI'} ({layout} weights); this CPU ({cpu.isa}: "
+            f"{cpu.reason}) adds u8 x s8 product pairs in 16 bits and {len(bad)} of its convs can saturate, so "
+            f"results can be wrong: re-quantize with `trtq quantize --target cpu --cpu-isa {cpu.isa}`")
+
+
+def warn_if_saturating(model: str | Path, log: logging.Logger | None = None) -> str | None:
+    """Log :func:`saturation_warning` once per model path (a warning, one line); return it."""
+    key = str(Path(model).resolve()) if isinstance(model, (str, Path)) else ""
+    if key in _warned:
+        return None
+    msg = saturation_warning(model)
+    if msg:
+        _warned.add(key)
+        (log or logger).warning("%s", msg)
+    return msg
+
+
+def cpu_metadata(isa: CpuIsa, layout: str) -> Mapping[str, str]:
+    return {ISA_KEY: isa.isa, WEIGHTS_KEY: layout}
