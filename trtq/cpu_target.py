@@ -51,7 +51,7 @@ from trtq.cpuisa import (
     WEIGHTS_S8,
     WEIGHTS_S8_PAIR128,
     cpu_metadata,
-    limit_pairs,
+    quantize_fitting,
     resolve_isa,
 )
 from trtq.errors import TrtqError
@@ -95,7 +95,7 @@ REASON_EXCLUDED = "excluded by the user (--exclude)"
 ACTIVATION_TYPES = ("u8", "s8")
 _LAYOUT_TEXT = {
     WEIGHTS_S8: "full 8 bits: exact where products accumulate in 32 bits (VNNI, Arm64)",
-    WEIGHTS_S8_PAIR128: "8 bits, adjacent same-sign pairs limited to |w1|+|w2| <= 128: no 16-bit saturation",
+    WEIGHTS_S8_PAIR128: "7 to 8 bits per channel, adjacent same-sign pairs |w1|+|w2| <= 128: no 16-bit saturation",
     WEIGHTS_S7: "7 bits: no 16-bit saturation",
 }
 
@@ -293,11 +293,12 @@ def insert_cpu_qdq(
         pos = producer_pos.get(node.output[0], -1) - 1  # just before the Conv (it is its own producer)
         if w not in weight_scale:
             arr = numpy_helper.to_array(inits[w]).astype(np.float32)
-            amax_c = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1)
-            w_scale = np.where(amax_c > 0, amax_c / wmax, 1.0).astype(np.float32)
-            wq = np.clip(np.rint(arr / w_scale.reshape(-1, *([1] * (arr.ndim - 1)))), -wmax, wmax).astype(np.int8)
             if weights == WEIGHTS_S8_PAIR128:
-                wq = limit_pairs(wq)
+                wq, w_scale = quantize_fitting(arr)
+            else:
+                amax_c = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1)
+                w_scale = np.where(amax_c > 0, amax_c / wmax, 1.0).astype(np.float32)
+                wq = np.clip(np.rint(arr / w_scale.reshape(-1, *([1] * (arr.ndim - 1)))), -wmax, wmax).astype(np.int8)
             new_inits.append(numpy_helper.from_array(wq, f"{w}_quantized"))
             new_inits.append(numpy_helper.from_array(w_scale, f"{w}_scale"))
             new_inits.append(numpy_helper.from_array(np.zeros(wq.shape[0], np.int8), f"{w}_zero_point"))

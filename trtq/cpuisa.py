@@ -12,9 +12,10 @@ depends on the CPU:
 Weight layouts (recorded in the model's metadata as ``trtq_cpu_weights``):
 
 * ``s8``: full-range 8-bit weights, [-127, 127]. Exact on VNNI and Arm64; can saturate on AVX2.
-* ``s8-pair128``: 8-bit weights whose adjacent same-sign pairs (in every K order ONNX Runtime may pack)
-  are limited to ``|w1| + |w2| <= 128``, so ``255 * 128 = 32640`` fits int16: exact on AVX2, and on every
-  other CPU the same model. Only the few pairs over the limit lose a code or a few.
+* ``s8-pair128``: 8-bit weights whose adjacent same-sign pairs (in the K orders ONNX Runtime packs)
+  have ``|w1| + |w2| <= 128``, so ``255 * 128 = 32640`` fits int16: exact on AVX2, and the same model on
+  every other CPU. Per output channel, the finer of a grid just coarse enough that every pair fits (7 to
+  8 bits) and the 8-bit grid with the few over-limit pairs cut (:func:`quantize_fitting`).
 * ``s7``: 7-bit weights, [-63, 63] (``--reduce-range``): exact everywhere, half the weight resolution.
 
 A base module: it imports only ``trtq.errors`` (numpy and onnx when called).
@@ -120,15 +121,25 @@ def resolve_isa(isa: str | None) -> CpuIsa:
 # ---------------------------------------------------------------------------------------------------------------
 # the saturation rule
 # ---------------------------------------------------------------------------------------------------------------
-def k_orders(wq: np.ndarray) -> Iterator[np.ndarray]:
-    """The weight codes of every output channel as ``[M, K]`` in each K order the kernels may pack.
+# K orders of a conv's weights that ONNX Runtime's u8 x s8 kernels may pack (see :func:`_view`)
+_ORDERS = (1, 2)
 
-    ``wq`` is ``[M, C/group, kh, kw]`` (or ``[M, K]``); K runs over one group's channels. Orders: ONNX's own
-    (channel, kh, kw); channels last (kh, kw, channel), as ONNX Runtime's QLinearConv reorders its filter;
-    and channels last with each kernel position's channels padded to a multiple of 4 (its symmetric-conv
-    packing), which differs from the previous one only for a channel count not divisible by 4.
+
+def k_orders(wq: np.ndarray) -> Iterator[np.ndarray]:
+    """The weight codes of every output channel as ``[M, K]`` in each K order the kernels may pack, whose
+    adjacent pairs (0, 1), (2, 3), ... are added in 16 bits.
+
+    ``wq`` is ``[M, C/group, kh, kw]`` (or ``[M, K]``); K runs over one group's channels. Orders: channels
+    last (kh, kw, channel), as ONNX Runtime's QLinearConv reorders its filter before its GEMM (measured:
+    limiting the pairs of this order alone removes every saturation on an AVX2 CPU, for 1x1 and 3x3 convs
+    with 3 to 64 channels; ONNX's own (channel, kh, kw) order does not); and channels last with each
+    kernel position's channels padded to a multiple of 4, the packing of its symmetric-conv kernels, which
+    differs only where the channel count is not a multiple of 4 (a network's first conv).
     """
-    for order in range(3 if wq.ndim >= 3 else 1):
+    if wq.ndim < 3:
+        yield wq.reshape(wq.shape[0], -1)
+        return
+    for order in _ORDERS:
         flat, _ = _view(wq, order)
         if flat is not None:
             yield flat
@@ -138,6 +149,18 @@ def _pairs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if flat.shape[1] % 2:
         flat = np.concatenate([flat, np.zeros((flat.shape[0], 1), flat.dtype)], axis=1)
     return flat[:, 0::2], flat[:, 1::2]
+
+
+def channel_pair_sums(wq: np.ndarray) -> np.ndarray:
+    """Per output channel, the largest same-sign ``|w1| + |w2|`` over adjacent K pairs in every packing order."""
+    w = np.asarray(wq, dtype=np.int64)
+    worst = np.zeros(w.shape[0], dtype=np.int64)
+    for flat in k_orders(w):
+        a, b = _pairs(flat)
+        pos = np.maximum(a, 0) + np.maximum(b, 0)
+        neg = -(np.minimum(a, 0) + np.minimum(b, 0))
+        worst = np.maximum(worst, np.maximum(pos.max(axis=1, initial=0), neg.max(axis=1, initial=0)))
+    return worst
 
 
 def worst_pair_sum(wq: np.ndarray, act_max: int = U8_MAX) -> tuple[int, int]:
@@ -158,6 +181,47 @@ def pair_sum_fits(wq: np.ndarray, act_max: int = U8_MAX) -> bool:
     return hi <= INT16_MAX and lo >= INT16_MIN
 
 
+def quantize_fitting(w: np.ndarray, limit: int = PAIR_LIMIT) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel s8 codes and scales of float weights ``w`` (``[M, ...]``) whose adjacent
+    pairs cannot saturate 16-bit sums with u8 activations.
+
+    Per channel, the better (smaller squared error against ``w``) of: the finest grid ``amax / qmax``,
+    ``qmax`` in [64, 127], at which every pair already fits (no code is changed; ``qmax = 64`` always
+    fits); and the full grid (``qmax = 127``) with the over-limit pairs cut by :func:`limit_pairs`.
+    Channels that fit at 127 keep plain 8-bit weights.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    m = w.shape[0]
+    bshape = (m, *([1] * (w.ndim - 1)))
+    amax = np.max(np.abs(w.reshape(m, -1)), axis=1)
+    safe = np.where(amax > 0, amax, 1.0)
+
+    def grid(qmax: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        scale = (safe / qmax).astype(np.float32)
+        q = np.clip(np.rint(w / scale.reshape(bshape)), -127, 127).astype(np.int64)
+        return q, scale
+
+    best_q, best_s = grid(64.0)
+    found = np.zeros(m, dtype=bool)
+    for qmax in range(127, 64, -1):  # the finest grid that fits, per channel
+        q, s_ = grid(float(qmax))
+        fits = (channel_pair_sums(q) <= limit) & ~found
+        best_q[fits], best_s[fits] = q[fits], s_[fits]
+        found |= fits
+        if found.all():
+            break
+    full_q, full_s = grid(127.0)
+    cut = limit_pairs(full_q.astype(np.int8), limit).astype(np.int64)
+
+    def err(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        return np.sum(((q * scale.reshape(bshape)) - w).reshape(m, -1) ** 2, axis=1)
+
+    use_cut = err(cut, full_s) < err(best_q, best_s)
+    best_q[use_cut], best_s[use_cut] = cut[use_cut], full_s[use_cut]
+    scales = np.where(amax > 0, best_s, 1.0).astype(np.float32)
+    return best_q.astype(np.int8), scales
+
+
 def limit_pairs(wq: np.ndarray, limit: int = PAIR_LIMIT) -> np.ndarray:
     """A copy of s8 weight codes ``[M, C, kh, kw]`` whose adjacent same-sign pairs, in every K order of
     :func:`k_orders`, have ``|w1| + |w2| <= limit``: the excess is taken from both, the larger one first.
@@ -168,7 +232,7 @@ def limit_pairs(wq: np.ndarray, limit: int = PAIR_LIMIT) -> np.ndarray:
     m = shape[0]
     for _ in range(4):  # each pass fixes every order in turn; more than one pass is rarely needed
         changed = False
-        for order in range(3 if w.ndim >= 3 else 1):
+        for order in _ORDERS if w.ndim >= 3 else (0,):
             flat, undo = _view(w, order)
             if flat is None:
                 continue
@@ -194,7 +258,8 @@ def limit_pairs(wq: np.ndarray, limit: int = PAIR_LIMIT) -> np.ndarray:
 
 
 def _view(w: np.ndarray, order: int):  # noqa: ANN202 - (flat [M, K], function flat -> w)
-    """Order ``order`` of :func:`k_orders` as a flat ``[M, K]`` array and the function mapping it back."""
+    """A K order as a flat ``[M, K]`` array and the function mapping it back: 0 ONNX's (channel, kh, kw),
+    1 channels last, 2 channels last padded to a multiple of 4 (None where it equals 1)."""
     m = w.shape[0]
     if order == 0:
         return w.reshape(m, -1), lambda f: f.reshape(w.shape)
