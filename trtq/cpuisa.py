@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -234,7 +234,7 @@ def limit_pairs(wq: np.ndarray, limit: int = PAIR_LIMIT) -> np.ndarray:
         changed = False
         for order in _ORDERS if w.ndim >= 3 else (0,):
             flat, undo = _view(w, order)
-            if flat is None:
+            if flat is None or undo is None:
                 continue
             a, b = _pairs(flat)
             same = np.sign(a) * np.sign(b) > 0
@@ -257,7 +257,7 @@ def limit_pairs(wq: np.ndarray, limit: int = PAIR_LIMIT) -> np.ndarray:
     return w.reshape(shape).astype(np.int8)
 
 
-def _view(w: np.ndarray, order: int):  # noqa: ANN202 - (flat [M, K], function flat -> w)
+def _view(w: np.ndarray, order: int) -> tuple[np.ndarray | None, Callable[[np.ndarray], np.ndarray] | None]:
     """A K order as a flat ``[M, K]`` array and the function mapping it back: 0 ONNX's (channel, kh, kw),
     1 channels last, 2 channels last padded to a multiple of 4 (None where it equals 1)."""
     m = w.shape[0]
@@ -347,9 +347,9 @@ def saturation_warning(model: str | Path | bytes | onnx.ModelProto, *, host: Cpu
     made_for = meta.get(ISA_KEY)
     layout = meta.get(WEIGHTS_KEY, "8-bit")
     name = Path(model).name if isinstance(model, (str, Path)) else "this model"
-    return (f"{name} was quantized for {made_for or 'a CPU with VNNI'} ({layout} weights); this CPU ({cpu.isa}: "
-            f"{cpu.reason}) adds u8 x s8 product pairs in 16 bits and {len(bad)} of its convs can saturate, so "
-            f"results can be wrong: re-quantize with `trtq quantize --target cpu --cpu-isa {cpu.isa}`")
+    return (f"{name} was quantized for {made_for or 'a CPU with VNNI'} ({layout} weights), but this CPU "
+            f"({cpu.isa}, no VNNI) adds u8 x s8 product pairs in saturating 16 bits and {len(bad)} of its convs can "
+            f"overflow them, so results can be wrong: re-quantize with `trtq quantize --target cpu --cpu-isa {cpu.isa}`")
 
 
 def warn_if_saturating(model: str | Path, log: logging.Logger | None = None) -> str | None:

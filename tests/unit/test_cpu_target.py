@@ -157,8 +157,19 @@ def test_cli_target_cpu_writes_the_model_and_report(tmp_path: Path, monkeypatch:
     assert out.is_file() and "2 QLinearConv" in res.output
     rep = json.loads((tmp_path / "tiny.int8.cpu.report.json").read_text())
     assert rep["algorithm"] == "mse" and rep["target"] == TARGET_CPU
+    # auto: this CPU, and the output says which ISA and why
+    assert "CPU ISA " in res.output and "auto: this CPU" in res.output
+    assert rep["options"]["cpu_isa"] in ("avx2", "avx-vnni", "avx512-vnni", "arm64")
+    res = CliRunner().invoke(main, ["quantize", str(model), "--calib", str(images), "--target", "cpu",
+                                    "--cpu-isa", "arm64", "-o", str(tmp_path / "arm.onnx"), "--ref-images", "0"])
+    assert res.exit_code == 0, res.output
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "arm.onnx")).metadata_props}
+    assert meta["trtq_cpu_isa"] == "arm64" and meta["trtq_cpu_weights"] == "s8"
+    assert "CPU ISA arm64 (asked for (--cpu-isa))" in res.output
     res = CliRunner().invoke(main, ["quantize", str(model), "--calib", str(images), "--reduce-range"])
     assert res.exit_code != 0 and "--reduce-range applies to --target cpu only" in res.output
+    res = CliRunner().invoke(main, ["quantize", str(model), "--calib", str(images), "--cpu-isa", "avx2"])
+    assert res.exit_code != 0 and "--cpu-isa applies to --target cpu only" in res.output
 
 
 def test_cli_target_cpu_rejects_tensorrt_only_options(tiny_conv_onnx: Path, tmp_path: Path) -> None:

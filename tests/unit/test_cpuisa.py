@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -97,7 +98,8 @@ def _reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     m.opset_import[0].version = 19
-    return np.asarray(ReferenceEvaluator(m).run(None, {"images": x})[0])
+    outs: Any = ReferenceEvaluator(m).run(None, {"images": x})
+    return np.asarray(outs[0])
 
 
 def emulated_conv(wq: np.ndarray, x: np.ndarray, *, saturate: bool) -> np.ndarray:
