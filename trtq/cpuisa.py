@@ -284,31 +284,9 @@ def _metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _load(model: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto | None:
-    import onnx
-
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        if isinstance(model, bytes):
-            return onnx.load_from_string(model)
-        return onnx.load(str(model))
-    except Exception:  # noqa: BLE001 - not an ONNX file: nothing to say about its CPU layout
-        return None
-
-
 def is_cpu_target(model: str | Path | bytes | onnx.ModelProto) -> bool:
     """True for an INT8 model trtq laid out for ONNX Runtime's CPU integer kernels (``--target cpu``)."""
-    import onnx
-
-    if isinstance(model, (str, Path)):
-        try:
-            m: onnx.ModelProto | None = onnx.load(str(model), load_external_data=False)
-        except Exception:  # noqa: BLE001
-            return False
-    else:
-        m = _load(model)
-    return m is not None and _metadata(m).get(TARGET_KEY) == TARGET_CPU
+    return model_metadata(model).get(TARGET_KEY) == TARGET_CPU
 
 
 def saturating_weights(model: onnx.ModelProto) -> list[str]:
@@ -328,38 +306,50 @@ def saturating_weights(model: onnx.ModelProto) -> list[str]:
     return bad
 
 
+def model_metadata(model: str | Path | bytes | onnx.ModelProto) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX model ({} when it cannot be read)."""
+    import onnx
+
+    try:
+        if isinstance(model, onnx.ModelProto):
+            m = model
+        elif isinstance(model, bytes):
+            m = onnx.load_from_string(model)
+        else:
+            m = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not an ONNX file: no metadata
+        return {}
+    return _metadata(m)
+
+
+# layouts whose adjacent pairs fit 16-bit sums with u8 codes: exact on every CPU
+NON_SATURATING_LAYOUTS = frozenset({WEIGHTS_S8_PAIR128, WEIGHTS_S7})
 _warned: set[str] = set()
 
 
-def saturation_warning(model: str | Path | bytes | onnx.ModelProto, *, host: CpuIsa | None = None) -> str | None:
-    """One line when ``model`` is a CPU-target INT8 model whose weights can saturate the integer kernels of
-    ``host`` (default: this CPU); None when it runs exactly here (or is not a CPU-target model)."""
-    m = _load(model)
-    if m is None or _metadata(m).get(TARGET_KEY) != TARGET_CPU:
+def saturation_warning(meta: Mapping[str, str], name: str, *, host: CpuIsa | None = None) -> str | None:
+    """One line when a model with metadata ``meta`` is a CPU-target INT8 model whose weight layout can
+    saturate the integer kernels of ``host`` (default: this CPU); None when it runs exactly there.
+
+    Decided from the metadata alone (no onnx import: the runtime uses it). A CPU-target model without a
+    recorded layout (made before layouts were recorded) has full 8-bit weights unless it was reduced."""
+    if meta.get(TARGET_KEY) != TARGET_CPU:
         return None
     cpu = host or detect_isa()
-    if cpu.isa not in SATURATING_ISAS:
+    if cpu.isa not in SATURATING_ISAS or meta.get(WEIGHTS_KEY) in NON_SATURATING_LAYOUTS:
         return None
-    bad = saturating_weights(m)
-    if not bad:
-        return None
-    meta = _metadata(m)
-    made_for = meta.get(ISA_KEY)
+    made_for = meta.get(ISA_KEY, "a CPU with VNNI")
     layout = meta.get(WEIGHTS_KEY, "8-bit")
-    name = Path(model).name if isinstance(model, (str, Path)) else "this model"
-    return (f"{name} was quantized for {made_for or 'a CPU with VNNI'} ({layout} weights), but this CPU "
-            f"({cpu.isa}, no VNNI) adds u8 x s8 product pairs in saturating 16 bits and {len(bad)} of its convs can "
-            f"overflow them, so results can be wrong: re-quantize with `trtq quantize --target cpu --cpu-isa {cpu.isa}`")
+    return (f"{name} was quantized for {made_for} ({layout} weights), but this CPU ({cpu.isa}, no VNNI) adds "
+            f"u8 x s8 product pairs in saturating 16 bits, so its results can be wrong: re-quantize with "
+            f"`trtq quantize --target cpu --cpu-isa {cpu.isa}`")
 
 
-def warn_if_saturating(model: str | Path, log: logging.Logger | None = None) -> str | None:
-    """Log :func:`saturation_warning` once per model path (a warning, one line); return it."""
-    key = str(Path(model).resolve()) if isinstance(model, (str, Path)) else ""
-    if key in _warned:
-        return None
-    msg = saturation_warning(model)
-    if msg:
-        _warned.add(key)
+def warn_if_saturating(meta: Mapping[str, str], name: str, log: logging.Logger | None = None) -> str | None:
+    """Log :func:`saturation_warning` (one line, a warning) once per model name; return it."""
+    msg = saturation_warning(meta, name)
+    if msg and name not in _warned:
+        _warned.add(name)
         (log or logger).warning("%s", msg)
     return msg
 

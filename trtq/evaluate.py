@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trtq.cpuisa import is_cpu_target, warn_if_saturating
+from trtq.cpuisa import TARGET_CPU, TARGET_KEY, model_metadata, warn_if_saturating
 from trtq.errors import MissingDependencyError, TrtqError
 from trtq.ort import exact_qdq_sessions
 
@@ -468,10 +468,11 @@ def _exact_arithmetic(path: Path, exact_qdq: bool | None) -> bool:
     CPU-target model run for what this CPU gives (unless asked); engines and .pt models: not ONNX Runtime."""
     if path.suffix.lower() != ".onnx":
         return False
-    cpu = is_cpu_target(path)
+    meta = model_metadata(path)
+    cpu = meta.get(TARGET_KEY) == TARGET_CPU
     exact = (not cpu) if exact_qdq is None else exact_qdq
     if cpu and not exact:
-        warn_if_saturating(path, logger)
+        warn_if_saturating(meta, path.name, logger)
     return exact
 
 

@@ -36,6 +36,7 @@ from trtq.cpuisa import (
     detect_isa,
     k_orders,
     limit_pairs,
+    model_metadata,
     pair_sum_fits,
     quantize_fitting,
     resolve_isa,
@@ -348,16 +349,21 @@ def _cpu_model(tmp_path: Path, wq: np.ndarray, isa: str, layout: str) -> Path:
 
 def test_a_vnni_model_on_a_cpu_without_vnni_gets_one_warning_line(tmp_path: Path) -> None:
     wq = _saturating_weights(c=3)
-    vnni = _cpu_model(tmp_path, wq, ISA_AVX512_VNNI, WEIGHTS_S8)
-    avx2 = _cpu_model(tmp_path, limit_pairs(wq), ISA_AVX2, WEIGHTS_S8_PAIR128)
-    msg = saturation_warning(vnni, host=CpuIsa(ISA_AVX2, "test"))
+    vnni = model_metadata(_cpu_model(tmp_path, wq, ISA_AVX512_VNNI, WEIGHTS_S8))
+    avx2 = model_metadata(_cpu_model(tmp_path, limit_pairs(wq), ISA_AVX2, WEIGHTS_S8_PAIR128))
+    host = CpuIsa(ISA_AVX2, "test")
+    msg = saturation_warning(vnni, "m.onnx", host=host)
     assert msg is not None and "\n" not in msg and "--cpu-isa avx2" in msg and "avx512-vnni" in msg
-    for host in (ISA_AVX_VNNI, ISA_AVX512_VNNI, ISA_ARM64):
-        assert saturation_warning(vnni, host=CpuIsa(host, "test")) is None
-    assert saturation_warning(avx2, host=CpuIsa(ISA_AVX2, "test")) is None
-    tensorrt = tmp_path / "trt.onnx"
-    onnx.save(_conv_model(wq), str(tensorrt))
-    assert saturation_warning(tensorrt, host=CpuIsa(ISA_AVX2, "test")) is None
+    for other in (ISA_AVX_VNNI, ISA_AVX512_VNNI, ISA_ARM64):
+        assert saturation_warning(vnni, "m.onnx", host=CpuIsa(other, "test")) is None
+    assert saturation_warning(avx2, "m.onnx", host=host) is None
+    assert saturation_warning({**vnni, WEIGHTS_KEY: "s7"}, "m.onnx", host=host) is None
+    legacy = {TARGET_KEY: TARGET_CPU}  # made before layouts were recorded: full 8-bit weights
+    assert saturation_warning(legacy, "m.onnx", host=host) is not None
+    assert saturation_warning({}, "m.onnx", host=host) is None  # not a CPU-target model
+    # the metadata tells the truth about the weights: the rule on the weights themselves agrees
+    assert saturating_weights(onnx.load(str(tmp_path / f"cpu-{ISA_AVX512_VNNI}.onnx"))) == ["w_q"]
+    assert saturating_weights(onnx.load(str(tmp_path / f"cpu-{ISA_AVX2}.onnx"))) == []
 
 
 def test_detector_session_warns_once_on_a_saturating_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -371,7 +377,7 @@ def test_detector_session_warns_once_on_a_saturating_cpu(tmp_path: Path, monkeyp
     with caplog.at_level(logging.WARNING):
         OnnxSession(path)
         OnnxSession(path)
-    lines = [r.getMessage() for r in caplog.records if "saturate" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "saturating 16 bits" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0]
 
 
@@ -383,9 +389,9 @@ def test_evaluate_and_bench_share_the_warning(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(trtq.cpuisa, "detect_isa", lambda **_: CpuIsa(ISA_AVX2, "emulated"))
     monkeypatch.setattr(trtq.cpuisa, "_warned", set())
     calls: list[str] = []
-    monkeypatch.setattr(trtq.evaluate, "warn_if_saturating", lambda p, log=None: calls.append(str(p)))
+    monkeypatch.setattr(trtq.evaluate, "warn_if_saturating", lambda meta, name, log=None: calls.append(name))
     path = _cpu_model(tmp_path, _saturating_weights(c=3), ISA_AVX512_VNNI, WEIGHTS_S8)
-    assert trtq.evaluate._exact_arithmetic(path, None) is False and calls == [str(path)]
+    assert trtq.evaluate._exact_arithmetic(path, None) is False and calls == [path.name]
     assert trtq.evaluate._exact_arithmetic(path, True) is True
     trt = tmp_path / "trt.onnx"
     onnx.save(_conv_model(_saturating_weights(c=3)), str(trt))
