@@ -95,7 +95,8 @@ REASON_EXCLUDED = "excluded by the user (--exclude)"
 ACTIVATION_TYPES = ("u8", "s8")
 _LAYOUT_TEXT = {
     WEIGHTS_S8: "full 8 bits: exact where products accumulate in 32 bits (VNNI, Arm64)",
-    WEIGHTS_S8_PAIR128: "7 to 8 bits per channel, adjacent same-sign pairs |w1|+|w2| <= 128: no 16-bit saturation",
+    WEIGHTS_S8_PAIR128: "per channel the finest 7 to 8-bit grid whose adjacent pairs have |w1|+|w2| <= 128: "
+                        "no 16-bit saturation",
     WEIGHTS_S7: "7 bits: no 16-bit saturation",
 }
 
