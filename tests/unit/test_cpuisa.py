@@ -425,3 +425,23 @@ def test_cpu_model_reference_is_the_intended_arithmetic_and_verify_catches_satur
     assert not trtq.verify.verify(path).passed
     monkeypatch.setattr(trtq.verify, "_run_onnx", emulated(False))
     assert trtq.verify.verify(path).passed
+
+
+def test_quantize_warns_when_it_clips_a_bias(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    import trtq.headpolicy
+    from trtq.cpu_target import quantize_cpu
+
+    monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: {"/model.4/Conv": "final head conv (test)"})
+    model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
+    m = onnx.load(str(model))
+    for init in m.graph.initializer:
+        if init.name == "b1":
+            init.CopyFrom(numpy_helper.from_array(np.full(8, 1e12, np.float32), "b1"))
+    onnx.save(m, str(model))
+    images = write_images(tmp_path / "im", 4, size=(32, 32))
+    with caplog.at_level(logging.WARNING, logger="trtq.cpu_target"):
+        r = quantize_cpu(model, images, output=tmp_path / "q.onnx", cpu_isa=ISA_ARM64, progress=False)
+    lines = [rec.getMessage() for rec in caplog.records if "do not fit int32" in rec.getMessage()]
+    assert len(lines) == 1 and "/model.1/conv/Conv" in lines[0]
+    assert r.report["options"]["clipped_biases"] == ["/model.1/conv/Conv"]
