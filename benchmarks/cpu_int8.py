@@ -1,20 +1,23 @@
-"""INT8 on ONNX Runtime's CPU provider: trtq --target cpu against FP32, the TensorRT layout and quantize_static.
+"""INT8 on ONNX Runtime's CPU provider: trtq --target cpu per CPU ISA against FP32 (and alternatives).
 
-    .venv/bin/python benchmarks/cpu_int8.py --shared ../shared/assets
+    .venv/bin/python benchmarks/cpu_int8.py --shared ../shared/assets [--alternatives]
 
 One run prepares (into ``build/cpu-int8/``) and measures, on the shared YOLOv8n:
 
 - FP32 ONNX;
-- trtq ``--target tensorrt`` (Q/DQ on weighted-op inputs: simulated INT8 on the CPU);
-- trtq ``--target cpu`` (integer kernels);
-- ONNX Runtime ``quantize_static``: Conv only, QDQ, u8 activations, s8 per-channel weights, minmax and
-  percentile calibration (percentile runs in a child process capped with ``prlimit --as`` because its
-  memory grows with the number of images; a failure is reported as such).
+- trtq ``--target cpu`` in the weight layout of every ``--cpu-isa`` (same calibration ranges):
+  ``avx2`` (8-bit weights, adjacent same-sign pairs limited so x86 without VNNI cannot saturate),
+  ``avx-vnni`` / ``avx512-vnni`` / ``arm64`` (full 8-bit weights), and ``--reduce-range`` (7-bit weights);
+- with ``--alternatives``: trtq ``--target tensorrt`` (simulated INT8), the CPU layout with SiLU left float,
+  and ONNX Runtime ``quantize_static`` (Conv only, QDQ, u8/s8 per channel, minmax and percentile; the
+  percentile one in a child process capped with ``prlimit --as``: its memory grows with the images).
 
-Latency (median, p99) and throughput at batch 1 and 8 with 2 intra-op threads, the models timed
-round-robin (interleaved) so that load on the machine hits every row alike; mAP50-95 on coco128 val2017
-(batch 1 models; the batch-8 models carry the same ranges). Writes ``benchmarks/results/cpu-int8.md`` and
-``.json``.
+mAP50-95 on coco128 val2017 two ways: on this CPU's integer kernels, and with exact Q/DQ arithmetic
+(``session.disable_quant_qdq``: what CPUs that accumulate in int32, VNNI and Arm64, compute). Latency and
+throughput at batch 1 and 8 with 2 intra-op threads, the models timed round-robin (interleaved) so that
+load on the machine hits every row alike; a layout made for another ISA is timed here only where it runs
+the same kernels as this CPU's own layout (otherwise: "speed not measured here"). Writes
+``benchmarks/results/cpu-int8.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -37,11 +40,15 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
 
 log = logging.getLogger("benchmarks.cpu_int8")
 
-ROWS = (
-    ("fp32", "FP32"),
+# key, label, the layout option of quantize_cpu: (cpu_isa, reduce_range)
+CPU_ROWS = (
+    ("trtq-cpu-avx2", "trtq --target cpu --cpu-isa avx2", ("avx2", False)),
+    ("trtq-cpu-vnni", "trtq --target cpu --cpu-isa avx-vnni / avx512-vnni / arm64", ("avx512-vnni", False)),
+    ("trtq-cpu-7bit", "trtq --target cpu --reduce-range (any ISA)", ("avx2", True)),
+)
+ALT_ROWS = (
     ("trtq-tensorrt", "trtq --target tensorrt (simulated INT8)"),
-    ("trtq-cpu", "trtq --target cpu"),
-    ("trtq-cpu-silu-float", "trtq --target cpu, SiLU left float (layout alternative)"),
+    ("trtq-cpu-silu-float", "trtq --target cpu (host layout), SiLU left float"),
     ("ort-minmax", "ORT quantize_static Conv, per-channel, minmax"),
     ("ort-percentile", "ORT quantize_static Conv, per-channel, percentile"),
 )
@@ -59,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per batch size")
     p.add_argument("--per-round", type=int, default=5, help="timed runs per model and round at batch 1")
     p.add_argument("--no-map", action="store_true", help="skip the mAP evaluation")
+    p.add_argument("--alternatives", action="store_true",
+                   help="also the TensorRT layout, SiLU-float layout and ORT quantize_static rows")
     p.add_argument("--fresh", action="store_true", help="rebuild prepared models")
     # internal: ORT quantize_static in a child process
     p.add_argument("--ort-child", nargs=4, metavar=("MODEL", "OUT", "METHOD", "IMAGES"), help=argparse.SUPPRESS)
@@ -135,8 +144,6 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
     from trtq.cpu_target import plan_cpu, quantize_cpu
     from trtq.export import export_onnx
     from trtq.headpolicy import float_nodes
-    from trtq.qdq import plan_qdq
-    from trtq.quantize import quantize
 
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -152,26 +159,47 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
 
     fm = onnx.load(str(fp32))
     t0 = time.perf_counter()
-    trt_tensors = plan_qdq(fm, keep_float=float_nodes(fm)).activation_tensors
-    h_trt, _ = collect_statistics(fp32, calib, trt_tensors, num_images=args.calib_images, progress=False)
-    out = work / "trtq-tensorrt.onnx"
-    quantize(fp32, calib, histograms=h_trt, output=out, progress=False)
-    info["trtq_tensorrt_seconds"] = round(time.perf_counter() - t0, 1)
-    models["trtq-tensorrt"] = {1: out}
-    notes["trtq-tensorrt"] = f"{args.calib_images} images, percentile 99.99 (default)"
-
-    t0 = time.perf_counter()
     head = float_nodes(fm)
     cpu_tensors = list(dict.fromkeys(
         plan_cpu(fm, keep_float=head).range_tensors + plan_cpu(fm, keep_float=head, silu="float").range_tensors
     ))
     h_cpu, _ = collect_statistics(fp32, calib, cpu_tensors, num_images=args.calib_images, progress=False, fused_silu=False)
-    out = work / "trtq-cpu.onnx"
-    r = quantize_cpu(fp32, calib, histograms=h_cpu, output=out, progress=False)
-    info["trtq_cpu_seconds"] = round(time.perf_counter() - t0, 1)
-    info["trtq_cpu_kernels"] = r.report["ort_kernels"]
-    models["trtq-cpu"] = {1: out}
-    notes["trtq-cpu"] = f"{args.calib_images} images, {r.report['algorithm']} (default)"
+    info["statistics_seconds"] = round(time.perf_counter() - t0, 1)
+    for key, _label, (isa, reduce) in CPU_ROWS:
+        out = work / f"{key}.onnx"
+        r = quantize_cpu(fp32, calib, histograms=h_cpu, output=out, cpu_isa=isa, reduce_range=reduce, progress=False)
+        info[f"{key}_kernels"] = r.report["ort_kernels"]
+        models[key] = {1: out}
+        notes[key] = f"{args.calib_images} images, {r.report['algorithm']} (default), weights {r.report['options']['weights']}"
+    if args.alternatives:
+        _prepare_alternatives(args, fp32, h_cpu, models, notes, info)
+    for key, paths in models.items():
+        if 8 not in paths:
+            p8 = work / f"{key}-b8.onnx"
+            rebatch(paths[1], b8, p8)
+            paths[8] = p8
+    return models, notes, info
+
+
+def _prepare_alternatives(args: argparse.Namespace, fp32: Path, h_cpu: dict[str, Any], models: dict[str, dict[int, Path]],
+                          notes: dict[str, str], info: dict[str, Any]) -> None:
+    import onnx
+
+    from trtq.amax import collect_statistics
+    from trtq.cpu_target import quantize_cpu
+    from trtq.headpolicy import float_nodes
+    from trtq.qdq import plan_qdq
+    from trtq.quantize import quantize
+
+    work: Path = args.work
+    calib = args.shared / "coco128" / "images" / "train2017"
+    fm = onnx.load(str(fp32))
+    trt_tensors = plan_qdq(fm, keep_float=float_nodes(fm)).activation_tensors
+    h_trt, _ = collect_statistics(fp32, calib, trt_tensors, num_images=args.calib_images, progress=False)
+    out = work / "trtq-tensorrt.onnx"
+    quantize(fp32, calib, histograms=h_trt, output=out, progress=False)
+    models["trtq-tensorrt"] = {1: out}
+    notes["trtq-tensorrt"] = f"{args.calib_images} images, percentile 99.99 (default)"
     out = work / "trtq-cpu-silu-float.onnx"
     quantize_cpu(fp32, calib, histograms=h_cpu, output=out, silu="float", progress=False)
     models["trtq-cpu-silu-float"] = {1: out}
@@ -195,13 +223,6 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
             continue
         models[key] = {1: out}
         notes[key] = f"{n} images" + (f", address space capped at {args.percentile_mem_gb:g} GB" if cap else "") + f", {seconds} s"
-
-    for key, paths in models.items():
-        if 8 not in paths:
-            p8 = work / f"{key}-b8.onnx"
-            rebatch(paths[1], b8, p8)
-            paths[8] = p8
-    return models, notes, info
 
 
 def check_rebatch(models: dict[str, dict[int, Path]], calib: Path, threads: int) -> dict[str, float]:
@@ -239,14 +260,65 @@ def time_models(models: dict[str, dict[int, Path]], batch: int, args: argparse.N
     return times
 
 
-def _cpu_name() -> str:
+def _cpu_name(isa: str) -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     except OSError:
-        return platform.processor()
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-    vnni = "avx512_vnni" in out or "avx_vnni" in out
-    return f"{model} ({os.cpu_count()} cores{', AVX512-VNNI' if vnni else ''})"
+        out = ""
+    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+                 platform.processor() or "?")
+    return f"{model} ({os.cpu_count()} cores, ISA {isa})"
+
+
+def row_isas(key: str) -> tuple[str, ...]:
+    """The CPU ISAs a row's layout is made for (every ISA for FP32 and 7-bit weights)."""
+    from trtq.cpuisa import ISA_ARM64, ISA_AVX2, ISA_AVX512_VNNI, ISA_AVX_VNNI, ISAS
+
+    return {"trtq-cpu-avx2": (ISA_AVX2,), "trtq-cpu-vnni": (ISA_AVX_VNNI, ISA_AVX512_VNNI, ISA_ARM64)}.get(key, ISAS)
+
+
+def _labels() -> list[tuple[str, str]]:
+    return [("fp32", "FP32"), *((k, label) for k, label, _ in CPU_ROWS), *ALT_ROWS]
+
+
+def evaluate_rows(models: dict[str, dict[int, Path]], data: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """mAP50-95 of every batch-1 model on this CPU's kernels, and with exact Q/DQ arithmetic (quantized rows)."""
+    from trtq.evaluate import evaluate
+
+    native, exact = {}, {}
+    for key, paths in models.items():
+        native[key] = float(evaluate(paths[1], data, exact_qdq=False)["map50_95"])
+        if key != "fp32":
+            exact[key] = float(evaluate(paths[1], data, exact_qdq=True)["map50_95"])
+    return native, exact
+
+
+def _table(rows: list[dict[str, Any]], host: str) -> list[str]:
+    fp32 = rows[0]
+    base_map = fp32.get("map_native")
+    lines = [
+        f"| model | made for ISA | weights | mAP50-95 exact (int32 kernels) | Δ points | mAP50-95 on this CPU ({host}) "
+        "| Δ points | b1 median ms | b1 speed-up | b8 median ms | b8 speed-up | calibration |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def m(v: float | None) -> list[str]:
+        if v is None:
+            return ["-", "-"]
+        return [f"{v:.4f}", f"{(v - base_map) * 100:+.2f}" if base_map is not None else "-"]
+
+    for r in rows:
+        cells = [r["label"], ", ".join(r["isas"]), r.get("weights", "float")]
+        cells += m(r.get("map_exact")) + m(r.get("map_native"))
+        for b in (1, 8):
+            d = r.get(f"b{b}")
+            if d:
+                cells += [f"{d['median_ms']:.1f}", f"{d['throughput'] / fp32[f'b{b}']['throughput']:.2f}×"]
+            else:
+                cells += ["-", r.get("speed_note", "not measured")]
+        cells.append(r["notes"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,25 +331,37 @@ def main(argv: list[str] | None = None) -> int:
         model, out, method, n = args.ort_child
         ort_quantize_static(Path(model), Path(out), method, calib, int(n))
         return 0
+    import onnx
     import onnxruntime as ort
 
+    from trtq.cpuisa import WEIGHTS_KEY, detect_isa
+
+    host = detect_isa()
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     models, notes, info = prepare(args)
     diffs = check_rebatch(models, calib, args.threads)
-    timings = {b: time_models(models, b, args) for b in (1, 8)}
-    maps: dict[str, float] = {}
+    # a layout made for another ISA runs other kernels there: its speed here says nothing about that CPU
+    timed = {k: v for k, v in models.items() if host.isa in row_isas(k)}
+    timings = {b: time_models(timed, b, args) for b in (1, 8)}
+    load_timed = os.getloadavg()
+    native: dict[str, float] = {}
+    exact: dict[str, float] = {}
     if not args.no_map:
-        from trtq.evaluate import evaluate
-
-        data = args.shared / "coco128" / "data.yaml"
-        for key, paths in models.items():
-            maps[key] = float(evaluate(paths[1], data)["map50_95"])
+        native, exact = evaluate_rows(models, args.shared / "coco128" / "data.yaml")
     load_after = os.getloadavg()
 
     rows = []
-    for key, label in ROWS:
-        row: dict[str, Any] = {"key": key, "label": label, "notes": notes.get(key, ""), "map50_95": maps.get(key)}
+    for key, label in _labels():
+        if key not in models and key not in notes:
+            continue
+        meta = {p.key: p.value for p in onnx.load(str(models[key][1]), load_external_data=False).metadata_props} \
+            if key in models else {}
+        row: dict[str, Any] = {"key": key, "label": label, "notes": notes.get(key, ""), "isas": list(row_isas(key)),
+                               "weights": meta.get(WEIGHTS_KEY, "s8" if key.startswith(("ort-", "trtq-")) else "float"),
+                               "map_native": native.get(key), "map_exact": exact.get(key)}
+        if key not in timed:
+            row["speed_note"] = f"speed not measured here (needs {' / '.join(row_isas(key))})"
         for b in (1, 8):
             t = timings[b].get(key)
             if t:
@@ -285,36 +369,27 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"b{b}"] = {"median_ms": med, "p99_ms": float(np.percentile(t, 99)), "samples": len(t),
                                 "throughput": b * 1000.0 / med}
         rows.append(row)
-    base = {b: rows[0][f"b{b}"]["throughput"] for b in (1, 8)}
-    fp32_map = rows[0]["map50_95"]
     lines = [
-        "# INT8 on the CPU: YOLOv8n (COCO) on ONNX Runtime's CPU provider",
+        f"# INT8 on the CPU: YOLOv8n (COCO) on ONNX Runtime's CPU provider, ISA {host.isa}",
         "",
-        f"Machine: {_cpu_name()}; ONNX Runtime {ort.__version__}; {args.threads} intra-op threads; "
-        f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after (the machine was shared: absolute "
-        "times are noisy, the rows were timed round-robin in one run so the ratios are comparable).",
+        f"Machine: {_cpu_name(host.isa)} ({host.reason}); ONNX Runtime {ort.__version__}; {args.threads} intra-op "
+        f"threads; load average {load_before[0]:.1f} before, {load_timed[0]:.1f} after timing, {load_after[0]:.1f} at "
+        "the end (the machine was shared: absolute times are noisy; the rows were timed round-robin in one run, so "
+        "the ratios are comparable).",
         f"Timing: {args.rounds} interleaved rounds; per model {len(timings[1]['fp32'])} runs at batch 1 and "
-        f"{len(timings[8]['fp32'])} at batch 8 (p99 of so few runs is close to the max). mAP50-95: coco128 val2017 "
-        "(128 images) with ultralytics' validator, batch-1 models. Calibration: coco128 train2017. All models come "
-        "from batch-1 and batch-8 ONNX exports of the shared yolov8n-coco.pt (opset 17, simplified).",
+        f"{len(timings[8]['fp32'])} at batch 8. mAP50-95: coco128 val2017 (128 images) with ultralytics' validator, "
+        "batch-1 models, two ways: *exact* computes the Q/DQ arithmetic as written (ONNX Runtime's "
+        "`session.disable_quant_qdq`): what CPUs whose integer kernels accumulate in int32 (AVX-VNNI, AVX512-VNNI, "
+        f"Arm64) compute; *on this CPU* runs this machine's fused integer kernels ({host.isa}). On 128 images, "
+        "differences under about 0.4 points are within the noise of the evaluation path (exact vs fused). "
+        "Calibration: coco128 train2017. All models come from batch-1 and batch-8 ONNX exports of the shared "
+        "yolov8n-coco.pt (opset 17, simplified); the quantized rows share one set of activation ranges.",
         "",
-        "| model | b1 median ms | b1 p99 ms | b1 img/s | b1 speed-up | b8 median ms | b8 p99 ms | b8 img/s | b8 speed-up "
-        "| mAP50-95 | Δ mAP (points) | calibration |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        cells = [r["label"]]
-        for b in (1, 8):
-            d = r.get(f"b{b}")
-            cells += ([f"{d['median_ms']:.1f}", f"{d['p99_ms']:.1f}", f"{d['throughput']:.2f}",
-                       f"{d['throughput'] / base[b]:.2f}×"] if d else ["-"] * 4)
-        m = r["map50_95"]
-        cells += [f"{m:.4f}" if m is not None else "-",
-                  f"{(m - fp32_map) * 100:+.2f}" if m is not None and fp32_map is not None else "-", r["notes"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
+        *_table(rows, host.isa),
         "",
-        f"trtq --target cpu: ONNX Runtime's optimized graph runs {', '.join(f'{v} {k}' for k, v in sorted(info['trtq_cpu_kernels'].items()))}.",
+        "Kernels in ONNX Runtime's optimized graph: " + "; ".join(
+            f"{k.removesuffix('_kernels')}: " + ", ".join(f"{v} {op}" for op, v in sorted(ops.items()))
+            for k, ops in info.items() if k.endswith("_kernels")) + ".",
         "Batch-8 models are the batch-1 models with the batch-8 export's shape constants (same ranges); max |batch-8 - "
         "batch-1| output difference per model: " + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()) + ".",
         f"Reproduce: `make bench-cpu-int8` (`.venv/bin/python benchmarks/cpu_int8.py --shared SHARED`); this run took "
@@ -324,8 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     from trtq.fileio import write_json, write_text
 
     write_text(args.out, text)
-    write_json(args.out.with_suffix(".json"), {"rows": rows, "info": info, "rebatch_max_diff": diffs,
-                                               "load_average": [load_before, load_after]})
+    write_json(args.out.with_suffix(".json"), {"isa": host.isa, "isa_reason": host.reason, "rows": rows, "info": info,
+                                               "rebatch_max_diff": diffs,
+                                               "load_average": [load_before, load_timed, load_after]})
     print(text)
     return 0
 

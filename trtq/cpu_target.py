@@ -42,6 +42,18 @@ import onnx
 from onnx import helper, numpy_helper
 
 from trtq import __version__, onnxgraph
+from trtq.cpuisa import (
+    ISA_LAYOUT,
+    TARGET_CPU,
+    TARGET_KEY,
+    WEIGHT_LAYOUTS,
+    WEIGHTS_S7,
+    WEIGHTS_S8,
+    WEIGHTS_S8_PAIR128,
+    cpu_metadata,
+    quantize_fitting,
+    resolve_isa,
+)
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
 from trtq.headpolicy import node_key
@@ -49,11 +61,9 @@ from trtq.modelinfo import model_sha256
 
 logger = logging.getLogger(__name__)
 
-TARGET_CPU = "cpu"
 TARGET_TENSORRT = "tensorrt"
 TARGETS = (TARGET_TENSORRT, TARGET_CPU)
-# metadata key every trtq Q/DQ model carries (absent on older files: TensorRT)
-TARGET_KEY = "trtq_target"
+# TARGET_KEY: the metadata key every trtq Q/DQ model carries (absent on older files: TensorRT)
 CPU_SUFFIX = ".int8.cpu.onnx"
 # With asymmetric u8 ranges, clipping by percentile costs accuracy on the CPU layout (every body tensor is
 # quantized, not only weighted-op inputs); the histogram-MSE choice kept YOLOv8n within 0.1 mAP points.
@@ -83,6 +93,12 @@ REASON_SILU_FLOAT = "SiLU kept float (silu='float')"
 REASON_EXCLUDED = "excluded by the user (--exclude)"
 
 ACTIVATION_TYPES = ("u8", "s8")
+_LAYOUT_TEXT = {
+    WEIGHTS_S8: "full 8 bits: exact where products accumulate in 32 bits (VNNI, Arm64)",
+    WEIGHTS_S8_PAIR128: "per channel the finest 7 to 8-bit grid whose adjacent pairs have |w1|+|w2| <= 128: "
+                        "no 16-bit saturation",
+    WEIGHTS_S7: "7 bits: no 16-bit saturation",
+}
 
 
 @dataclass
@@ -233,15 +249,20 @@ def insert_cpu_qdq(
     plan: CpuPlan,
     params: Mapping[str, QParams],
     *,
-    reduce_range: bool = False,
+    weights: str = WEIGHTS_S8,
+    clipped_biases: list[str] | None = None,
 ) -> onnx.ModelProto:
     """A copy of ``model`` with Q/DQ after every quantized tensor and quantized Conv weights and biases.
 
-    ``params`` holds the parameters of every tensor in ``plan.range_tensors``. ``reduce_range`` stores
-    weights in 7 bits ([-63, 63]): x86 CPUs without VNNI add u8 x s8 products pairwise in 16 bits, which
-    can saturate with full-range weights.
+    ``params`` holds the parameters of every tensor in ``plan.range_tensors``. ``weights`` is the weight
+    layout (:mod:`trtq.cpuisa`): ``s8`` full range; ``s8-pair128`` 8 bits with adjacent same-sign pairs
+    limited so that x86 CPUs without VNNI (u8 x s8 products added pairwise in 16 bits) cannot saturate;
+    ``s7`` 7 bits ([-63, 63]). Biases whose i32 code does not fit are clipped and named in
+    ``clipped_biases``.
     """
-    wmax = 63.0 if reduce_range else 127.0
+    if weights not in WEIGHT_LAYOUTS:
+        raise ValueError(f"unknown weight layout {weights!r}")
+    wmax = 63.0 if weights == WEIGHTS_S7 else 127.0
     q = onnx.ModelProto()
     q.CopyFrom(model)
     graph = q.graph
@@ -273,9 +294,12 @@ def insert_cpu_qdq(
         pos = producer_pos.get(node.output[0], -1) - 1  # just before the Conv (it is its own producer)
         if w not in weight_scale:
             arr = numpy_helper.to_array(inits[w]).astype(np.float32)
-            amax_c = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1)
-            w_scale = np.where(amax_c > 0, amax_c / wmax, 1.0).astype(np.float32)
-            wq = np.clip(np.rint(arr / w_scale.reshape(-1, *([1] * (arr.ndim - 1)))), -wmax, wmax).astype(np.int8)
+            if weights == WEIGHTS_S8_PAIR128:
+                wq, w_scale = quantize_fitting(arr)
+            else:
+                amax_c = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1)
+                w_scale = np.where(amax_c > 0, amax_c / wmax, 1.0).astype(np.float32)
+                wq = np.clip(np.rint(arr / w_scale.reshape(-1, *([1] * (arr.ndim - 1)))), -wmax, wmax).astype(np.int8)
             new_inits.append(numpy_helper.from_array(wq, f"{w}_quantized"))
             new_inits.append(numpy_helper.from_array(w_scale, f"{w}_scale"))
             new_inits.append(numpy_helper.from_array(np.zeros(wq.shape[0], np.int8), f"{w}_zero_point"))
@@ -295,6 +319,8 @@ def insert_cpu_qdq(
             x_scale = params[plan.tensors[node.input[0]]].scale
             b_scale = (w_scale.astype(np.float64) * x_scale).astype(np.float32)
             bq = np.rint(numpy_helper.to_array(inits[b]).astype(np.float64) / b_scale).astype(np.int64)
+            if clipped_biases is not None and np.any((bq < -(2**31)) | (bq > 2**31 - 1)):
+                clipped_biases.append(key)
             bq = np.clip(bq, -(2**31), 2**31 - 1).astype(np.int32)
             new_inits.append(numpy_helper.from_array(bq, f"{bname}_quantized"))
             new_inits.append(numpy_helper.from_array(b_scale, f"{bname}_scale"))
@@ -369,10 +395,12 @@ class CpuQuantizeResult:
     def summary(self) -> str:
         c = self.report["counts"]
         k = self.report["ort_kernels"]
+        o = self.report["options"]
         return "\n".join(
             [
                 f"wrote {self.path} (target cpu: {c['integer_nodes']} integer kernels, {c['float_nodes']} nodes float; "
                 f"{c['quantized_convs']} of {c['convs']} convs INT8)",
+                f"CPU ISA {o['cpu_isa']} ({o['cpu_isa_reason']}): weights {o['weights']} ({_LAYOUT_TEXT[o['weights']]})",
                 "ONNX Runtime CPU runs: " + ", ".join(f"{v} {op}" for op, v in sorted(k.items())),
                 f"report {self.report_path} and {self.markdown_path}",
             ]
@@ -485,10 +513,15 @@ def quantize_cpu(
     activations: str = "u8",
     silu: str = "int",
     reduce_range: bool = False,
+    cpu_isa: str | None = None,
     histograms: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> CpuQuantizeResult:
-    """Calibrate ``model`` on ``source`` and write an INT8 ONNX laid out for ONNX Runtime's CPU provider."""
+    """Calibrate ``model`` on ``source`` and write an INT8 ONNX laid out for ONNX Runtime's CPU provider.
+
+    ``cpu_isa`` (``auto``/None: this CPU) picks the weight layout that cannot saturate that CPU's integer
+    kernels (:data:`trtq.cpuisa.ISA_LAYOUT`); ``reduce_range`` forces 7-bit weights on any ISA.
+    """
     from calibrators.ranges import DEFAULT_PERCENTILE
     from trtq.amax import QUANTIZE_ALGOS, activation_amax, calibration_record, collect_statistics
     from trtq.headpolicy import float_nodes as head_float_nodes
@@ -501,6 +534,8 @@ def quantize_cpu(
         raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(QUANTIZE_ALGOS)}")
     if activations not in ACTIVATION_TYPES:
         raise TrtqError(f"unknown activation type {activations!r}; choose one of {', '.join(ACTIVATION_TYPES)}")
+    isa = resolve_isa(cpu_isa)
+    layout = WEIGHTS_S7 if reduce_range else ISA_LAYOUT[isa.isa]
     mpath = _resolve_model(model)
     fmodel = onnx.load(str(mpath))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in fmodel.graph.node):
@@ -531,7 +566,11 @@ def quantize_cpu(
     amax, chosen = activation_amax(histograms, tensors, algo, percentile=percentile, graph_inputs=graph_inputs)
     ranges = activation_ranges(histograms, amax, tensors)
     params = {t: qparams(lo, hi, activations) for t, (lo, hi) in ranges.items()}
-    qmodel = insert_cpu_qdq(fmodel, plan, params, reduce_range=reduce_range)
+    clipped: list[str] = []
+    qmodel = insert_cpu_qdq(fmodel, plan, params, weights=layout, clipped_biases=clipped)
+    if clipped:
+        logger.warning("%d conv biases do not fit int32 at scale S_x * S_w and were clipped (first: %s): those "
+                       "channels' outputs change; keep the convs in float with --exclude", len(clipped), clipped[0])
     out = Path(output) if output is not None else default_output(mpath, CPU_SUFFIX)
     _set_metadata(
         qmodel,
@@ -540,6 +579,7 @@ def quantize_cpu(
             TARGET_KEY: TARGET_CPU,
             "trtq_algorithm": algo,
             "trtq_version": __version__,
+            **cpu_metadata(isa, layout),
         },
     )
     onnxgraph.topological_sort(qmodel.graph)  # converters may leave nodes after their readers
@@ -554,7 +594,11 @@ def quantize_cpu(
         "head_policy": head_policy,
         "activations": activations,
         "silu": silu,
-        "weight_bits": 7 if reduce_range else 8,
+        "weight_bits": 7 if layout == WEIGHTS_S7 else 8,
+        "weights": layout,
+        "cpu_isa": isa.isa,
+        "cpu_isa_reason": isa.reason,
+        "clipped_biases": clipped,
         "exclude": list(exclude),
     }
     report = _report(

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trtq.cpuisa import TARGET_CPU, TARGET_KEY, model_metadata, warn_if_saturating
 from trtq.errors import MissingDependencyError, TrtqError
+from trtq.ort import exact_qdq_sessions
 
 logger = logging.getLogger(__name__)
 
@@ -461,6 +463,19 @@ def engine_for_ultralytics(path: Path, workdir: Path) -> Path:
     return copy
 
 
+def _exact_arithmetic(path: Path, exact_qdq: bool | None) -> bool:
+    """Whether ONNX Runtime computes Q/DQ exactly for ``path``: yes for what simulates TensorRT, no for a
+    CPU-target model run for what this CPU gives (unless asked); engines and .pt models: not ONNX Runtime."""
+    if path.suffix.lower() != ".onnx":
+        return False
+    meta = model_metadata(path)
+    cpu = meta.get(TARGET_KEY) == TARGET_CPU
+    exact = (not cpu) if exact_qdq is None else exact_qdq
+    if cpu and not exact:
+        warn_if_saturating(meta, path.name, logger)
+    return exact
+
+
 @contextlib.contextmanager
 def _quiet_ultralytics() -> Iterator[None]:
     log = logging.getLogger("ultralytics")
@@ -485,8 +500,14 @@ def evaluate(
     per_class: bool = False,
     images: str | os.PathLike[str] | None = None,
     device: str = "cpu",
+    exact_qdq: bool | None = None,
 ) -> dict[str, Any]:
     """mAP of ``model`` on ``data`` with ultralytics' validator.
+
+    An ONNX with Q/DQ simulates TensorRT: ONNX Runtime computes its Q/DQ exactly (no fused integer
+    kernels, so the same on every CPU). A ``--target cpu`` model runs on this CPU's integer kernels (with a
+    warning where they saturate) unless ``exact_qdq`` is True: then it gives the accuracy of CPUs whose
+    kernels accumulate in int32 (VNNI, Arm64).
 
     Returns ``{"model", "data", "map50_95", "map50", "precision", "recall", "images", "instances",
     "seconds", "speed_ms"}`` plus ``"per_class"`` (name -> {map50_95, map50}) when asked.
@@ -499,7 +520,8 @@ def evaluate(
         ul = _ultralytics()
         load = engine_for_ultralytics(path, Path(tmp)) if path.suffix.lower() == ".engine" else path
         t0 = time.perf_counter()
-        with _quiet_ultralytics():
+        exact = _exact_arithmetic(path, exact_qdq)
+        with _quiet_ultralytics(), (exact_qdq_sessions() if exact else contextlib.nullcontext()):
             try:
                 yolo = ul.YOLO(str(load), task=_model_task(path))
                 task = str(yolo.task or "detect")
@@ -541,6 +563,7 @@ def evaluate(
         "imgsz": imgsz,
         "batch": batch,
         "seconds": round(seconds, 2),
+        "qdq_arithmetic": "exact" if exact else "this CPU's kernels",
         "speed_ms": {k: round(float(v), 2) for k, v in dict(metrics.speed).items()},
     }
     if primary is not box:

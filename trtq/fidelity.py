@@ -26,9 +26,12 @@ logger = logging.getLogger(__name__)
 
 
 def _session(model: str | os.PathLike[str] | bytes) -> Any:
+    from trtq.cpuisa import is_cpu_target
     from trtq.ort import ort_session
 
-    return ort_session(model if isinstance(model, bytes) else Path(model), ["CPUExecutionProvider"])
+    src = model if isinstance(model, bytes) else Path(model)
+    # TensorRT's arithmetic simulated exactly; a CPU-target model on this CPU's own integer kernels
+    return ort_session(src, ["CPUExecutionProvider"], exact_qdq=not is_cpu_target(src))
 
 
 def run_onnx(model: str | os.PathLike[str] | bytes, batches: Iterable[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:

@@ -8,6 +8,7 @@ end-to-end selection, attention) reads a dequantized tensor, and no Softmax anyw
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -59,9 +60,11 @@ def raw_outputs(model: str, batches: list[dict[str, Any]]) -> list[list[Any]]:
     """Every output of ``model`` (ONNX Runtime CPU) for every batch, as float32; inputs are cast to the
     model's input type (an FP16 model takes float16)."""
     import numpy as np
-    import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    from trtq.cpuisa import is_cpu_target
+    from trtq.ort import ort_session
+
+    sess = ort_session(Path(model), ["CPUExecutionProvider"], exact_qdq=not is_cpu_target(model))
     dtypes = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32 for i in sess.get_inputs()}
     return [
         [np.asarray(o, dtype=np.float32) for o in sess.run(None, {k: v.astype(dtypes.get(k, np.float32)) for k, v in f.items()})]

@@ -430,7 +430,9 @@ def write_reference(
     else:
         runnable = mpath
         label = what or f"{'Q/DQ ONNX' if _is_qdq(mpath) else 'ONNX'} {mpath.name}"
-    sess = ort_session(runnable, ["CPUExecutionProvider"])
+    # the intended arithmetic, not this CPU's kernels: Q/DQ computed exactly (TensorRT and the VNNI/Arm64
+    # kernels of a CPU-target model accumulate in int32), so verify on a saturating CPU fails
+    sess = ort_session(runnable, ["CPUExecutionProvider"], exact_qdq=True)
     # the images are float32; an FP16 model takes (and its engine is fed) float16
     in_types = {i.name: np.float16 if i.type == "tensor(float16)" else np.float32 for i in sess.get_inputs()}
     input_name = info.input.name

@@ -42,9 +42,11 @@ STATUS_NOT_RUN = "not run"
 # running an artefact
 # ---------------------------------------------------------------------------------------------------------------
 def _run_onnx(path: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    from trtq.cpuisa import is_cpu_target
     from trtq.ort import ort_session
 
-    sess = ort_session(path, ["CPUExecutionProvider"])
+    # a TensorRT Q/DQ ONNX is simulated exactly; a CPU-target model runs on this CPU's own integer kernels
+    sess = ort_session(path, ["CPUExecutionProvider"], exact_qdq=not is_cpu_target(path))
     types = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
     inputs = {i.name: types.get(i.type) for i in sess.get_inputs()}
     names = [o.name for o in sess.get_outputs()]

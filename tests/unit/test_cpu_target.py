@@ -157,8 +157,19 @@ def test_cli_target_cpu_writes_the_model_and_report(tmp_path: Path, monkeypatch:
     assert out.is_file() and "2 QLinearConv" in res.output
     rep = json.loads((tmp_path / "tiny.int8.cpu.report.json").read_text())
     assert rep["algorithm"] == "mse" and rep["target"] == TARGET_CPU
+    # auto: this CPU, and the output says which ISA and why
+    assert "CPU ISA " in res.output and "auto: this CPU" in res.output
+    assert rep["options"]["cpu_isa"] in ("avx2", "avx-vnni", "avx512-vnni", "arm64")
+    res = CliRunner().invoke(main, ["quantize", str(model), "--calib", str(images), "--target", "cpu",
+                                    "--cpu-isa", "arm64", "-o", str(tmp_path / "arm.onnx"), "--ref-images", "0"])
+    assert res.exit_code == 0, res.output
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "arm.onnx")).metadata_props}
+    assert meta["trtq_cpu_isa"] == "arm64" and meta["trtq_cpu_weights"] == "s8"
+    assert "CPU ISA arm64 (asked for (--cpu-isa))" in res.output
     res = CliRunner().invoke(main, ["quantize", str(model), "--calib", str(images), "--reduce-range"])
     assert res.exit_code != 0 and "--reduce-range applies to --target cpu only" in res.output
+    res = CliRunner().invoke(main, ["quantize", str(model), "--calib", str(images), "--cpu-isa", "avx2"])
+    assert res.exit_code != 0 and "--cpu-isa applies to --target cpu only" in res.output
 
 
 def test_cli_target_cpu_rejects_tensorrt_only_options(tiny_conv_onnx: Path, tmp_path: Path) -> None:
@@ -248,7 +259,9 @@ def test_reduce_range_stores_7_bit_weights(tmp_path: Path, monkeypatch: pytest.M
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
     images = write_images(tmp_path / "im", 4, size=(32, 32))
     for reduce, bound in ((False, 127), (True, 63)):
-        r = quantize_cpu(model, images, output=tmp_path / f"r{reduce}.onnx", reduce_range=reduce, progress=False)
+        # full 8 bits: the layout of CPUs that accumulate in int32 (the avx2 one limits some pairs)
+        r = quantize_cpu(model, images, output=tmp_path / f"r{reduce}.onnx", reduce_range=reduce,
+                         cpu_isa="avx512-vnni", progress=False)
         q = onnx.load(str(r.path))
         w = [numpy_helper.to_array(i) for i in q.graph.initializer if i.name in ("w0_quantized", "w1_quantized")]
         assert len(w) == 2

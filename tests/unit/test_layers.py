@@ -19,7 +19,7 @@ PACKAGES = ("trtq", "calibrators")
 # Bottom to top. A pattern ending in ".*" covers a package's submodules (the package itself is listed apart).
 LAYERS: dict[str, tuple[str, ...]] = {
     "base": (
-        "trtq", "trtq.errors", "trtq.fileio", "trtq.precision", "trtq.tasks", "trtq.onnxgraph", "trtq.ort",
+        "trtq", "trtq.errors", "trtq.fileio", "trtq.precision", "trtq.tasks", "trtq.onnxgraph", "trtq.ort", "trtq.cpuisa",
         "trtq.headpolicy", "trtq.modelinfo", "trtq.images", "trtq.postprocess", "trtq.device", "trtq.machine",
         "trtq.engine_meta", "trtq.trt", "trtq.trt.compat", "trtq.trt.session",
     ),

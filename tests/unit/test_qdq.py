@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtq.errors import TrtqError
 from trtq.headpolicy import float_nodes
+from trtq.ort import ort_session
 from trtq.qdq import dequantize_weight, ensure_opset, insert_qdq, plan_qdq, quantize_weight, unify_amax
 
 
@@ -26,7 +27,8 @@ def _fake_amax(plan_tensors: list[str], value: float = 4.0) -> dict[str, float]:
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    """The model on ONNX Runtime as trtq simulates TensorRT: Q/DQ computed exactly (no fused kernels)."""
+    sess = ort_session(model.SerializeToString(), exact_qdq=True)
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from tests.unit.test_runtime_models import make_tiny_yolo_onnx, random_images
 from trtq.errors import TrtqError
+from trtq.ort import exact_qdq_sessions
 from trtq.runtime import Detections, Detector
 
 REPO = Path(__file__).resolve().parents[2]
@@ -242,7 +243,8 @@ def test_qdq_onnx_matches_ultralytics(yolo_onnx: Path, calib_dir: Path, tmp_path
     images = sorted(calib_dir.parent.joinpath("val2017").glob("*.jpg"))[4:7]
     model = yolo_mod.YOLO(str(qdq), task="detect")
     total = 0
-    with Detector(qdq) as det:
+    # both simulate TensorRT: ONNX Runtime computes the Q/DQ exactly in ultralytics' session too
+    with Detector(qdq) as det, exact_qdq_sessions():
         for path in images:
             ref = model.predict(str(path), imgsz=640, conf=0.25, iou=0.7, verbose=False, save=False)[0]
             (ours,) = det.detect(cv2.imread(str(path)))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtq.bench.types import Backend, Sample
+from trtq.cpuisa import model_metadata, warn_if_saturating
 from trtq.device import cuda_check, load_cudart
 from trtq.engine_meta import engine_dla_core
 from trtq.errors import TrtqError
@@ -88,6 +89,7 @@ class OnnxRuntimeBackend:
 
         self.path = path
         self.info = read_model_info(path, with_hash=False)
+        warn_if_saturating(model_metadata(path), path.name)
         self.session: Any = ort_session(path, providers)
         first = self.session.get_providers()[0]
         self.name = "onnxruntime-" + first.replace("ExecutionProvider", "").lower()

@@ -7,6 +7,7 @@ import click
 
 from trtq.commands._options import output_option
 from trtq.cpu_target import CPU_DEFAULT_ALGO
+from trtq.cpuisa import ISA_AUTO, ISA_CHOICES
 from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 
 
@@ -40,7 +41,10 @@ from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
 @click.option("--ref-images", type=click.IntRange(min=0), default=8, show_default=True,
               help="Images in the reference inputs/outputs written for `trtq verify` (0: none; needs --calib).")
 @click.option("--reduce-range", is_flag=True,
-              help="--target cpu: 7-bit weights, for x86 CPUs without VNNI (their 16-bit pairwise sums can saturate).")
+              help="--target cpu: 7-bit weights on any --cpu-isa (no 16-bit saturation; half the weight resolution).")
+@click.option("--cpu-isa", type=click.Choice(ISA_CHOICES), default=ISA_AUTO, show_default=True,
+              help="--target cpu: the CPU the model is for (auto: this one). avx2 (x86 without VNNI) gets 8-bit weights "
+                   "whose pairs cannot saturate its 16-bit sums; avx-vnni, avx512-vnni and arm64 full 8-bit weights.")
 @output_option("Q/DQ ONNX path, .onnx (default <model>.int8.qdq.onnx; <model>.int8.cpu.onnx for --target cpu; "
                "a folder: that name inside it).")
 def command(
@@ -63,6 +67,7 @@ def command(
     int8_weights: bool,
     ref_images: int,
     reduce_range: bool,
+    cpu_isa: str,
     output: str | None,
 ) -> None:
     """Write an explicit INT8 Q/DQ ONNX of MODEL (runs on ONNX Runtime CPU and TensorRT).
@@ -84,8 +89,8 @@ def command(
     from trtq.fileio import default_output, output_path, output_set
     from trtq.quantize import quantize
 
-    if target != "cpu" and reduce_range:
-        raise TrtqError("--reduce-range applies to --target cpu only")
+    if target != "cpu" and (reduce_range or cpu_isa != ISA_AUTO):
+        raise TrtqError(f"{'--reduce-range' if reduce_range else '--cpu-isa'} applies to --target cpu only")
     if target == "cpu" and quantize_head:
         raise TrtqError("--quantize-head applies to --target tensorrt only; drop it for --target cpu")
     default = default_output(model, CPU_SUFFIX if target == "cpu" else ".int8.qdq.onnx")
@@ -94,7 +99,7 @@ def command(
     if target == "cpu":
         with output_set():  # the model, its report and its references land together, or none of them
             result_cpu = _quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch,
-                                       seed, no_head_policy, no_concat_unify, int8_weights, reduce_range, out)
+                                       seed, no_head_policy, no_concat_unify, int8_weights, reduce_range, out, cpu_isa)
             _write_reference(result_cpu.path, source, ref_images, seed)
         click.echo(result_cpu.summary())
         _echo_reference(result_cpu.path, source, ref_images)
@@ -173,6 +178,7 @@ def _quantize_cpu(
     int8_weights: bool,
     reduce_range: bool,
     output: Path | None,
+    cpu_isa: str = ISA_AUTO,
 ) -> Any:
     from trtq.cpu_target import quantize_cpu
     from trtq.errors import TrtqError
@@ -199,6 +205,7 @@ def _quantize_cpu(
         output=output,
         head_policy=not no_head_policy,
         reduce_range=reduce_range,
+        cpu_isa=cpu_isa,
         progress=True,
     )
     return result

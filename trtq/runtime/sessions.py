@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from trtq.cpuisa import TARGET_CPU, TARGET_KEY, warn_if_saturating
 from trtq.errors import TrtqError
 from trtq.modelinfo import model_kind
 from trtq.ort import ort_session
@@ -50,7 +51,13 @@ class OnnxSession:
     def __init__(self, path: Path, *, providers: Sequence[str] | None = None) -> None:
         from trtq.tasks import parse_metadata_value
 
-        session = ort_session(path, providers)
+        # a TensorRT Q/DQ ONNX is simulated exactly (as TensorRT computes it); a CPU-target model runs on
+        # this CPU's own integer kernels, which is what it is for (the metadata says which it is)
+        session = ort_session(path, providers, exact_qdq=True)
+        model_meta = dict(session.get_modelmeta().custom_metadata_map)
+        if model_meta.get(TARGET_KEY) == TARGET_CPU:
+            warn_if_saturating(model_meta, path.name)
+            session = ort_session(path, providers)
         self.session: ort.InferenceSession | None = session
         self.providers = list(session.get_providers())
         inputs, outputs = session.get_inputs(), session.get_outputs()
