@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from trtq.postprocess import decode_layout
 from trtq.runtime.decode import Detections, to_detections
 from trtq.runtime.sessions import Session, open_session
 from trtq.tasks import TaskLayout, task_layout
+
+if TYPE_CHECKING:
+    from trtq.runtime.stream import StreamResult
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -171,6 +175,76 @@ class Detector:
         if not rgb:
             chw = chw[::-1]
         np.divide(chw, 255.0, out=dst, casting="unsafe")
+
+    # -- video ---------------------------------------------------------------------------------------------
+    def stream(
+        self,
+        source: str | Path | Sequence[str | Path],
+        *,
+        vid_stride: int = 1,
+        live: bool | None = None,
+        batch: int | None = None,
+        reconnect: int = 0,
+        depth: int = 2,
+    ) -> Iterator[StreamResult]:
+        """Detections over video: a file, camera index, URL, GStreamer pipeline, ``.streams`` list, or several.
+
+        A generator of :class:`~trtq.runtime.stream.StreamResult` (stream index, frame number, the frame, its
+        detections), backed by a reader / preprocess / inference / postprocess pipeline of threads
+        (:mod:`trtq.runtime.stream`). Files give every frame in order; live sources with ``live`` (their
+        default) give the newest frame. Several sources run as one batch per round when the model takes it.
+        Sources are opened here (a bad one raises :class:`TrtqError` at once); closing the generator (or
+        leaving the loop) stops every thread.
+        """
+        from trtq.runtime.sources import open_sources
+        from trtq.runtime.stream import StreamPipeline
+
+        names = [source] if isinstance(source, (str, Path)) else list(source)
+        sources = open_sources(names, vid_stride=vid_stride, reconnect=reconnect)
+        return iter(StreamPipeline(self, sources, live=live, batch=batch, depth=depth))
+
+    @property
+    def input_dtype(self) -> np.dtype[Any]:
+        """The dtype of the model's input (float32, or float16 for an FP16 model)."""
+        session = self._session
+        if session is None:
+            raise TrtqError("this Detector is closed")
+        return session.input_buffer(max(session.batch_range[0], 1)).dtype
+
+    def fill_input(self, dst: np.ndarray, image: np.ndarray, *, rgb: bool = False) -> None:
+        """Letterbox one BGR image into ``dst`` (3xHxW, the model's input dtype), as :meth:`detect` does."""
+        self._fill(dst, image, rgb)
+
+    def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run the model on a preprocessed NCHW batch (in chunks the model takes); every output, owned."""
+        with self._lock:
+            session = self._session
+            if session is None:
+                raise TrtqError("this Detector is closed")
+            lo, hi = session.batch_range
+            n = int(tensor.shape[0])
+            chunk = hi if lo == hi else min(hi, max(lo, n))
+            parts: list[list[np.ndarray]] = []
+            for start in range(0, n, chunk):
+                part = tensor[start : start + chunk]
+                buf = session.input_buffer(max(len(part), lo))
+                buf[: len(part)] = part
+                outs = session.run(len(part))
+                parts.append([np.array(o) if self.backend == "tensorrt" else o for o in outs])
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(group) for group in zip(*parts, strict=True)]
+
+    def decode_outputs(self, outputs: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]) -> list[Detections]:
+        """Decode the outputs of :meth:`run_tensor` onto images of ``shapes`` (height, width), as :meth:`detect`."""
+        decoded = decode_layout(outputs[self._head], self.layout, conf=self.conf, iou=self.iou, max_det=self.max_det)
+        protos = outputs[self._protos] if self._protos is not None else None
+        results: list[Detections] = []
+        for i, (shape, rows) in enumerate(zip(shapes, decoded, strict=True)):
+            proto = None if protos is None else protos[i].astype(np.float32, copy=False)
+            hw = (int(shape[0]), int(shape[1]))
+            results.append(to_detections(rows, self.layout, self.imgsz, hw, self.names, proto))
+        return results
 
 
 def _layout_of(session: Session, path: Path) -> tuple[TaskLayout, int, int | None]:
