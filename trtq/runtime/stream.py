@@ -27,7 +27,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,8 +44,25 @@ from trtq.runtime.sources import (
     put_blocking,
 )
 
-if TYPE_CHECKING:
-    from trtq.runtime.detector import Detector
+
+class StreamModel(Protocol):
+    """What the pipeline needs of a model: :class:`~trtq.runtime.Detector` is one."""
+
+    path: Path
+    imgsz: tuple[int, int]
+    stride: int
+    batch_range: tuple[int, int]
+
+    @property
+    def input_dtype(self) -> np.dtype[Any]: ...
+
+    def fill_input(self, dst: np.ndarray, image: np.ndarray, *, rgb: bool = False) -> None: ...
+
+    def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]: ...
+
+    def decode_outputs(
+        self, outputs: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]
+    ) -> list[Detections]: ...
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
 JOIN_TIMEOUT_S = 10.0
@@ -83,7 +101,7 @@ class _Batch:
     outputs: list[np.ndarray] | None = None
 
 
-def stream_batch(det: Detector, n_streams: int, batch: int | None) -> int:
+def stream_batch(det: StreamModel, n_streams: int, batch: int | None) -> int:
     """Frames per inference: ``batch`` if given (clipped to the model's range), else one per stream when the
     model takes that many at once (dynamic batch, or a static batch equal to the stream count), else 1."""
     lo, hi = det.batch_range
@@ -96,7 +114,7 @@ def stream_batch(det: Detector, n_streams: int, batch: int | None) -> int:
     return 1
 
 
-def rect_hint(det: Detector, width: int, height: int, name: str, *, threshold: float = 0.75) -> str | None:
+def rect_hint(det: StreamModel, width: int, height: int, name: str, *, threshold: float = 0.75) -> str | None:
     """One line when a rectangular export fitted to this frame's aspect would do much less work than the
     model's square input (the fraction of the canvas that is padding), with the ``trtq export`` command."""
     mh, mw = det.imgsz
@@ -125,7 +143,7 @@ class StreamPipeline:
 
     def __init__(
         self,
-        det: Detector,
+        det: StreamModel,
         sources: Sequence[VideoSource],
         *,
         live: bool | None = None,
