@@ -126,7 +126,7 @@ def rect_hint(det: StreamModel, width: int, height: int, name: str, *, threshold
     rh = int(math.ceil(max(round(height * r), 1) / s) * s)
     rw = int(math.ceil(max(round(width * r), 1) / s) * s)
     frac = (rh * rw) / (mh * mw)
-    if frac > threshold or (rh, rw) == (mh, mw):
+    if frac >= threshold or (rh, rw) == (mh, mw):
         return None
     return (
         f"{name} is {width}x{height}: a {rh}x{rw} input does {frac:.0%} of the work of this {mh}x{mw} model; "
