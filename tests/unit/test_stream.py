@@ -290,3 +290,30 @@ def test_rect_hint_names_the_export_command() -> None:
 def test_pipeline_refuses_no_sources(tiny: Path) -> None:
     with Detector(tiny) as det, pytest.raises(TrtqError, match="no video source"):
         StreamPipeline(det, [])
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_during_save_leaves_a_playable_video_or_none(tiny: Path, tmp_path: Path, sig: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    src = make_video(tmp_path / "long.mp4", 400, w=160, h=120)
+    out = tmp_path / "out.mp4"
+    cmd = [sys.executable, "-m", "trtq", "predict", str(tiny), "--source", str(src), "--save", str(out)]
+    proc = subprocess.Popen(cmd, cwd=repo, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".out.mp4.*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # some frames written
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not list(tmp_path.glob(".out.mp4.*"))  # no temporary file left
+    if out.exists():
+        n = len(read_frames(out))
+        assert 0 < n < 400, err
+        assert f"interrupted after {n} frame(s)" in err
+    assert os.path.exists(src)

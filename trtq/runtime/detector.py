@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from trtq.runtime.sessions import Session, open_session
 from trtq.tasks import TaskLayout, task_layout
 
 if TYPE_CHECKING:
+    from trtq.runtime.overlap import OverlappedEngine
     from trtq.runtime.stream import StreamResult
 
 
@@ -234,6 +236,30 @@ class Detector:
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(group) for group in zip(*parts, strict=True)]
+
+    @contextlib.contextmanager
+    def overlapped(self) -> Iterator[OverlappedEngine]:
+        """An :class:`~trtq.runtime.overlap.OverlappedEngine` over this engine, for the calling thread (its
+        CUDA context made current there with pycuda); holds the Detector's lock until the block ends."""
+        from trtq.runtime.overlap import OverlappedEngine
+        from trtq.trt.session import TensorRTSession
+
+        with self._lock:
+            session = self._session
+            if not isinstance(session, TensorRTSession):
+                raise TrtqError("overlapped execution is for TensorRT engines")
+            ctx: Any = getattr(session.device, "_ctx", None)  # pycuda: a context is current per thread
+            if ctx is not None:
+                ctx.push()
+            try:
+                runner = OverlappedEngine(session)
+                try:
+                    yield runner
+                finally:
+                    runner.close()
+            finally:
+                if ctx is not None:
+                    ctx.pop()
 
     def decode_outputs(self, outputs: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]) -> list[Detections]:
         """Decode the outputs of :meth:`run_tensor` onto images of ``shapes`` (height, width), as :meth:`detect`."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class StreamModel(Protocol):
     def decode_outputs(
         self, outputs: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]
     ) -> list[Detections]: ...
+
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
 JOIN_TIMEOUT_S = 10.0
@@ -290,6 +292,10 @@ class StreamPipeline:
 
     def _infer(self) -> None:
         det = self.det
+        if getattr(det, "backend", None) == "tensorrt" and hasattr(det, "overlapped"):
+            with det.overlapped() as runner:  # pyright: ignore[reportAttributeAccessIssue]
+                self._infer_overlapped(runner)
+            return
         while True:
             item = get_blocking(self._q_pre, self._stop)
             if item is STOPPED:
@@ -301,6 +307,35 @@ class StreamPipeline:
             item.outputs = det.run_tensor(item.tensor)
             item.timing["inference"] = (time.perf_counter() - t0) * 1e3
             if not put_blocking(self._q_post, item, self._stop):
+                return
+
+    def _infer_overlapped(self, runner: Any) -> None:
+        """TensorRT: batch k+1 is copied in and queued while batch k executes (:mod:`trtq.runtime.overlap`)."""
+        pending: deque[tuple[_Batch, float]] = deque()
+
+        def finish() -> bool:
+            item, t0 = pending.popleft()
+            item.outputs = runner.collect()
+            item.timing["inference"] = (time.perf_counter() - t0) * 1e3
+            return put_blocking(self._q_post, item, self._stop)
+
+        while True:
+            if pending and self._q_pre.empty() and not finish():  # nothing to overlap with: no added latency
+                return
+            item = get_blocking(self._q_pre, self._stop)
+            if item is STOPPED:
+                return
+            if item is END or isinstance(item, BaseException):
+                while pending:
+                    if not finish():
+                        return
+                put_blocking(self._q_post, item, self._stop)
+                return
+            if len(pending) == runner.SLOTS and not finish():
+                return
+            pending.append((item, time.perf_counter()))
+            runner.submit(item.tensor)
+            if len(pending) == runner.SLOTS and not finish():
                 return
 
     def _postprocess(self) -> None:
