@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_runtime_engine import Env, env, write_fake_engine  # noqa: F401 - the env fixture
+from tests.unit.test_runtime_engine import Env, write_fake_engine
+from tests.unit.test_runtime_engine import env as _env_fixture  # noqa: F401 - registers the env fixture
 from tests.unit.test_stream import make_video, pipeline_threads, read_frames, same
 from trtq.runtime import Detector
 
