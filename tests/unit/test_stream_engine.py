@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from tests.unit.test_runtime_engine import Env, write_fake_engine
-from tests.unit.test_runtime_engine import env as _env_fixture  # noqa: F401 - registers the env fixture
+from tests.unit import test_runtime_engine as _engine_tests
 from tests.unit.test_stream import make_video, pipeline_threads, read_frames, same
 from trtq.runtime import Detector
+
+env = _engine_tests.env  # the fake TensorRT + fake device fixture
 
 
 @pytest.mark.parametrize("batch", [(1, 1), (1, 4)])
