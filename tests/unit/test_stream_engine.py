@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.unit.test_runtime_engine import Env, write_fake_engine
 from tests.unit import test_runtime_engine as _engine_tests
+from tests.unit.test_runtime_engine import Env, write_fake_engine
 from tests.unit.test_stream import make_video, pipeline_threads, read_frames, same
 from trtq.runtime import Detector
 
