@@ -279,6 +279,9 @@ def test_rect_hint_names_the_export_command() -> None:
     class Fake:
         imgsz, stride, path = (640, 640), 32, Path("yolov8n.onnx")
 
+        def input_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+            return self.imgsz
+
     hint = rect_hint(Fake(), 640, 272, "bikes.mp4")  # type: ignore[arg-type]
     assert hint is not None and "`trtq export yolov8n.pt --imgsz 288 640`" in hint and "45%" in hint
     assert rect_hint(Fake(), 1280, 720, "hd") is not None  # 384x640: 60% of the work
@@ -317,3 +320,40 @@ def test_interrupt_during_save_leaves_a_playable_video_or_none(tiny: Path, tmp_p
         assert 0 < n < 400, err
         assert f"interrupted after {n} frame(s)" in err
     assert os.path.exists(src)
+
+
+def _dynamic_hw(path: Path) -> Path:
+    import onnx
+
+    m = onnx.load(str(path))
+    for dim, name in zip(m.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W"), strict=True):
+        dim.ClearField("dim_value")
+        dim.dim_param = name
+    m.graph.output[0].type.tensor_type.shape.dim[2].dim_param = "A"
+    onnx.save(m, str(path))
+    return path
+
+
+def test_dynamic_model_gets_ultralytics_minimum_rectangle(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from trtq.images import letterbox
+    from trtq.postprocess import decode_layout
+    from trtq.runtime.decode import to_detections
+
+    model = _dynamic_hw(make_tiny_yolo_onnx(tmp_path / "dyn.onnx", batch="N", hw=64))
+    src = make_video(tmp_path / "wide.mp4", 4, w=128, h=48)
+    with Detector(model) as det:
+        assert det.dynamic_hw and det.input_hw((48, 128)) == (32, 64)  # 64x24 padded to the stride (32)
+        assert rect_hint(det, 128, 48, "wide") is None  # a dynamic model already fits the stream
+        results = list(det.stream(str(src)))
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        for r, frame in zip(results, read_frames(src), strict=True):
+            lb = letterbox(frame, (64, 64), stride=32, auto=True)[0]  # ultralytics' auto letterbox
+            assert lb.shape[:2] == (32, 64)
+            x = (lb.transpose(2, 0, 1)[::-1][None] / np.float32(255)).astype(np.float32)
+            (out,) = sess.run(None, {"images": x})
+            rows = decode_layout(out, det.layout, conf=det.conf, iou=det.iou, max_det=det.max_det)[0]
+            want = to_detections(rows, det.layout, (32, 64), (48, 128), det.names)
+            assert same(r.detections, want)
+    assert sum(len(r.detections) for r in results) > 0

@@ -213,9 +213,37 @@ class Detector:
             raise TrtqError("this Detector is closed")
         return session.input_buffer(max(session.batch_range[0], 1)).dtype
 
+    @property
+    def dynamic_hw(self) -> bool:
+        """Whether the model takes any input height and width (an ONNX exported with ``--dynamic``)."""
+        inner: Any = getattr(self._session, "session", None)  # ONNX Runtime's InferenceSession
+        if self.backend != "onnxruntime" or inner is None:
+            return False
+        return not all(isinstance(d, int) for d in inner.get_inputs()[0].shape[2:])
+
+    def input_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The input size for frames of ``image_hw``: the model's, or on a dynamic model ultralytics' minimum
+        rectangle (the letterboxed frame padded to the nearest stride multiple)."""
+        if not self.dynamic_hw:
+            return self.imgsz
+        h, w = image_hw
+        r = min(self.imgsz[0] / h, self.imgsz[1] / w)
+        s = self.stride
+        nh, nw = max(round(h * r), 1), max(round(w * r), 1)
+        return nh + (self.imgsz[0] - nh) % s, nw + (self.imgsz[1] - nw) % s
+
     def fill_input(self, dst: np.ndarray, image: np.ndarray, *, rgb: bool = False) -> None:
-        """Letterbox one BGR image into ``dst`` (3xHxW, the model's input dtype), as :meth:`detect` does."""
-        self._fill(dst, image, rgb)
+        """Letterbox one BGR image into ``dst`` (3xHxW, the model's input dtype), as :meth:`detect` does; a
+        ``dst`` smaller than the model's size (a dynamic model, :meth:`input_hw`) gets ultralytics' ``auto``
+        letterbox."""
+        if tuple(dst.shape[1:]) == self.imgsz:
+            self._fill(dst, image, rgb)
+            return
+        lb = self._letterbox(image, self.imgsz, stride=self.stride, auto=True)[0]
+        if lb.shape[:2] != dst.shape[1:]:
+            raise TrtqError(f"letterboxed frame {lb.shape[:2]} does not fit the input {dst.shape[1:]}")
+        chw = lb.transpose(2, 0, 1)
+        np.divide(chw if rgb else chw[::-1], 255.0, out=dst, casting="unsafe")
 
     def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Run the model on a preprocessed NCHW batch (in chunks the model takes); every output, owned."""
@@ -223,6 +251,10 @@ class Detector:
             session = self._session
             if session is None:
                 raise TrtqError("this Detector is closed")
+            inner: Any = getattr(session, "session", None)
+            if tuple(tensor.shape[2:]) != session.imgsz and inner is not None:  # dynamic ONNX, a smaller input
+                names = [o.name for o in inner.get_outputs()]
+                return [np.asarray(o) for o in inner.run(names, {session.input_name: tensor})]
             lo, hi = session.batch_range
             n = int(tensor.shape[0])
             chunk = hi if lo == hi else min(hi, max(lo, n))
@@ -261,15 +293,21 @@ class Detector:
                 if ctx is not None:
                     ctx.pop()
 
-    def decode_outputs(self, outputs: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]) -> list[Detections]:
-        """Decode the outputs of :meth:`run_tensor` onto images of ``shapes`` (height, width), as :meth:`detect`."""
+    def decode_outputs(
+        self,
+        outputs: Sequence[np.ndarray],
+        shapes: Sequence[tuple[int, ...]],
+        input_hw: tuple[int, int] | None = None,
+    ) -> list[Detections]:
+        """Decode the outputs of :meth:`run_tensor` (on inputs of ``input_hw``, default the model's size) onto
+        images of ``shapes`` (height, width), as :meth:`detect`."""
         decoded = decode_layout(outputs[self._head], self.layout, conf=self.conf, iou=self.iou, max_det=self.max_det)
         protos = outputs[self._protos] if self._protos is not None else None
         results: list[Detections] = []
         for i, (shape, rows) in enumerate(zip(shapes, decoded, strict=True)):
             proto = None if protos is None else protos[i].astype(np.float32, copy=False)
             hw = (int(shape[0]), int(shape[1]))
-            results.append(to_detections(rows, self.layout, self.imgsz, hw, self.names, proto))
+            results.append(to_detections(rows, self.layout, input_hw or self.imgsz, hw, self.names, proto))
         return results
 
 

@@ -61,8 +61,13 @@ class StreamModel(Protocol):
 
     def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]: ...
 
+    def input_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]: ...
+
     def decode_outputs(
-        self, outputs: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]
+        self,
+        outputs: Sequence[np.ndarray],
+        shapes: Sequence[tuple[int, ...]],
+        input_hw: tuple[int, int] | None = None,
     ) -> list[Detections]: ...
 
 
@@ -120,7 +125,7 @@ def rect_hint(det: StreamModel, width: int, height: int, name: str, *, threshold
     """One line when a rectangular export fitted to this frame's aspect would do much less work than the
     model's square input (the fraction of the canvas that is padding), with the ``trtq export`` command."""
     mh, mw = det.imgsz
-    if getattr(det, "dynamic_hw", False) or width <= 0 or height <= 0:
+    if det.input_hw((height, width)) != (mh, mw) or width <= 0 or height <= 0:  # a dynamic model fits itself
         return None
     s = max(int(det.stride), 1)
     side = max(mh, mw)
@@ -270,7 +275,6 @@ class StreamPipeline:
 
     def _preprocess(self) -> None:
         det = self.det
-        h, w = det.imgsz
         active = list(self.readers)
         while active and not self._stop.is_set():
             frames = self._next_frames(active)
@@ -279,6 +283,8 @@ class StreamPipeline:
             if not frames:
                 continue
             t0 = time.perf_counter()
+            shapes = {f.image.shape[:2] for f in frames}  # one shape: a dynamic model's minimum rectangle
+            h, w = det.input_hw(next(iter(shapes))) if len(shapes) == 1 else det.imgsz
             tensor = np.empty((len(frames), 3, h, w), dtype=det.input_dtype)
             for i, f in enumerate(frames):
                 det.fill_input(tensor[i], f.image)
@@ -348,7 +354,8 @@ class StreamPipeline:
                 put_blocking(self._q_out, item, self._stop)
                 return
             t0 = time.perf_counter()
-            dets = det.decode_outputs(item.outputs, [f.image.shape[:2] for f in item.frames])
+            hw = (int(item.tensor.shape[2]), int(item.tensor.shape[3]))
+            dets = det.decode_outputs(item.outputs, [f.image.shape[:2] for f in item.frames], hw)
             item.timing["postprocess"] = (time.perf_counter() - t0) * 1e3
             for f, d in zip(item.frames, dets, strict=True):
                 src = self.sources[f.stream]
