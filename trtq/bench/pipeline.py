@@ -148,19 +148,21 @@ def run_alone(det: Any, source: str, *, iterations: int = 30) -> float:
     return 1.0 / statistics.median(times)
 
 
-def ultralytics_runner(model: Path, source: str) -> Callable[[], tuple[int, float]]:
+def ultralytics_runner(model: Path, source: str, imgsz: tuple[int, int]) -> Callable[[], tuple[int, float]]:
     """A callable timing one pass of ultralytics' ``predict(stream=True)`` (model loaded and warmed once)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
     yolo = YOLO(str(model), task="detect")
-    for _ in yolo.predict(source, stream=True, verbose=False, vid_stride=25):  # warm-up pass (10 frames)
-        pass
+    args: dict[str, Any] = {"stream": True, "verbose": False, "imgsz": list(imgsz)}
+    for k, _ in enumerate(yolo.predict(source, **args)):  # warm-up, and errors surface here
+        if k == 4:
+            break
 
     def run() -> tuple[int, float]:
         n = 0
         t0 = time.perf_counter()
-        for _ in yolo.predict(source, stream=True, verbose=False):
+        for _ in yolo.predict(source, **args):
             n += 1
         return n, n / (time.perf_counter() - t0)
 
@@ -201,7 +203,7 @@ def bench_pipeline(
             ultra = None
             if ultralytics:
                 try:
-                    ultra = ultralytics_runner(Path(m), source)
+                    ultra = ultralytics_runner(Path(m), source, det.imgsz)
                 except Exception as exc:  # not installed, or it cannot load the model: say so in the table
                     row.ultralytics_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             ultras.append(ultra)
