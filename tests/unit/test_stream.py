@@ -357,3 +357,21 @@ def test_dynamic_model_gets_ultralytics_minimum_rectangle(tmp_path: Path) -> Non
             want = to_detections(rows, det.layout, (32, 64), (48, 128), det.names)
             assert same(r.detections, want)
     assert sum(len(r.detections) for r in results) > 0
+
+
+def test_dropped_live_stream_reconnects_a_bounded_number_of_times(
+    video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = len(read_frames(video))
+    for reconnect in (0, 1):
+        src = VideoSource(str(video), reconnect=reconnect)
+        src.live = True  # a file that "drops" at its end, and can be reopened: a stand-in for a camera
+        got = 0
+        t0 = time.perf_counter()
+        with pytest.raises(TrtqError, match="stopped sending frames"):
+            while src.read() is not None:
+                got += 1
+        src.close()
+        assert got == n * (reconnect + 1)  # each reconnect reopened the stream and read it again
+        assert time.perf_counter() - t0 < 10
+    assert "reconnecting (1/1)" in caplog.text

@@ -42,7 +42,7 @@ from trtq.errors import TrtqError
     "as_json",
     is_flag=True,
     help="Print detections as JSON on stdout (and write DIR/predictions.json with --save): boxes, scores and "
-    "classes; masks (COCO RLE), keypoints or rotated boxes by task.",
+    "classes; masks (COCO RLE), keypoints or rotated boxes by task. Video: JSON Lines, one line per frame.",
 )
 @click.option("--vid-stride", type=click.IntRange(min=1), default=1, show_default=True,
               help="Video: run every Nth frame.")
@@ -68,7 +68,7 @@ def command(
     reconnect: int,
     device: int,
 ) -> None:
-    """Run MODEL (.engine or .onnx) on the images of --source: boxes, masks, keypoints or rotated boxes.
+    """Run MODEL (.engine or .onnx) on the images or video of --source: boxes, masks, keypoints or rotated boxes.
 
     Every ultralytics task is decoded, as its metadata says: detect, segment (masks), pose (keypoints)
     and OBB (rotated boxes), from grid or end-to-end (YOLO26) heads.
