@@ -375,3 +375,9 @@ def test_dropped_live_stream_reconnects_a_bounded_number_of_times(
         assert got == n * (reconnect + 1)  # each reconnect reopened the stream and read it again
         assert time.perf_counter() - t0 < 10
     assert "reconnecting (1/1)" in caplog.text
+
+
+def test_stream_takes_a_camera_index_as_int(tiny: Path) -> None:
+    with Detector(tiny) as det, pytest.raises(TrtqError, match="cannot open camera 97"):
+        det.stream(97)  # opened at once: the error comes before any iteration
+    assert pipeline_threads() == []

@@ -181,7 +181,7 @@ class Detector:
     # -- video ---------------------------------------------------------------------------------------------
     def stream(
         self,
-        source: str | Path | Sequence[str | Path],
+        source: str | int | Path | Sequence[str | int | Path],
         *,
         vid_stride: int = 1,
         live: bool | None = None,
@@ -201,8 +201,8 @@ class Detector:
         from trtq.runtime.sources import open_sources
         from trtq.runtime.stream import StreamPipeline
 
-        names = [source] if isinstance(source, (str, Path)) else list(source)
-        sources = open_sources(names, vid_stride=vid_stride, reconnect=reconnect)
+        names = [source] if isinstance(source, (str, int, Path)) else list(source)
+        sources = open_sources([str(s) for s in names], vid_stride=vid_stride, reconnect=reconnect)
         return iter(StreamPipeline(self, sources, live=live, batch=batch, depth=depth))
 
     @property
