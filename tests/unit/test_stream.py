@@ -381,3 +381,10 @@ def test_stream_takes_a_camera_index_as_int(tiny: Path) -> None:
     with Detector(tiny) as det, pytest.raises(TrtqError, match="cannot open camera 97"):
         det.stream(97)  # opened at once: the error comes before any iteration
     assert pipeline_threads() == []
+
+
+def test_cli_several_image_sources_are_refused_in_one_line(tiny: Path, tmp_path: Path) -> None:
+    from trtq.cli import main
+
+    res = CliRunner().invoke(main, ["predict", str(tiny), "--source", "a.jpg", "b.jpg"])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "several sources are for video" in res.output
