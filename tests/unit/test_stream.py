@@ -387,4 +387,6 @@ def test_cli_several_image_sources_are_refused_in_one_line(tiny: Path, tmp_path:
     from trtq.cli import main
 
     res = CliRunner().invoke(main, ["predict", str(tiny), "--source", "a.jpg", "b.jpg"])
-    assert res.exit_code == 2 and res.output.count("\n") == 1 and "several sources are for video" in res.output
+    assert (
+        res.exit_code == 2 and res.output.count("\n") == 1 and "several sources are for video" in res.output
+    )
