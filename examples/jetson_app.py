@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import cv2
 
 from trtq.draw import draw_detections, draw_text
 from trtq.errors import TrtqError
 from trtq.runtime import Detector
+from trtq.runtime.video import VideoWriter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,20 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def open_capture(source: str) -> cv2.VideoCapture:
-    if source.isdigit():
-        cap = cv2.VideoCapture(int(source))
-    elif "!" in source:
-        cap = cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
-    else:
-        if not Path(source).exists():
-            raise SystemExit(f"video not found: {source}")
-        cap = cv2.VideoCapture(source)
-    if not cap.isOpened():
-        raise SystemExit(f"cannot open video source {source!r}")
-    return cap
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -60,27 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     except TrtqError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cap = open_capture(args.source)
-    writer: cv2.VideoWriter | None = None
+    writer: VideoWriter | None = None
     frames, fps, t_last = 0, 0.0, time.perf_counter()
     print(f"{detector} on {args.source}", file=sys.stderr)
     try:
-        while True:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                break
-            (det,) = detector.detect(frame)  # BGR frame in, detections in frame pixels out
-            shown = draw_detections(frame, det)
+        # decode, letterbox, inference and NMS run in their own threads (trtq.runtime.stream): this loop
+        # only draws and shows, while the pipeline works on the next frames
+        for r in detector.stream(args.source):
+            shown = draw_detections(r.image, r.detections)
             now = time.perf_counter()
             fps = 0.9 * fps + 0.1 / max(now - t_last, 1e-6) if frames else 1.0 / max(now - t_last, 1e-6)
             t_last = now
-            draw_text(
-                shown, f"{fps:5.1f} FPS  {detector.last_timing['inference']:.1f} ms  {len(det)} objects"
-            )
+            draw_text(shown, f"{fps:5.1f} FPS  {r.timing['inference']:.1f} ms  {len(r.detections)} objects")
             if args.output:
-                if writer is None:
+                if writer is None:  # written to a temporary file, renamed when finished (never left broken)
                     h, w = shown.shape[:2]
-                    writer = cv2.VideoWriter(args.output, cv2.VideoWriter.fourcc(*"mp4v"), 30.0, (w, h))
+                    writer = VideoWriter(args.output, 30.0, (w, h))
                 writer.write(shown)
             if not args.no_show:
                 cv2.imshow("trtq", shown)
@@ -89,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             frames += 1
             if args.max_frames and frames >= args.max_frames:
                 break
+    except TrtqError as exc:  # a source that cannot be opened, or a stream that dropped
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
-        cap.release()
         if writer is not None:
-            writer.release()
+            writer.close()
         if not args.no_show:
             cv2.destroyAllWindows()
         detector.close()

@@ -59,6 +59,16 @@ def _parse_batches(values: tuple[str, ...]) -> list[int] | None:
 @path_option("--json", "json_path", "Write the JSON record here.")
 @path_option("--markdown", "markdown_path", "Write the Markdown table here.")
 @path_option("--plot", "plot_path", "Write a PNG plot here.")
+@click.option(
+    "--pipeline",
+    "pipeline_source",
+    metavar="SOURCE",
+    default=None,
+    help="Video: end-to-end FPS of trtq's pipeline on SOURCE, per-stage latency, the model alone and "
+    "ultralytics' stream predict beside it (interleaved).",
+)
+@click.option("--save", is_flag=True, help="With --pipeline: also time draw+encode to MP4.")
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True, help="With --pipeline.")
 def command(
     models: tuple[Path, ...],
     batch: tuple[str, ...],
@@ -72,6 +82,9 @@ def command(
     json_path: Path | None,
     markdown_path: Path | None,
     plot_path: Path | None,
+    pipeline_source: str | None,
+    save: bool,
+    rounds: int,
 ) -> None:
     """Benchmark MODELS (.engine/.plan with CUDA events, .onnx on ONNX Runtime) and compare them.
 
@@ -79,7 +92,18 @@ def command(
     Examples:
       trtq bench yolov8n.onnx yolov8n.int8.onnx --duration 5
       trtq bench fp16.engine int8.engine --batch 1,8 --markdown bench.md --plot bench.png
+      trtq bench --pipeline video.mp4 yolov8n.onnx yolov8n.int8.onnx --save
     """
+    if pipeline_source is not None:
+        _pipeline(
+            pipeline_source,
+            models,
+            rounds=rounds,
+            save=save,
+            json_path=json_path,
+            markdown_path=markdown_path,
+        )
+        return
     from trtq.bench.harness import BenchRow, bench
     from trtq.bench.report import markdown
 
@@ -110,3 +134,26 @@ def command(
     for path in (json_path, markdown_path, plot_path):
         if path is not None:
             click.echo(f"wrote {path}", err=True)
+
+
+def _pipeline(
+    source: str,
+    models: tuple[Path, ...],
+    *,
+    rounds: int,
+    save: bool,
+    json_path: Path | None,
+    markdown_path: Path | None,
+) -> None:
+    from trtq.bench.pipeline import bench_pipeline, markdown
+    from trtq.fileio import write_json, write_text
+
+    result = bench_pipeline(
+        source, list(models), rounds=rounds, save=save, on_step=lambda msg: click.echo(msg, err=True)
+    )
+    text = markdown(result)
+    click.echo(text)
+    if json_path is not None:
+        write_json(json_path, result.to_dict())
+    if markdown_path is not None:
+        write_text(markdown_path, text)

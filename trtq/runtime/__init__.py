@@ -18,7 +18,9 @@ model's metadata (:func:`trtq.tasks.task_layout`).
 
 Layout: :mod:`.sessions` (ONNX Runtime) and :mod:`trtq.trt.session` (TensorRT) run models, :mod:`.decode` maps
 decoded rows onto images, :mod:`.detector` holds :class:`Detector`, :mod:`.predict` the ``trtq predict``
-file I/O.
+file I/O. Video: :mod:`.sources` (files, cameras, URLs, GStreamer through OpenCV), :mod:`.stream` (the
+threaded pipeline behind ``Detector.stream``), :mod:`.overlap` (TensorRT copies on their own stream),
+:mod:`.video` (atomic video writing) and :mod:`.video_predict` (``trtq predict --source VIDEO``).
 
 Importing this package needs numpy only. OpenCV is imported when a ``Detector`` is made (letterbox),
 ONNX Runtime when an ONNX model is loaded, TensorRT and the CUDA bindings (pycuda or cuda-python) when an

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +16,10 @@ from trtq.postprocess import decode_layout
 from trtq.runtime.decode import Detections, to_detections
 from trtq.runtime.sessions import Session, open_session
 from trtq.tasks import TaskLayout, refuse_ambiguous, task_layout
+
+if TYPE_CHECKING:
+    from trtq.runtime.overlap import OverlappedEngine
+    from trtq.runtime.stream import StreamResult
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -187,6 +193,138 @@ class Detector:
         if not rgb:
             chw = chw[::-1]
         np.divide(chw, 255.0, out=dst, casting="unsafe")
+
+    # -- video ---------------------------------------------------------------------------------------------
+    def stream(
+        self,
+        source: str | int | Path | Sequence[str | int | Path],
+        *,
+        vid_stride: int = 1,
+        live: bool | None = None,
+        batch: int | None = None,
+        reconnect: int = 0,
+        depth: int = 2,
+    ) -> Iterator[StreamResult]:
+        """Detections over video: a file, camera index, URL, GStreamer pipeline, ``.streams`` list, or several.
+
+        A generator of :class:`~trtq.runtime.stream.StreamResult` (stream index, frame number, the frame, its
+        detections), backed by a reader / preprocess / inference / postprocess pipeline of threads
+        (:mod:`trtq.runtime.stream`). Files give every frame in order; live sources with ``live`` (their
+        default) give the newest frame. Several sources run as one batch per round when the model takes it.
+        Sources are opened here (a bad one raises :class:`TrtqError` at once); closing the generator (or
+        leaving the loop) stops every thread.
+        """
+        from trtq.runtime.sources import open_sources
+        from trtq.runtime.stream import StreamPipeline
+
+        names = [source] if isinstance(source, (str, int, Path)) else list(source)
+        sources = open_sources([str(s) for s in names], vid_stride=vid_stride, reconnect=reconnect)
+        return iter(StreamPipeline(self, sources, live=live, batch=batch, depth=depth))
+
+    @property
+    def input_dtype(self) -> np.dtype[Any]:
+        """The dtype of the model's input (float32, or float16 for an FP16 model)."""
+        session = self._session
+        if session is None:
+            raise TrtqError("this Detector is closed")
+        return session.input_buffer(max(session.batch_range[0], 1)).dtype
+
+    @property
+    def dynamic_hw(self) -> bool:
+        """Whether the model takes any input height and width (an ONNX exported with ``--dynamic``)."""
+        inner: Any = getattr(self._session, "session", None)  # ONNX Runtime's InferenceSession
+        if self.backend != "onnxruntime" or inner is None:
+            return False
+        return not all(isinstance(d, int) for d in inner.get_inputs()[0].shape[2:])
+
+    def input_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The input size for frames of ``image_hw``: the model's, or on a dynamic model ultralytics' minimum
+        rectangle (the letterboxed frame padded to the nearest stride multiple)."""
+        if not self.dynamic_hw:
+            return self.imgsz
+        h, w = image_hw
+        r = min(self.imgsz[0] / h, self.imgsz[1] / w)
+        s = self.stride
+        nh, nw = max(round(h * r), 1), max(round(w * r), 1)
+        return nh + (self.imgsz[0] - nh) % s, nw + (self.imgsz[1] - nw) % s
+
+    def fill_input(self, dst: np.ndarray, image: np.ndarray, *, rgb: bool = False) -> None:
+        """Letterbox one BGR image into ``dst`` (3xHxW, the model's input dtype), as :meth:`detect` does; a
+        ``dst`` smaller than the model's size (a dynamic model, :meth:`input_hw`) gets ultralytics' ``auto``
+        letterbox."""
+        if tuple(dst.shape[1:]) == self.imgsz:
+            self._fill(dst, image, rgb)
+            return
+        lb = self._letterbox(image, self.imgsz, stride=self.stride, auto=True)[0]
+        if lb.shape[:2] != dst.shape[1:]:
+            raise TrtqError(f"letterboxed frame {lb.shape[:2]} does not fit the input {dst.shape[1:]}")
+        chw = lb.transpose(2, 0, 1)
+        np.divide(chw if rgb else chw[::-1], 255.0, out=dst, casting="unsafe")
+
+    def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run the model on a preprocessed NCHW batch (in chunks the model takes); every output, owned."""
+        with self._lock:
+            session = self._session
+            if session is None:
+                raise TrtqError("this Detector is closed")
+            inner: Any = getattr(session, "session", None)
+            if tuple(tensor.shape[2:]) != session.imgsz and inner is not None:  # dynamic ONNX, a smaller input
+                names = [o.name for o in inner.get_outputs()]
+                return [np.asarray(o) for o in inner.run(names, {session.input_name: tensor})]
+            lo, hi = session.batch_range
+            n = int(tensor.shape[0])
+            chunk = hi if lo == hi else min(hi, max(lo, n))
+            parts: list[list[np.ndarray]] = []
+            for start in range(0, n, chunk):
+                part = tensor[start : start + chunk]
+                buf = session.input_buffer(max(len(part), lo))
+                buf[: len(part)] = part
+                outs = session.run(len(part))
+                parts.append([np.array(o) if self.backend == "tensorrt" else o for o in outs])
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(group) for group in zip(*parts, strict=True)]
+
+    @contextlib.contextmanager
+    def overlapped(self) -> Iterator[OverlappedEngine]:
+        """An :class:`~trtq.runtime.overlap.OverlappedEngine` over this engine, for the calling thread (its
+        CUDA context made current there with pycuda); holds the Detector's lock until the block ends."""
+        from trtq.runtime.overlap import OverlappedEngine
+        from trtq.trt.session import TensorRTSession
+
+        with self._lock:
+            session = self._session
+            if not isinstance(session, TensorRTSession):
+                raise TrtqError("overlapped execution is for TensorRT engines")
+            ctx: Any = getattr(session.device, "_ctx", None)  # pycuda: a context is current per thread
+            if ctx is not None:
+                ctx.push()
+            try:
+                runner = OverlappedEngine(session)
+                try:
+                    yield runner
+                finally:
+                    runner.close()
+            finally:
+                if ctx is not None:
+                    ctx.pop()
+
+    def decode_outputs(
+        self,
+        outputs: Sequence[np.ndarray],
+        shapes: Sequence[tuple[int, ...]],
+        input_hw: tuple[int, int] | None = None,
+    ) -> list[Detections]:
+        """Decode the outputs of :meth:`run_tensor` (on inputs of ``input_hw``, default the model's size) onto
+        images of ``shapes`` (height, width), as :meth:`detect`."""
+        decoded = decode_layout(outputs[self._head], self.layout, conf=self.conf, iou=self.iou, max_det=self.max_det)
+        protos = outputs[self._protos] if self._protos is not None else None
+        results: list[Detections] = []
+        for i, (shape, rows) in enumerate(zip(shapes, decoded, strict=True)):
+            proto = None if protos is None else protos[i].astype(np.float32, copy=False)
+            hw = (int(shape[0]), int(shape[1]))
+            results.append(to_detections(rows, self.layout, input_hw or self.imgsz, hw, self.names, proto))
+        return results
 
 
 def _layout_of(session: Session, path: Path) -> tuple[TaskLayout, int, int | None]:
