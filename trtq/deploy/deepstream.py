@@ -39,7 +39,7 @@ from trtq.deploy.bundle import (
     save_onnx,
     staged_folder,
 )
-from trtq.deploy.nvinfer import NET_SCALE_FACTOR, SCALING_FILTER_BILINEAR
+from trtq.deploy.nvinfer import SCALING_FILTER_BILINEAR
 from trtq.errors import TrtqError
 
 logger = logging.getLogger(__name__)
