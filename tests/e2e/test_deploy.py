@@ -19,6 +19,7 @@ import pytest
 
 from trtq.agreement import box_iou
 from trtq.deploy import nvinfer
+from trtq.images import load_image
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -133,7 +134,7 @@ def _square_images(calib_dir: Path, folder: Path, n: int = 6) -> list[Path]:
     folder.mkdir()
     out = []
     for src in sorted(calib_dir.glob("*.jpg"))[:n]:
-        im = cv2.imread(str(src))
+        im = load_image(src)
         side = min(im.shape[:2])
         crop = cv2.resize(im[:side, :side], (640, 640), interpolation=cv2.INTER_AREA)
         path = folder / f"{src.stem}.png"
@@ -158,9 +159,8 @@ def test_parser_port_on_the_bundle_matches_trtq_predict(tmp_path: Path, shared_a
     preds = {Path(p.path).name: p for p in predict(shared_onnx, str(tmp_path / "imgs"))}
     total = 0
     for path in images:
-        frame = cv2.imread(str(path))
-        x, conv = nvinfer.preprocess_frames([frame], (640, 640))
-        (out,) = session.run(["output"], {"input": x})
+        x, conv = nvinfer.preprocess_frames([load_image(path)], (640, 640))
+        out = np.asarray(session.run(["output"], {"input": x})[0])
         ds = nvinfer.detections(out[0], conv[0], (640, 640), num_classes=80,
                                 pre_cluster_threshold=float(attrs["pre-cluster-threshold"]),
                                 nms_iou=float(attrs["nms-iou-threshold"]), topk=int(attrs["topk"]),
@@ -242,12 +242,14 @@ def _model_config(path: Path) -> Any:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    schema: Any = model_config_pb2
+    return text_format.Parse(path.read_text(), schema.ModelConfig())
 
 
 def test_triton_config_parses_as_model_config(triton_repo: Path) -> None:
-    from tritonclient.grpc import model_config_pb2 as mc
+    from tritonclient.grpc import model_config_pb2
 
+    mc: Any = model_config_pb2
     cfg = _model_config(triton_repo / "yolov8n-coco" / "config.pbtxt")
     assert cfg.name == "yolov8n-coco" and cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 8
     assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("images", mc.TYPE_FP32, [3, 640, 640])]

@@ -162,7 +162,7 @@ def bundle_table(table: Any, source_model: onnx.ModelProto, bundle_path: Path, r
     floats = set(float_nodes(source_model))
     float_outputs = {o for n in source_model.graph.node if n.name in floats for o in n.output}
     outputs = {o.name for o in source_model.graph.output}
-    amax = {renames.get(k, k): v for k, v in table.amax.items() if k not in float_outputs and k not in outputs}
+    amax: dict[str, float] = {str(renames.get(k, k)): float(v) for k, v in table.amax.items() if k not in float_outputs and k not in outputs}
     return CalibrationTable(
         amax=amax,
         algorithm=table.algorithm,

@@ -275,7 +275,7 @@ def write_deepstream(
         with staged_folder(output) as stage:
             result = DeployResult(Path(output))
             source_model = onnx.load(str(src))
-            onnx_file, calib_file = f"{name}.onnx", None
+            onnx_file, calib_file, table = f"{name}.onnx", None, None
             if precision == "int8":
                 table, _ = calibrate_nvinfer(src, str(calib), info, num_images=num_images, seed=seed, algo=algo,
                                              percentile=DEFAULT_PERCENTILE, trt_version=trt_version)
@@ -289,7 +289,7 @@ def write_deepstream(
             bundle = ds_layout.to_deepstream_layout(graph, task_layout)
             ds_layout.static_batch_input(bundle, None if dynamic else batch)
             save_onnx(bundle, stage / onnx_file)
-            if precision == "int8" and mode == "implicit":
+            if table is not None and mode == "implicit":
                 calib_file = "calib.table"
                 renames = {info.input.name: ds_layout.INPUT_NAME}
                 bundle_table(table, source_model, stage / onnx_file, renames).save(stage / calib_file)
