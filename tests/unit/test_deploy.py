@@ -53,7 +53,7 @@ def test_layout_matches_deepstream_output() -> None:
     assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["output"]
     assert ds_layout.appended_nodes(model) and {p.key for p in model.metadata_props} >= {"task", "trtq_layout"}
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (y,) = sess.run(["output"], {"input": x})
+    y = np.asarray(sess.run(["output"], {"input": x})[0])
     np.testing.assert_allclose(y, _deepstream_output(x), rtol=0, atol=1e-4)
 
 
