@@ -224,6 +224,11 @@ def test_refusals_are_one_line(tmp_path: Path, shared_assets: Path) -> None:
                str(tmp_path / "x"))
     assert res.returncode == 2 and res.stderr.startswith("trtq: error:") and "--calib" in res.stderr
     assert not (tmp_path / "x").exists()
+    # a static-batch ONNX cannot be made dynamic by renaming its batch axis (its reshapes hold the batch)
+    res = _run("deploy", "deepstream", str(shared_assets / "models" / "yolov8n-coco.onnx"), "--fp16", "--dynamic",
+               "-o", str(tmp_path / "x"))
+    assert res.returncode == 2 and "static batch of 1" in res.stderr and len(res.stderr.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -94,6 +94,11 @@ def prepare_onnx(model: str | os.PathLike[str], workdir: Path, *, batch: int, dy
         raise TrtqError(f"{model}: deploy takes an ultralytics .pt or trtq's exported .onnx")
     info = read_model_info(path)
     layout = _deployable(info)
+    static = info.static_batch
+    if src.suffix.lower() == ".onnx" and static is not None and (dynamic or batch != static):
+        want = "a dynamic batch" if dynamic else f"batch {batch}"
+        raise TrtqError(f"{src.name} has a static batch of {static}; for {want} pass the .pt or re-export it "
+                        f"(trtq export --{'dynamic' if dynamic else f'batch {batch}'})")
     if dynamic:
         _set_static_hw(path, info.imgsz)
         info = read_model_info(path)
