@@ -109,7 +109,7 @@ def _info(batch: int | None = None) -> ModelInfo:
         path=Path("m.onnx"),
         inputs=(TensorSpec("images", (batch, 3, 640, 640), "float32"),),
         outputs=(TensorSpec("output0", (batch, 84, 8400), "float32"),),
-        metadata={"task": "detect", "stride": 32, "imgsz": [640, 640], "names": {0: "person", 1: "bicycle"},
+        metadata={"task": "detect", "stride": 32, "imgsz": [640, 640], "names": {0: "person", 1: "bicycle", **{i: f"c{i}" for i in range(2, 80)}},
                   "args": {"batch": 1, "half": False}},
     )
 
@@ -132,7 +132,7 @@ def test_triton_config_against_the_schema() -> None:
     assert cfg.instance_group[0].kind == schema.ModelInstanceGroup.KIND_CPU and cfg.instance_group[0].count == 2
     assert dict(cfg.cc_model_filenames) == {"8.7": "orin.plan", "9.0": "h100.plan"}
     meta = ast.literal_eval(cfg.parameters["metadata"].string_value)
-    assert meta["names"] == {0: "person", 1: "bicycle"} and meta["batch"] == 4 and meta["stride"] == 32
+    assert meta["names"][1] == "bicycle" and len(meta["names"]) == 80 and meta["batch"] == 4 and meta["stride"] == 32
 
 
 @pytest.mark.parametrize("bad", ["8.7", "orin.plan", "x=orin.plan", "8.7=", "8.7=a/b.plan", "8.7=orin.engine"])
@@ -141,3 +141,23 @@ def test_cc_refusals(bad: str) -> None:
 
     with pytest.raises(TrtqError, match="COMPUTE_CAPABILITY=FILE.plan"):
         parse_cc([bad])
+
+
+@pytest.mark.parametrize("task", ["classify", "obb", "pose", "segment"])
+def test_only_detect_models_are_deployed(task: str) -> None:
+    from dataclasses import replace
+
+    from trtq.deploy.bundle import _deployable
+
+    info = _info(1)
+    outputs = {"classify": (TensorSpec("output0", (1, 1000), "float32"),),
+               "obb": (TensorSpec("output0", (1, 20, 8400), "float32"),),
+               "pose": (TensorSpec("output0", (1, 56, 8400), "float32"),),
+               "segment": (TensorSpec("output0", (1, 116, 8400), "float32"),
+                           TensorSpec("output1", (1, 32, 160, 160), "float32"))}[task]
+    meta: dict[str, Any] = {**info.metadata, "task": task, "names": {0: "a"} if task == "pose" else info.metadata["names"]}
+    if task == "pose":
+        meta["kpt_shape"] = [17, 3]
+    with pytest.raises(TrtqError, match="deploy supports YOLOv8 / YOLO11 / YOLO26 detect models only"):
+        _deployable(replace(info, outputs=outputs, metadata=meta))
+    assert _deployable(info).task == "detect"
