@@ -293,3 +293,22 @@ def test_ultralytics_triton_client_reads_the_metadata(triton_repo: Path, monkeyp
     BaseBackend.apply_metadata(backend, remote.metadata)  # type: ignore[arg-type]
     assert backend.task == "detect" and backend.stride == 32 and list(backend.imgsz) == [640, 640]
     assert backend.names[0] == "person" and len(backend.names) == 80 and backend.end2end is False
+
+
+def test_yolo26_end_to_end_bundle(tmp_path: Path, zoo_onnx: Any) -> None:
+    """YOLO26's end-to-end head: [B, 300, 6] in the same columns, no NMS in DeepStream (cluster-mode=4)."""
+    import onnxruntime as ort
+
+    src = zoo_onnx("yolo26n.yaml", imgsz=320, end2end=True)
+    out = tmp_path / "ds26"
+    res = _run("deploy", "deepstream", str(src), "--fp16", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    cfg = parse_key_file((out / "config_infer_primary.txt").read_text())
+    assert cfg["property"]["cluster-mode"] == "4" and cfg["property"]["network-mode"] == "2"
+    bundle = next(out.glob("*.onnx"))
+    sess = ort.InferenceSession(str(bundle), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 320, 320)).astype(np.float32)
+    y = np.asarray(sess.run(["output"], {"input": x})[0])
+    assert y.shape == (1, 300, 6)
+    np.testing.assert_array_equal(y, np.asarray(ref.run(None, {ref.get_inputs()[0].name: x})[0]))

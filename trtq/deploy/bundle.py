@@ -74,8 +74,10 @@ def _set_static_hw(path: Path, imgsz: tuple[int, int]) -> None:
 
 
 def prepare_onnx(model: str | os.PathLike[str], workdir: Path, *, batch: int, dynamic: bool,
-                 imgsz: int | tuple[int, int] = 640) -> tuple[Path, ModelInfo, TaskLayout]:
+                 imgsz: int | tuple[int, int] = 640, end2end: bool = False) -> tuple[Path, ModelInfo, TaskLayout]:
     """The FP32 ONNX to deploy (trtq's export of a ``.pt``, or a given trtq/ultralytics ONNX) and its layout.
+
+    ``end2end``: export a model that has an end-to-end head (YOLO26) with that head.
 
     Only detect models are deployed; the refusal names what is supported.
     """
@@ -85,11 +87,20 @@ def prepare_onnx(model: str | os.PathLike[str], workdir: Path, *, batch: int, dy
             raise TrtqError(f"model not found: {model}")
         path = workdir / src.name
         shutil.copyfile(src, path)
-    elif src.suffix.lower() == ".pt" or not src.suffix:
+    elif src.suffix.lower() in (".pt", ".yaml", ".yml") or not src.suffix:
         from trtq.export import export_onnx
 
-        path = export_onnx(src, imgsz=imgsz, batch=1 if dynamic else batch, dynamic=dynamic,
-                           output=workdir / f"{src.stem}.onnx")
+        kwargs: dict[str, Any] = {"imgsz": imgsz, "batch": 1 if dynamic else batch, "dynamic": dynamic,
+                                  "output": workdir / f"{src.stem}.onnx"}
+        path = None
+        if end2end:  # YOLO26: its end-to-end head gives [B, 300, 6] in DeepStream-Yolo's columns, no NMS
+            try:
+                path = export_onnx(src, end2end=True, **kwargs)
+            except TrtqError as exc:
+                if "no end-to-end" not in str(exc):
+                    raise
+        if path is None:
+            path = export_onnx(src, **kwargs)
     else:
         raise TrtqError(f"{model}: deploy takes an ultralytics .pt or trtq's exported .onnx")
     info = read_model_info(path)

@@ -269,7 +269,8 @@ def write_deepstream(
     algo = algo or DEFAULT_ALGO
     with tempfile.TemporaryDirectory(prefix="trtq-deploy-") as tmp:
         work = Path(tmp)
-        src, info, task_layout = prepare_onnx(model, work, batch=batch, dynamic=dynamic, imgsz=imgsz)
+        src, info, task_layout = prepare_onnx(model, work, batch=batch, dynamic=dynamic, imgsz=imgsz,
+                                                  end2end=True)
         name = Path(model).stem
         cluster_mode = 4 if task_layout.end2end else 2
         with staged_folder(output) as stage:
