@@ -2,7 +2,8 @@
 
 Rows (mAP50-95 / mAP50 by ``trtq eval``, ultralytics' validator on coco128 val2017):
 
-- FP32 ONNX and trtq's default Q/DQ (calibrated with ultralytics' letterbox): the references;
+- FP32 ONNX, trtq's default Q/DQ and trtq's implicit INT8 simulation (both calibrated with ultralytics'
+  letterbox): the references;
 - implicit INT8 as DeepStream gets it: the FP32 ONNX with the bundle's ``calib.table`` ranges simulated
   (``trtq.reference.simulate_implicit``; the calibration used nvinfer's preprocessing);
 - explicit INT8 as DeepStream gets it: the bundle's Q/DQ graph (before the layout nodes, which are float).
@@ -178,9 +179,14 @@ def main() -> None:
         onnx.save(implicit, str(work / "implicit.onnx"))
         explicit = quantize_explicit(onnx_path, table, work)
         onnx.save(explicit, str(work / "explicit.onnx"))
+        from calibrators.calibrate import calibrate
+
+        letterbox_table = calibrate(onnx_path, str(calib), write=False, progress=False).table
+        onnx.save(simulate_implicit(fp32, letterbox_table), str(work / "implicit_letterbox.onnx"))
         default_qdq = work / "default.int8.qdq.onnx"
         quantize(onnx_path, str(calib), output=default_qdq, progress=False)
         for label, path in (("FP32 ONNX", onnx_path), ("trtq default Q/DQ (letterbox calibration)", default_qdq),
+                            ("trtq implicit INT8 (letterbox cache simulated)", work / "implicit_letterbox.onnx"),
                             ("DeepStream implicit INT8 (calib.table simulated)", work / "implicit.onnx"),
                             ("DeepStream explicit INT8 (bundle Q/DQ)", work / "explicit.onnx")):
             res = evaluate(path, data)
