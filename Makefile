@@ -13,10 +13,10 @@ STUBS := .typings
 SHARED ?= ../shared/assets
 PYTEST_ARGS ?=
 
-.PHONY: install demo test unit typecheck lint bench bench-calib bench-cpu-int8 bench-accuracy bench-models bench-qat bench-pipeline clean help
+.PHONY: install demo test unit typecheck lint bench bench-calib bench-cpu-int8 bench-accuracy bench-models bench-qat bench-pipeline bench-deploy clean help
 
 help:
-	@echo "make demo | make test | make bench | make bench-calib | make bench-cpu-int8 | make bench-accuracy | make bench-models | make bench-qat | make bench-pipeline | make typecheck | make lint"
+	@echo "make demo | make test | make bench | make bench-calib | make bench-cpu-int8 | make bench-accuracy | make bench-models | make bench-qat | make bench-pipeline | make bench-deploy | make typecheck | make lint"
 
 install: $(STAMP)
 
@@ -67,6 +67,9 @@ bench-qat: $(STAMP)
 
 bench-pipeline: $(STAMP)
 	YOLO_OFFLINE=1 $(PY) benchmarks/pipeline.py --shared $(SHARED)
+
+bench-deploy: $(STAMP)
+	YOLO_OFFLINE=1 PYTHONPATH=. $(PY) -m benchmarks.deploy --shared $(SHARED)
 
 clean:
 	rm -rf build *.egg-info .pytest_cache

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("trtq.commands.inspect", "Show what an engine, cache or ONNX is and how it was made."),
     "bench": ("trtq.commands.bench", "Benchmark engines and ONNX models side by side."),
     "predict": ("trtq.commands.predict", "Run detection on images; draw boxes or write JSON."),
+    "deploy": ("trtq.commands.deploy", "Write a DeepStream bundle or a Triton model repository (no TensorRT needed)."),
 }
 
 

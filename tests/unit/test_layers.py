@@ -28,6 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "trtq.export", "trtq.zoo", "trtq.qdq", "trtq.qat", "trtq.qat.*", "trtq.qdqcheck", "trtq.amax", "trtq.quantize", "trtq.sensitivity",
         "trtq.agreement", "trtq.fidelity", "trtq.reference", "trtq.verify", "trtq.evaluate", "trtq.cpu_target",
         "trtq.trt.options", "trtq.trt.int8", "trtq.trt.network", "trtq.trt.builder", "trtq.trt.inspect",
+        "trtq.deploy", "trtq.deploy.*",
     ),
     "runtime": ("trtq.runtime", "trtq.runtime.*", "trtq.draw"),
     "bench": ("trtq.bench", "trtq.bench.*"),
