@@ -64,7 +64,7 @@ class OutputSet:
         """Rename every staged file into place; the first one staged (the model of a model + report set) last,
         so that even a crash in between leaves no primary file without its companions."""
         finals = list(self._staged)
-        with _signals_held():
+        with signals_held():
             try:
                 for final in finals[1:] + finals[:1]:
                     os.replace(self._staged[final], final)
@@ -114,7 +114,7 @@ def current(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back until the block ends, so a set of renames is not cut in half.
 
     Python runs signal handlers in the main thread; a held signal is raised again, to the handler that was

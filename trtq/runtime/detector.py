@@ -229,14 +229,6 @@ class Detector:
             raise TrtqError("this Detector is closed")
         return session.input_buffer(max(session.batch_range[0], 1)).dtype
 
-    @property
-    def dynamic_hw(self) -> bool:
-        """Whether the model takes any input height and width (an ONNX exported with ``--dynamic``)."""
-        inner: Any = getattr(self._session, "session", None)  # ONNX Runtime's InferenceSession
-        if self.backend != "onnxruntime" or inner is None:
-            return False
-        return not all(isinstance(d, int) for d in inner.get_inputs()[0].shape[2:])
-
     def input_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """The input size for frames of ``image_hw``: the model's, or on a dynamic model ultralytics' minimum
         rectangle (the letterboxed frame padded to the nearest stride multiple)."""

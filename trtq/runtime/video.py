@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_path
+from trtq.fileio import atomic_path, signals_held
 
 FOURCC: dict[str, str] = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
@@ -52,8 +52,9 @@ class VideoWriter:
         h, w = frame.shape[:2]
         if (w, h) != self.size:
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_LINEAR)
-        self._writer.write(frame)
-        self.frames += 1
+        with signals_held():  # Ctrl-C / SIGTERM after this write: the frame is in the file and counted
+            self._writer.write(frame)
+            self.frames += 1
 
     def close(self) -> Path | None:
         """Finish the file and move it into place; with no frame written, remove it (returns None)."""

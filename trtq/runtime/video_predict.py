@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtq.errors import TrtqError
+from trtq.fileio import signals_held
 from trtq.runtime.detector import Detector
 from trtq.runtime.sources import VideoSource, open_sources
 from trtq.runtime.stream import StreamPipeline, StreamResult, rect_hint
@@ -107,9 +108,11 @@ def _consume(
 
         draw = draw_detections
     for res in pipeline:
-        run.frames[res.stream] += 1
-        if draw is not None:
-            writers[res.stream].write(draw(res.image, res.detections))
+        image = draw(res.image, res.detections) if draw is not None else None
+        with signals_held():  # written and counted together: Ctrl-C lands before or after, never between
+            if image is not None:
+                writers[res.stream].write(image)
+            run.frames[res.stream] += 1
         if on_result is not None:
             on_result(res)
 
