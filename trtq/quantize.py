@@ -1,12 +1,12 @@
 """Explicit INT8 quantization: calibrate, place Q/DQ, write the Q/DQ ONNX and its report.
 
-``quantize(model, source, QuantizeOptions(...))`` streams calibration images through ONNX Runtime, turns the activation
-histograms into ranges, and writes a Q/DQ ONNX that ONNX Runtime's CPU provider runs as simulated INT8 and
-TensorRT builds as a strongly typed INT8 network. Next to it go ``<name>.report.json`` and
-``<name>.report.md``: every quantized tensor with its amax, every node kept in float and why.
+``quantize(model, source, QuantizeOptions(...))`` streams calibration images through ONNX Runtime, turns
+the activation histograms into ranges, and writes a Q/DQ ONNX that ONNX Runtime's CPU provider runs as
+simulated INT8 and TensorRT builds as a strongly typed INT8 network. Next to it go ``<name>.report.json``
+and ``<name>.report.md``: every quantized tensor with its amax, every node kept in float and why.
 
-With the options' ``max_drop`` and ``data`` it also measures mAP and keeps the most sensitive layers in float, one at a
-time, until the INT8 model is within ``max_drop`` mAP50-95 points of FP32.
+With the options' ``max_drop`` and ``data`` it also measures mAP and keeps the most sensitive layers in
+float, one at a time, until the INT8 model is within ``max_drop`` mAP50-95 points of FP32.
 """
 
 from __future__ import annotations
@@ -395,7 +395,8 @@ def _checked(options: QuantizeOptions | None) -> QuantizeOptions:
     opts = options if options is not None else QuantizeOptions()
     opts.validate()
     if opts.target != TARGET_TENSORRT:
-        raise TrtqError(f"these options are for --target {opts.target}: quantize them with trtq.cpu_target.quantize_cpu")
+        raise TrtqError(f"these options are for --target {opts.target}: "
+                        "quantize them with trtq.cpu_target.quantize_cpu")
     return opts
 
 
@@ -484,7 +485,8 @@ def _table_ranges(
                        "from images)", tab.algorithm, opts.algorithm)
     percentile = tab.percentile if tab.percentile is not None else opts.percentile
     calibration = {"source": "calibration table", "num_images": tab.num_images, "images_sha256": tab.images_sha256}
-    return {t: float(tab.amax[t]) for t in tensors}, replace(opts, algo=tab.algorithm, percentile=percentile), calibration
+    amax = {t: float(tab.amax[t]) for t in tensors}
+    return amax, replace(opts, algo=tab.algorithm, percentile=percentile), calibration
 
 
 def keep_sensitive_float(

@@ -109,13 +109,15 @@ class QuantizeOptions:
             if value is not None and value < least:
                 raise TrtqError(f"{label} must be at least {least}, got {value}")
         if self.max_drop is not None and self.data is None:
-            raise TrtqError("--max-drop needs labelled data to measure mAP: pass --data DATA (a data yaml or labelled folder)")
+            raise TrtqError("--max-drop needs labelled data to measure mAP: pass --data DATA "
+                            "(a data yaml or labelled folder)")
         if self.max_drop is not None and self.max_drop < 0:
             raise TrtqError(f"--max-drop must be >= 0 mAP points, got {self.max_drop}")
         if self.cpu_isa not in ISA_CHOICES:
             raise TrtqError(f"unknown CPU ISA {self.cpu_isa!r}; choose one of {', '.join(ISA_CHOICES)}")
         if self.activations not in ACTIVATION_TYPES:
-            raise TrtqError(f"unknown activation type {self.activations!r}; choose one of {', '.join(ACTIVATION_TYPES)}")
+            raise TrtqError(f"unknown activation type {self.activations!r}; "
+                            f"choose one of {', '.join(ACTIVATION_TYPES)}")
         if self.silu not in SILU_MODES:
             raise TrtqError(f"unknown SiLU mode {self.silu!r}; choose one of {', '.join(SILU_MODES)}")
 

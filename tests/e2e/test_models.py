@@ -118,7 +118,8 @@ def test_intake_variants_quantize_with_fidelity(zoo_onnx, yolo_pt: Path, calib_d
         onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=False), str(model))
         assert read_model_info(model).float_dtype == "float16"
     batch = 2 if variant == "dynamic" else 1
-    res = quantize(model, calib_dir, QuantizeOptions(num_images=4, batch=batch, progress=False), output=tmp_path / "q.onnx")
+    res = quantize(model, calib_dir, QuantizeOptions(num_images=4, batch=batch, progress=False),
+                   output=tmp_path / "q.onnx")
     qmodel = onnx.load(str(res.path))
     assert qdq_problems(qmodel, head_policy(onnx.load(str(model)))) == []
     opset = next(o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx"))
@@ -205,7 +206,8 @@ def test_verify_catches_wrong_classes_and_broken_masks_of_a_real_segment_model(z
     from trtq.verify import verify
 
     fp32 = zoo_onnx("yolov8n-seg.yaml", imgsz=320, weights=yolo_pt, nc=80)
-    qdq = quantize(fp32, calib_dir, QuantizeOptions(num_images=8, progress=False), output=tmp_path / "seg.int8.onnx").path
+    qdq = quantize(fp32, calib_dir, QuantizeOptions(num_images=8, progress=False),
+                   output=tmp_path / "seg.int8.onnx").path
     ref = write_reference(fp32, calib_dir, artifact=tmp_path / "seg.fp32.onnx", num_images=8, seed=1)
     good = verify(qdq, inputs=ref.inputs_path, outputs=ref.outputs_path)
     assert good.passed, good.table()

@@ -47,12 +47,14 @@ def test_quantize_writes_model_and_report(tiny_hists: tuple[Path, dict[str, Any]
 
 def test_exclude_keeps_node_float_and_reports_it(tiny_hists: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     path, hists = tiny_hists
-    r = quantize(path, None, QuantizeOptions(exclude=["/model.4/Conv"], progress=False), histograms=hists, output=tmp_path / "q.onnx")
+    r = quantize(path, None, QuantizeOptions(exclude=["/model.4/Conv"], progress=False), histograms=hists,
+                 output=tmp_path / "q.onnx")
     floats = {f["node"]: f["reason"] for f in r.report["float_nodes"]}
     assert "excluded" in floats["/model.4/Conv"]
     assert "cat" not in {a["tensor"] for a in r.report["quantized_activations"]}
     with pytest.raises(TrtqError, match="matches no node"):
-        quantize(path, None, QuantizeOptions(exclude=["nothing"], progress=False), histograms=hists, output=tmp_path / "x.onnx")
+        quantize(path, None, QuantizeOptions(exclude=["nothing"], progress=False), histograms=hists,
+                 output=tmp_path / "x.onnx")
 
 
 def test_bad_arguments_are_user_errors(tiny_hists: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
@@ -117,7 +119,8 @@ def test_max_drop_keeps_sensitive_layers_until_within_target(
         return {"map50_95": 0.5 - 0.01 * quantized, "images": 1}
 
     monkeypatch.setattr(trtq.evaluate, "evaluate", fake_evaluate)
-    r = quantize(path, calib_dir, QuantizeOptions(max_drop=1.5, data="unused", sensitivity_images=2, progress=False), histograms=hists, output=tmp_path / "m.onnx")
+    options = QuantizeOptions(max_drop=1.5, data="unused", sensitivity_images=2, progress=False)
+    r = quantize(path, calib_dir, options, histograms=hists, output=tmp_path / "m.onnx")
     md = r.report["max_drop"]
     assert md["initial_map50_95"] == pytest.approx(0.47)
     assert md["met"] and md["final_drop_points"] <= 1.5

@@ -104,7 +104,8 @@ def command(
         raise TrtqError("quantize --target cpu needs calibration images: pass --calib DIR" if cpu else
                         "quantize needs calibration images: pass --calib DIR (or --cache CACHE from `trtq calibrate`)")
     with output_set():  # the model, its report and its references land together, or none of them
-        result = quantize_cpu(model, source, options, output=out) if cpu else quantize(model, source, options, output=out)
+        write = quantize_cpu if cpu else quantize
+        result = write(model, source, options, output=out)
         _write_reference(result.path, source, ref_images, seed)
     click.echo(result.summary())
     _echo_reference(result.path, source, ref_images)
