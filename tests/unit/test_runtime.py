@@ -15,7 +15,6 @@ import pytest
 from tests.unit.test_runtime_models import make_tiny_yolo_onnx, random_images
 from trtq.errors import TrtqError
 from trtq.ort import exact_qdq_sessions
-from trtq.quantize_options import QuantizeOptions
 from trtq.runtime import Detections, Detector
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,8 +237,8 @@ def test_onnx_detector_pulls_only_its_backend(tmp_path: Path) -> None:
 def test_qdq_onnx_matches_ultralytics(yolo_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     yolo_mod = pytest.importorskip("ultralytics")
     quantize_mod = pytest.importorskip("trtq.quantize")
-    qdq = quantize_mod.quantize(yolo_onnx, calib_dir, QuantizeOptions(num_images=8, progress=False),
-                                output=tmp_path / "y.qdq.onnx").path
+    options = quantize_mod.QuantizeOptions(num_images=8, progress=False)
+    qdq = quantize_mod.quantize(yolo_onnx, calib_dir, options, output=tmp_path / "y.qdq.onnx").path
     images = sorted(calib_dir.parent.joinpath("val2017").glob("*.jpg"))[4:7]
     model = yolo_mod.YOLO(str(qdq), task="detect")
     total = 0
