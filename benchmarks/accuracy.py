@@ -65,7 +65,8 @@ def main() -> int:
     from trtq.fileio import write_json, write_text
     from trtq.headpolicy import float_nodes
     from trtq.qdq import plan_qdq
-    from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, write_qdq
+    from trtq.quantize import write_qdq
+    from trtq.quantize_options import QuantizeOptions
 
     shared = Path(args.shared).resolve()
     model = shared / "models" / "yolov8n-coco.onnx"
@@ -101,12 +102,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="trtq-acc-") as tmp:
         for name in names:
             desc, opts = CONFIGS[name]
-            opts = dict(opts)
-            algo = opts.pop("algo", DEFAULT_ALGO)
-            pct = opts.pop("percentile", DEFAULT_PERCENTILE)
-            amax, chosen = activation_amax(hists, tensors, algo, percentile=pct, graph_inputs=graph_inputs)
+            options = QuantizeOptions(**opts)
+            algo = options.algorithm
+            amax, chosen = activation_amax(hists, tensors, algo, percentile=options.percentile, graph_inputs=graph_inputs)
             out = Path(tmp) / f"{name}.onnx"
-            res = write_qdq(model, amax, output=out, algo=algo, chosen=chosen, percentile=pct, calibration=calibration, **opts)
+            res = write_qdq(model, amax, options, output=out, chosen=chosen, calibration=calibration)
             t1 = time.perf_counter()
             r = evaluate(res.path, data)
             row = {

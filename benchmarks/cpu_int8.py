@@ -144,6 +144,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
     from trtq.cpu_target import plan_cpu, quantize_cpu
     from trtq.export import export_onnx
     from trtq.headpolicy import float_nodes
+    from trtq.quantize_options import QuantizeOptions
 
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -167,7 +168,8 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
     info["statistics_seconds"] = round(time.perf_counter() - t0, 1)
     for key, _label, (isa, reduce) in CPU_ROWS:
         out = work / f"{key}.onnx"
-        r = quantize_cpu(fp32, calib, histograms=h_cpu, output=out, cpu_isa=isa, reduce_range=reduce, progress=False)
+        options = QuantizeOptions(target="cpu", cpu_isa=isa, reduce_range=reduce, progress=False)
+        r = quantize_cpu(fp32, calib, options, output=out, histograms=h_cpu)
         info[f"{key}_kernels"] = r.report["ort_kernels"]
         models[key] = {1: out}
         notes[key] = f"{args.calib_images} images, {r.report['algorithm']} (default), weights {r.report['options']['weights']}"
@@ -190,6 +192,7 @@ def _prepare_alternatives(args: argparse.Namespace, fp32: Path, h_cpu: dict[str,
     from trtq.headpolicy import float_nodes
     from trtq.qdq import plan_qdq
     from trtq.quantize import quantize
+    from trtq.quantize_options import QuantizeOptions
 
     work: Path = args.work
     calib = args.shared / "coco128" / "images" / "train2017"
@@ -197,11 +200,11 @@ def _prepare_alternatives(args: argparse.Namespace, fp32: Path, h_cpu: dict[str,
     trt_tensors = plan_qdq(fm, keep_float=float_nodes(fm)).activation_tensors
     h_trt, _ = collect_statistics(fp32, calib, trt_tensors, num_images=args.calib_images, progress=False)
     out = work / "trtq-tensorrt.onnx"
-    quantize(fp32, calib, histograms=h_trt, output=out, progress=False)
+    quantize(fp32, calib, QuantizeOptions(progress=False), output=out, histograms=h_trt)
     models["trtq-tensorrt"] = {1: out}
     notes["trtq-tensorrt"] = f"{args.calib_images} images, percentile 99.99 (default)"
     out = work / "trtq-cpu-silu-float.onnx"
-    quantize_cpu(fp32, calib, histograms=h_cpu, output=out, silu="float", progress=False)
+    quantize_cpu(fp32, calib, QuantizeOptions(target="cpu", silu="float", progress=False), output=out, histograms=h_cpu)
     models["trtq-cpu-silu-float"] = {1: out}
     notes["trtq-cpu-silu-float"] = "same ranges as trtq --target cpu"
 

@@ -118,6 +118,7 @@ def run_model(name: str, cfg: str, task: str, end2end: bool, *, shared: Path, wo
     from trtq.modelinfo import read_model_info
     from trtq.qdqcheck import op_counts, output_cosines, qdq_problems, raw_outputs
     from trtq.quantize import quantize
+    from trtq.quantize_options import QuantizeOptions
     from trtq.zoo import build_onnx
 
     pt = shared / "models" / "yolov8n-coco.pt"
@@ -125,8 +126,8 @@ def run_model(name: str, cfg: str, task: str, end2end: bool, *, shared: Path, wo
     fp32 = build_onnx(cfg, work / f"{name}.onnx", weights=pt if real else None, nc=80 if real else None, imgsz=IMGSZ,
                       **({"nms": False} if end2end else {}))
     t0 = time.perf_counter()
-    res = quantize(fp32, shared / "coco128" / "images" / "train2017", num_images=calib_images, output=work / f"{name}.int8.onnx",
-                   progress=False)
+    res = quantize(fp32, shared / "coco128" / "images" / "train2017", QuantizeOptions(num_images=calib_images, progress=False),
+                   output=work / f"{name}.int8.onnx")
     seconds = time.perf_counter() - t0
     qmodel = onnx.load(str(res.path))
     problems = qdq_problems(qmodel, head_policy(onnx.load(str(fp32))))

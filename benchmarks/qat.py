@@ -93,10 +93,12 @@ def make_ptq(shared: Path, work: Path, out_json: Path) -> None:
     """Both PTQ rows from one calibration pass (as `trtq quantize` does it, with and without --quantize-head)."""
     import onnx
 
+    from calibrators.ranges import DEFAULT_ALGO
     from trtq.amax import activation_amax, collect_statistics
     from trtq.headpolicy import head_keep_float
     from trtq.qdq import plan_qdq
-    from trtq.quantize import DEFAULT_ALGO, write_qdq
+    from trtq.quantize import write_qdq
+    from trtq.quantize_options import QuantizeOptions
 
     model = shared / "models" / "yolov8n-coco.onnx"
     calib = shared / "coco128" / "images" / "train2017"
@@ -112,7 +114,8 @@ def make_ptq(shared: Path, work: Path, out_json: Path) -> None:
     calibration = {"source": str(calib), "num_images": batcher.num_used, "images_sha256": batcher.images_sha256()}
     result: dict[str, Any] = {"calibration_seconds": round(calib_s, 1)}
     for name, head in (("ptq", False), ("ptq-head", True)):
-        res = write_qdq(model, amax, output=work / f"{name}.onnx", chosen=chosen, quantize_head=head, calibration=calibration)
+        res = write_qdq(model, amax, QuantizeOptions(quantize_head=head), output=work / f"{name}.onnx", chosen=chosen,
+                        calibration=calibration)
         result[name] = {"onnx": str(res.path), "quantized_weights": res.report["counts"]["quantized_weights"],
                         "float_weighted_ops": res.report["counts"]["float_weighted_ops"]}
     out_json.write_text(json.dumps(result))

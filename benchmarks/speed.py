@@ -74,10 +74,11 @@ def prepare_qdq(
         return out, None
     try:
         from trtq.quantize import quantize
+        from trtq.quantize_options import QuantizeOptions
     except ImportError as exc:
         return None, f"trtq.quantize is not available ({exc})"
     try:
-        result = quantize(onnx_path, calib, num_images=num_images, output=out, progress=False)
+        result = quantize(onnx_path, calib, QuantizeOptions(num_images=num_images, progress=False), output=out)
     except TrtqError as exc:
         return None, f"quantization failed: {exc}"
     return result.path, None
@@ -92,9 +93,11 @@ def prepare_cpu_int8(
         log.info("reusing %s", out)
         return out, None
     from trtq.cpu_target import quantize_cpu
+    from trtq.quantize_options import QuantizeOptions
 
     try:
-        result = quantize_cpu(onnx_path, calib, num_images=num_images, output=out, progress=False)
+        options = QuantizeOptions(target="cpu", num_images=num_images, progress=False)
+        result = quantize_cpu(onnx_path, calib, options, output=out)
     except TrtqError as exc:
         return None, f"quantization failed: {exc}"
     return result.path, None

@@ -188,6 +188,7 @@ def main() -> None:
     from calibrators.table import CalibrationTable
     from trtq.agreement import DEFAULT_TOLERANCE, compare_outputs
     from trtq.quantize import quantize
+    from trtq.quantize_options import QuantizeOptions
     from trtq.reference import load_inputs, load_outputs, simulate_implicit, write_reference
     from trtq.verify import run_artifact
 
@@ -200,7 +201,7 @@ def main() -> None:
     table = CalibrationTable.load(cache)
     qdq = work / "yolov8n.int8.onnx"
     if not qdq.is_file():
-        quantize(MODEL, str(CALIB), table=table, output=qdq, progress=False)
+        quantize(MODEL, str(CALIB), QuantizeOptions(cache=table, progress=False), output=qdq)
     # references on images the calibration did not see first (another seed)
     kw = {"num_images": args.ref_images, "seed": args.seed}
     ref_qdq = write_reference(qdq, str(CALIB), **kw)
@@ -270,6 +271,7 @@ def task_rows(task: str, work: Path, args: argparse.Namespace) -> list[dict[str,
     from trtq.agreement import compare_outputs
     from trtq.modelinfo import check_model, read_model_info
     from trtq.quantize import quantize
+    from trtq.quantize_options import QuantizeOptions
     from trtq.reference import load_inputs, load_outputs, write_reference
     from trtq.verify import run_artifact
     from trtq.zoo import build_onnx
@@ -283,7 +285,7 @@ def task_rows(task: str, work: Path, args: argparse.Namespace) -> list[dict[str,
     assert layout is not None
     qdq = work / f"task-{task}.int8.onnx"
     if not qdq.is_file():
-        quantize(fp32, str(CALIB), num_images=args.task_calib_images, output=qdq, progress=False)
+        quantize(fp32, str(CALIB), QuantizeOptions(num_images=args.task_calib_images, progress=False), output=qdq)
     ref = write_reference(fp32, str(CALIB), artifact=work / f"task-{task}.fp32.onnx", num_images=args.ref_images,
                           seed=args.seed)
     feeds = load_inputs(ref.inputs_path)
@@ -296,8 +298,9 @@ def task_rows(task: str, work: Path, args: argparse.Namespace) -> list[dict[str,
 
         cpu = work / "task-detect.cpu.onnx"
         if not cpu.is_file():
-            quantize_cpu(fp32, str(CALIB), num_images=args.task_calib_images, output=cpu, reduce_range=True,
-                         progress=False)  # 7-bit weights: exact on CPUs without VNNI too
+            # 7-bit weights: exact on CPUs without VNNI too
+            options = QuantizeOptions(target="cpu", num_images=args.task_calib_images, reduce_range=True, progress=False)
+            quantize_cpu(fp32, str(CALIB), options, output=cpu)
         copies += [(GOOD[1], cpu), ("task: CPU target, classes reversed",
                                     reverse_channels(cpu, work / "task-detect.cpu.cls.onnx"))]
     if task == "pose":

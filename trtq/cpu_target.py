@@ -58,16 +58,12 @@ from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
 from trtq.headpolicy import node_key
 from trtq.modelinfo import model_sha256
+from trtq.quantize_options import TARGET_TENSORRT, QuantizeOptions
 
 logger = logging.getLogger(__name__)
 
-TARGET_TENSORRT = "tensorrt"
-TARGETS = (TARGET_TENSORRT, TARGET_CPU)
 # TARGET_KEY: the metadata key every trtq Q/DQ model carries (absent on older files: TensorRT)
 CPU_SUFFIX = ".int8.cpu.onnx"
-# With asymmetric u8 ranges, clipping by percentile costs accuracy on the CPU layout (every body tensor is
-# quantized, not only weighted-op inputs); the histogram-MSE choice kept YOLOv8n within 0.1 mAP points.
-CPU_DEFAULT_ALGO = "mse"
 
 # ops the CPU provider runs on 8-bit tensors directly when the quantization parameters are the same on
 # both sides (its "drop Q/DQ" rules)
@@ -92,7 +88,6 @@ REASON_GRAPH_OUTPUT = "its output is a model output"
 REASON_SILU_FLOAT = "SiLU kept float (silu='float')"
 REASON_EXCLUDED = "excluded by the user (--exclude)"
 
-ACTIVATION_TYPES = ("u8", "s8")
 _LAYOUT_TEXT = {
     WEIGHTS_S8: "full 8 bits: exact where products accumulate in 32 bits (VNNI, Arm64)",
     WEIGHTS_S8_PAIR128: "per channel the finest 7 to 8-bit grid whose adjacent pairs have |w1|+|w2| <= 128: "
@@ -501,39 +496,30 @@ def _markdown(r: Mapping[str, Any]) -> str:
 def quantize_cpu(
     model: str | os.PathLike[str],
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    options: QuantizeOptions | None = None,
     *,
-    algo: str | None = None,
-    percentile: float | None = None,
-    exclude: Iterable[str] = (),
-    num_images: int | None = None,
-    batch: int = 1,
-    seed: int = 0,
     output: str | os.PathLike[str] | None = None,
-    head_policy: bool = True,
-    activations: str = "u8",
-    silu: str = "int",
-    reduce_range: bool = False,
-    cpu_isa: str | None = None,
     histograms: Mapping[str, Any] | None = None,
-    progress: bool = True,
 ) -> CpuQuantizeResult:
     """Calibrate ``model`` on ``source`` and write an INT8 ONNX laid out for ONNX Runtime's CPU provider.
 
-    ``cpu_isa`` (``auto``/None: this CPU) picks the weight layout that cannot saturate that CPU's integer
-    kernels (:data:`trtq.cpuisa.ISA_LAYOUT`); ``reduce_range`` forces 7-bit weights on any ISA.
+    ``options`` (:class:`QuantizeOptions` with target cpu; default: all defaults): its ``cpu_isa``
+    (``auto``: this CPU) picks the weight layout that cannot saturate that CPU's integer kernels
+    (:data:`trtq.cpuisa.ISA_LAYOUT`); ``reduce_range`` forces 7-bit weights on any ISA. ``histograms``
+    skip the image pass.
     """
-    from calibrators.ranges import DEFAULT_PERCENTILE
-    from trtq.amax import QUANTIZE_ALGOS, activation_amax, calibration_record, collect_statistics
+    from trtq.amax import activation_amax, calibration_record, collect_statistics
     from trtq.headpolicy import float_nodes as head_float_nodes
     from trtq.quantize import _resolve_model, _set_metadata, report_paths
 
     t0 = time.perf_counter()
-    algo = algo or CPU_DEFAULT_ALGO
-    percentile = DEFAULT_PERCENTILE if percentile is None else percentile
-    if algo not in QUANTIZE_ALGOS:
-        raise TrtqError(f"unknown algorithm {algo!r}; choose one of {', '.join(QUANTIZE_ALGOS)}")
-    if activations not in ACTIVATION_TYPES:
-        raise TrtqError(f"unknown activation type {activations!r}; choose one of {', '.join(ACTIVATION_TYPES)}")
+    opts = options if options is not None else QuantizeOptions(target=TARGET_CPU)
+    opts.validate()
+    if opts.target != TARGET_CPU:
+        raise TrtqError(f"these options are for --target {opts.target}: quantize them with trtq.quantize.quantize")
+    algo, percentile, exclude, head_policy = opts.algorithm, opts.percentile, opts.exclude, opts.head_policy
+    num_images, batch, seed, progress = opts.num_images, opts.batch, opts.seed, opts.progress
+    activations, silu, reduce_range, cpu_isa = opts.activations, opts.silu, opts.reduce_range, opts.cpu_isa
     isa = resolve_isa(cpu_isa)
     layout = WEIGHTS_S7 if reduce_range else ISA_LAYOUT[isa.isa]
     mpath = _resolve_model(model)
@@ -590,7 +576,7 @@ def quantize_cpu(
     with atomic_path(out, suffix=".onnx") as tmp:
         onnx.save(qmodel, str(tmp))
         ort_ops = ort_optimized_ops(tmp)
-    options = {
+    recorded = {
         "head_policy": head_policy,
         "activations": activations,
         "silu": silu,
@@ -610,7 +596,7 @@ def quantize_cpu(
         algo=algo,
         chosen=chosen,
         percentile=percentile if algo in ("percentile", "auto") else None,
-        options=options,
+        options=recorded,
         calibration=calibration,
         ort_ops=ort_ops,
     )

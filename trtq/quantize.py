@@ -1,12 +1,12 @@
 """Explicit INT8 quantization: calibrate, place Q/DQ, write the Q/DQ ONNX and its report.
 
-``quantize(model, source)`` streams calibration images through ONNX Runtime, turns the activation
-histograms into ranges, and writes a Q/DQ ONNX that ONNX Runtime's CPU provider runs as simulated INT8 and
-TensorRT builds as a strongly typed INT8 network. Next to it go ``<name>.report.json`` and
-``<name>.report.md``: every quantized tensor with its amax, every node kept in float and why.
+``quantize(model, source, QuantizeOptions(...))`` streams calibration images through ONNX Runtime, turns
+the activation histograms into ranges, and writes a Q/DQ ONNX that ONNX Runtime's CPU provider runs as
+simulated INT8 and TensorRT builds as a strongly typed INT8 network. Next to it go ``<name>.report.json``
+and ``<name>.report.md``: every quantized tensor with its amax, every node kept in float and why.
 
-With ``max_drop`` and ``data`` it also measures mAP and keeps the most sensitive layers in float, one at a
-time, until the INT8 model is within ``max_drop`` mAP50-95 points of FP32.
+With the options' ``max_drop`` and ``data`` it also measures mAP and keeps the most sensitive layers in
+float, one at a time, until the INT8 model is within ``max_drop`` mAP50-95 points of FP32.
 """
 
 from __future__ import annotations
@@ -14,28 +14,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from calibrators.ranges import (
-    DEFAULT_ALGO,
-    DEFAULT_PERCENTILE,
-    QMAX,
-    check_algorithm,
-    check_percentile,
-)
+from calibrators.ranges import QMAX
 from trtq import __version__, onnxgraph
-from trtq.amax import QUANTIZE_ALGOS, activation_amax, calibration_record, collect_statistics
+from trtq.amax import activation_amax, calibration_record, collect_statistics
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, default_output, write_json, write_text
 from trtq.fileio import current as current_file
 from trtq.headpolicy import branch_summary, head_keep_float, node_key, reason_code
 from trtq.qdq import QdqPlan, insert_qdq, plan_qdq, qdq_summary
+from trtq.quantize_options import TARGET_TENSORRT, QuantizeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -327,42 +322,31 @@ def _set_metadata(qmodel: onnx.ModelProto, items: Mapping[str, str]) -> None:
 def write_qdq(
     model_path: str | os.PathLike[str],
     amax: Mapping[str, float],
+    options: QuantizeOptions | None = None,
     *,
     output: str | os.PathLike[str] | None = None,
-    algo: str = DEFAULT_ALGO,
     chosen: Mapping[str, str] | None = None,
-    percentile: float | None = DEFAULT_PERCENTILE,
-    exclude: Iterable[str] = (),
     keep_float: Mapping[str, str] | None = None,
-    head_policy: bool = True,
-    per_channel: bool = True,
-    unify_concat: bool = True,
-    residual_add: bool = True,
-    int8_weights: bool = False,
     calibration: Mapping[str, Any] | None = None,
     write_report: bool = True,
-    quantize_head: bool = False,
 ) -> QuantizeResult:
-    """Place Q/DQ with ranges ``amax`` and write the model (+ report). No calibration here."""
+    """Place Q/DQ with ranges ``amax`` and write the model (+ report). No calibration here.
+
+    ``options`` gives the layout and, as ``algo``/``percentile``, what the ranges were computed with (for
+    the report and metadata); ``chosen`` is ``auto``'s pick per tensor.
+    """
+    opts = _checked(options)
+    algo = opts.algorithm
     mpath = Path(model_path)
     model = onnx.load(str(mpath))
     layout = _layout_or_none(mpath)
-    keep: dict[str, str] = head_keep_float(model, quantize_head=quantize_head) if head_policy else {}
+    keep: dict[str, str] = head_keep_float(model, quantize_head=opts.quantize_head) if opts.head_policy else {}
     keep.update(keep_float or {})
-    plan = plan_qdq(model, keep_float=keep, exclude=exclude, residual_add=residual_add)
+    plan = plan_qdq(model, keep_float=keep, exclude=opts.exclude, residual_add=opts.residual_add)
     qmodel, used = insert_qdq(
-        model, plan, amax, per_channel=per_channel, unify_concat=unify_concat, int8_weights=int8_weights
+        model, plan, amax, per_channel=opts.per_channel, unify_concat=opts.unify_concat, int8_weights=opts.int8_weights
     )
     out = Path(output) if output is not None else default_output(mpath, ".int8.qdq.onnx")
-    options = {
-        "head_policy": head_policy,
-        "quantize_head": quantize_head,
-        "per_channel": per_channel,
-        "unify_concat": unify_concat,
-        "residual_add": residual_add,
-        "int8_weights": int8_weights,
-        "exclude": list(exclude),
-    }
     meta: dict[str, str] = {"trtq_quantization": "int8-qdq", "trtq_target": "tensorrt", "trtq_algorithm": algo, "trtq_version": __version__}
     if layout is not None and layout.inferred and not any(p.key == "task" for p in model.metadata_props):
         # the model had no ultralytics metadata: record the layout told from its graph, so readers decode it right
@@ -382,8 +366,8 @@ def write_qdq(
         used=used,
         chosen=chosen or {},
         algo=algo,
-        percentile=percentile if algo in ("percentile", "auto") else None,
-        options=options,
+        percentile=opts.percentile if algo in ("percentile", "auto") else None,
+        options=opts.report_options(),
         calibration=calibration or {},
         task=_layout_dict(layout),
     )
@@ -406,151 +390,121 @@ def _layout_dict(layout: Any) -> dict[str, Any] | None:
     return {"task": layout.task, "nc": layout.nc, "end2end": layout.end2end, "kpt_shape": layout.kpt_shape, "nm": layout.nm}
 
 
+def _checked(options: QuantizeOptions | None) -> QuantizeOptions:
+    """``options`` (default: all defaults) validated, for the tensorrt layout."""
+    opts = options if options is not None else QuantizeOptions()
+    opts.validate()
+    if opts.target != TARGET_TENSORRT:
+        raise TrtqError(f"these options are for --target {opts.target}: "
+                        "quantize them with trtq.cpu_target.quantize_cpu")
+    return opts
+
+
 def quantize(
     model: str | os.PathLike[str],
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    options: QuantizeOptions | None = None,
     *,
-    algo: str = DEFAULT_ALGO,
-    exclude: Iterable[str] = (),
-    max_drop: float | None = None,
-    data: str | os.PathLike[str] | None = None,
-    num_images: int | None = None,
-    batch: int = 1,
-    seed: int = 0,
     output: str | os.PathLike[str] | None = None,
-    table: Any = None,
-    force_cache: bool = False,
-    progress: bool = True,
-    percentile: float = DEFAULT_PERCENTILE,
-    head_policy: bool = True,
-    per_channel: bool = True,
-    unify_concat: bool = True,
-    residual_add: bool = True,
-    int8_weights: bool = False,
     histograms: Mapping[str, Any] | None = None,
-    sensitivity_images: int = 16,
-    max_steps: int = 12,
-    quantize_head: bool = False,
 ) -> QuantizeResult:
     """Calibrate ``model`` on ``source`` and write an explicit Q/DQ INT8 ONNX.
 
-    ``table`` (a :class:`calibrators.table.CalibrationTable` or the path of a saved cache) supplies the
-    ranges instead of calibrating; a saved cache made from another model is refused unless
-    ``force_cache`` (a table object is taken as the caller's checked choice); ``histograms`` (from :func:`collect_statistics` or a calibration run)
-    skip the image pass and take precedence over ``table`` (ranges are then computed with ``algo``).
-    ``max_drop`` (mAP50-95 points) with ``data`` keeps the most sensitive layers in float until the INT8
-    model is within ``max_drop`` of FP32.
+    ``options`` (:class:`QuantizeOptions`, target tensorrt) holds every choice. Its ``cache`` (a
+    :class:`calibrators.table.CalibrationTable` or the path of a saved cache) supplies the ranges instead of
+    calibrating; a saved cache made from another model is refused unless ``force_cache`` (a table object is
+    taken as the caller's checked choice); ``histograms`` (from :func:`collect_statistics` or a calibration
+    run) skip the image pass and take precedence over the cache (ranges are then computed with the
+    options' algorithm). ``max_drop`` (mAP50-95 points) with ``data`` keeps the most sensitive layers in
+    float until the INT8 model is within ``max_drop`` of FP32.
     """
     t0 = time.perf_counter()
-    check_algorithm(algo, QUANTIZE_ALGOS)
-    if algo in ("percentile", "auto"):
-        check_percentile(percentile)  # validate before the image pass
-    if max_drop is not None and data is None:
-        raise TrtqError("--max-drop needs labelled data to measure mAP: pass --data DATA (a data yaml or labelled folder)")
-    if max_drop is not None and max_drop < 0:
-        raise TrtqError(f"--max-drop must be >= 0 mAP points, got {max_drop}")
+    opts = _checked(options)
     mpath = _resolve_model(model)
     from trtq.modelinfo import check_model, read_model_info
 
     info = read_model_info(mpath)
     check_model(info)  # refuses what trtq cannot decode before any work
     fmodel = onnx.load(str(mpath))
-    keep = head_keep_float(fmodel, quantize_head=quantize_head) if head_policy else {}
-    plan = plan_qdq(fmodel, keep_float=keep, exclude=exclude, residual_add=residual_add)
+    keep = head_keep_float(fmodel, quantize_head=opts.quantize_head) if opts.head_policy else {}
+    plan = plan_qdq(fmodel, keep_float=keep, exclude=opts.exclude, residual_add=opts.residual_add)
     # statistics for every tensor that any layer could quantize (max-drop re-plans without re-calibrating)
     tensors = plan.activation_tensors
-    graph_inputs = [i.name for i in fmodel.graph.input]
-    calibration: dict[str, Any] = {}
     chosen: dict[str, str] = {}
-    if table is not None and histograms is None:
-        from calibrators.table import CalibrationTable
-
-        if isinstance(table, CalibrationTable):
-            tab = table  # the caller's own (already checked) table
-        else:
-            tab = CalibrationTable.load(table)
-            diffs = tab.differences(model_sha256=info.sha256)
-            if diffs and not force_cache:
-                raise TrtqError(
-                    f"calibration cache {table} was made for something else: {'; '.join(diffs)}. "
-                    "Recalibrate (pass --calib without this --cache) or pass --force-cache to use it anyway"
-                )
-            for d in diffs:
-                logger.warning("calibration cache %s does not match this model (%s); using it anyway (--force-cache)",
-                               table, d)
-        missing = [t for t in tensors if t not in tab.amax]
-        if missing:
-            raise TrtqError(
-                f"the calibration table has no range for {len(missing)} tensor(s) to quantize (first: {missing[0]!r}); "
-                "it was made for another model or tensor set: recalibrate"
-            )
-        amax = {t: float(tab.amax[t]) for t in tensors}
-        if algo != tab.algorithm:
-            logger.warning("using the calibration table's %s ranges (algorithm %s applies only when calibrating "
-                           "from images)", tab.algorithm, algo)
-        algo = tab.algorithm
-        percentile = tab.percentile if tab.percentile is not None else percentile
-        calibration = {"source": "calibration table", "num_images": tab.num_images, "images_sha256": tab.images_sha256}
+    if opts.cache is not None and histograms is None:
+        amax, opts, calibration = _table_ranges(opts, info.sha256, tensors)
     else:
         if histograms is None:
             if source is None:
                 raise TrtqError("quantize needs calibration images: pass --calib DIR (or a calibration table)")
-            histograms, batcher = collect_statistics(
-                mpath, source, tensors, num_images=num_images, batch=batch, seed=seed, progress=progress
-            )
-            calibration = calibration_record(source, batcher, seed)
+            histograms, batcher = collect_statistics(mpath, source, tensors, num_images=opts.num_images,
+                                                     batch=opts.batch, seed=opts.seed, progress=opts.progress)
+            calibration = calibration_record(source, batcher, opts.seed)
         else:
             calibration = {"source": str(source) if source is not None else "precomputed histograms"}
-        amax, chosen = activation_amax(histograms, tensors, algo, percentile=percentile, graph_inputs=graph_inputs)
+        amax, chosen = activation_amax(histograms, tensors, opts.algorithm, percentile=opts.percentile,
+                                       graph_inputs=[i.name for i in fmodel.graph.input])
     out = Path(output) if output is not None else default_output(mpath, ".int8.qdq.onnx")
-    common = {
-        "output": out,
-        "algo": algo,
-        "chosen": chosen,
-        "percentile": percentile,
-        "exclude": exclude,
-        "head_policy": head_policy,
-        "quantize_head": quantize_head,
-        "per_channel": per_channel,
-        "unify_concat": unify_concat,
-        "residual_add": residual_add,
-        "int8_weights": int8_weights,
-        "calibration": calibration,
-    }
-    result = write_qdq(mpath, amax, **common)
-    if max_drop is not None and data is not None:
-        result = keep_sensitive_float(
-            mpath,
-            result,
-            amax,
-            data=data,
-            max_drop=max_drop,
-            source=source,
-            images=sensitivity_images,
-            max_steps=max_steps,
-            write_kwargs=common,
-        )
+    written = {"output": out, "chosen": chosen, "calibration": calibration}
+    result = write_qdq(mpath, amax, opts, **written)
+    if opts.max_drop is not None:
+        result = keep_sensitive_float(mpath, result, amax, opts, source=source, write_kwargs=written)
     result.seconds = time.perf_counter() - t0
     logger.info("quantized %s in %.1f s", mpath.name, result.seconds)
     return result
+
+
+def _table_ranges(
+    opts: QuantizeOptions, model_sha256: str | None, tensors: Sequence[str]
+) -> tuple[dict[str, float], QuantizeOptions, dict[str, Any]]:
+    """The ranges of ``opts.cache``, the options with the table's algorithm, and the calibration record."""
+    from calibrators.table import CalibrationTable
+
+    table = opts.cache
+    if isinstance(table, CalibrationTable):
+        tab = table  # the caller's own (already checked) table
+    else:
+        tab = CalibrationTable.load(table)
+        diffs = tab.differences(model_sha256=model_sha256)
+        if diffs and not opts.force_cache:
+            raise TrtqError(
+                f"calibration cache {table} was made for something else: {'; '.join(diffs)}. "
+                "Recalibrate (pass --calib without this --cache) or pass --force-cache to use it anyway"
+            )
+        for d in diffs:
+            logger.warning("calibration cache %s does not match this model (%s); using it anyway (--force-cache)",
+                           table, d)
+    missing = [t for t in tensors if t not in tab.amax]
+    if missing:
+        raise TrtqError(
+            f"the calibration table has no range for {len(missing)} tensor(s) to quantize (first: {missing[0]!r}); "
+            "it was made for another model or tensor set: recalibrate"
+        )
+    if opts.algorithm != tab.algorithm:
+        logger.warning("using the calibration table's %s ranges (algorithm %s applies only when calibrating "
+                       "from images)", tab.algorithm, opts.algorithm)
+    percentile = tab.percentile if tab.percentile is not None else opts.percentile
+    calibration = {"source": "calibration table", "num_images": tab.num_images, "images_sha256": tab.images_sha256}
+    amax = {t: float(tab.amax[t]) for t in tensors}
+    return amax, replace(opts, algo=tab.algorithm, percentile=percentile), calibration
 
 
 def keep_sensitive_float(
     model_path: Path,
     result: Any,
     amax: Mapping[str, float],
+    options: QuantizeOptions,
     *,
-    data: str | os.PathLike[str],
-    max_drop: float,
     source: Any,
-    images: int = 16,
-    max_steps: int = 12,
     write_kwargs: Mapping[str, Any],
 ) -> Any:
     """Greedy mixed precision for ``quantize --max-drop``: returns the final :class:`QuantizeResult`."""
     from trtq.evaluate import evaluate
     from trtq.sensitivity import REASON_MAX_DROP, LayerCost, analyse
 
+    data, max_drop = options.data, options.max_drop
+    if data is None or max_drop is None:
+        raise ValueError("keep_sensitive_float needs options with max_drop and data")
     fp32 = float(evaluate(model_path, data)["map50_95"])
     current = float(evaluate(current_file(result.path), data)["map50_95"])
     steps = [{"kept_float": [], "map50_95": current, "drop_points": (fp32 - current) * 100}]
@@ -559,11 +513,12 @@ def keep_sensitive_float(
     if (fp32 - current) * 100 > max_drop:
         if source is None:
             raise TrtqError("--max-drop needs the calibration images (--calib) to rank the layers")
-        ranking = analyse(model_path, source, amax=amax, num_images=images, head_policy=write_kwargs.get("head_policy", True)).ranking
-        for cost in ranking[:max_steps]:
+        ranking = analyse(model_path, source, amax=amax, num_images=options.sensitivity_images,
+                          head_policy=options.head_policy).ranking
+        for cost in ranking[:options.max_steps]:
             kept.append(cost.layer)
             keep = {name: REASON_MAX_DROP for name in kept}
-            result = write_qdq(model_path, amax, keep_float=keep, **write_kwargs)
+            result = write_qdq(model_path, amax, options, keep_float=keep, **write_kwargs)
             current = float(evaluate(current_file(result.path), data)["map50_95"])
             steps.append({"kept_float": list(kept), "map50_95": current, "drop_points": (fp32 - current) * 100})
             logger.info("max-drop: %d layer(s) in float -> mAP50-95 %.4f (drop %.2f points)", len(kept), current, steps[-1]["drop_points"])
@@ -580,7 +535,7 @@ def keep_sensitive_float(
         "final_drop_points": (fp32 - current) * 100,
         "met": (fp32 - current) * 100 <= max_drop,
         "kept_float": kept,
-        "ranking_top": [{"layer": c.layer, "cost": c.cost} for c in ranking[:max_steps]],
+        "ranking_top": [{"layer": c.layer, "cost": c.cost} for c in ranking[:options.max_steps]],
         "steps": steps,
     }
     write_json(result.report_path, result.report)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from trtq.cli import main
 from trtq.headpolicy import Reason
+from trtq.quantize_options import QuantizeOptions
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ def qdq_yolo(tmp_path_factory: pytest.TempPathFactory, yolo_onnx: Path, calib_di
     from trtq.quantize import quantize
 
     out = tmp_path_factory.mktemp("qdq") / "yolov8n.int8.qdq.onnx"
-    result = quantize(yolo_onnx, calib_dir, num_images=16, output=out, progress=False)
+    result = quantize(yolo_onnx, calib_dir, QuantizeOptions(num_images=16, progress=False), output=out)
     assert result.path == out and out.is_file()
     return out
 

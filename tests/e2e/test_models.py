@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from trtq.headpolicy import Branch, Reason, head_policy
 from trtq.qdqcheck import output_cosines, qdq_problems, raw_outputs
+from trtq.quantize_options import QuantizeOptions
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ def test_qdq_structure_and_fidelity(zoo_onnx, yolo_pt: Path, calib_dir: Path, va
 
     real = arch == "yolov8n"
     fp32 = zoo_onnx(f"{arch}{SUFFIX[task]}.yaml", imgsz=320, **({"weights": yolo_pt, "nc": 80} if real else {}))
-    res = quantize(fp32, calib_dir, num_images=4, output=tmp_path / "q.onnx", progress=False)
+    res = quantize(fp32, calib_dir, QuantizeOptions(num_images=4, progress=False), output=tmp_path / "q.onnx")
     qmodel = onnx.load(str(res.path))
     policy = head_policy(onnx.load(str(fp32)))
     assert qdq_problems(qmodel, policy) == []
@@ -68,7 +69,7 @@ def test_yolo26_end_to_end_head_quantizes_with_selection_float(zoo_onnx, calib_d
     from trtq.quantize import quantize
 
     fp32 = zoo_onnx(f"yolo26n{SUFFIX[task]}.yaml", imgsz=320, nms=False)
-    res = quantize(fp32, calib_dir, num_images=2, output=tmp_path / "q.onnx", progress=False)
+    res = quantize(fp32, calib_dir, QuantizeOptions(num_images=2, progress=False), output=tmp_path / "q.onnx")
     policy = head_policy(onnx.load(str(fp32)))
     assert qdq_problems(onnx.load(str(res.path)), policy) == []
     assert res.report["task"]["end2end"] is True
@@ -117,7 +118,8 @@ def test_intake_variants_quantize_with_fidelity(zoo_onnx, yolo_pt: Path, calib_d
         onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=False), str(model))
         assert read_model_info(model).float_dtype == "float16"
     batch = 2 if variant == "dynamic" else 1
-    res = quantize(model, calib_dir, num_images=4, batch=batch, output=tmp_path / "q.onnx", progress=False)
+    res = quantize(model, calib_dir, QuantizeOptions(num_images=4, batch=batch, progress=False),
+                   output=tmp_path / "q.onnx")
     qmodel = onnx.load(str(res.path))
     assert qdq_problems(qmodel, head_policy(onnx.load(str(model)))) == []
     opset = next(o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx"))
@@ -150,7 +152,7 @@ def test_layout_without_metadata_is_told_from_the_graph(zoo_onnx, calib_dir: Pat
         from trtq.quantize import quantize
         from trtq.tasks import task_layout
 
-        res = quantize(path, calib_dir, num_images=1, output=tmp_path / "q.onnx", progress=False)
+        res = quantize(path, calib_dir, QuantizeOptions(num_images=1, progress=False), output=tmp_path / "q.onnx")
         info = read_model_info(res.path)
         assert info.metadata["task"] == "pose" and info.metadata["kpt_shape"] == [17, 3]
         assert task_layout(info.metadata, [o.shape for o in info.outputs]).describe() == described
@@ -204,7 +206,8 @@ def test_verify_catches_wrong_classes_and_broken_masks_of_a_real_segment_model(z
     from trtq.verify import verify
 
     fp32 = zoo_onnx("yolov8n-seg.yaml", imgsz=320, weights=yolo_pt, nc=80)
-    qdq = quantize(fp32, calib_dir, num_images=8, output=tmp_path / "seg.int8.onnx", progress=False).path
+    qdq = quantize(fp32, calib_dir, QuantizeOptions(num_images=8, progress=False),
+                   output=tmp_path / "seg.int8.onnx").path
     ref = write_reference(fp32, calib_dir, artifact=tmp_path / "seg.fp32.onnx", num_images=8, seed=1)
     good = verify(qdq, inputs=ref.inputs_path, outputs=ref.outputs_path)
     assert good.passed, good.table()

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from trtq.cli import main
+from trtq.quantize_options import QuantizeOptions
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
@@ -61,8 +62,8 @@ def test_placement_parity_with_trtq_quantize(
     from trtq.quantize import quantize
 
     qat_out = qat_labels if quantize_head else qat_distill
-    ptq = quantize(base_onnx, calib_dir, num_images=4, quantize_head=quantize_head, output=tmp_path / "ptq.onnx",
-                   progress=False)
+    ptq = quantize(base_onnx, calib_dir, QuantizeOptions(num_images=4, quantize_head=quantize_head, progress=False),
+                   output=tmp_path / "ptq.onnx")
     expected = _quantized_tensors(ptq.path)
     assert _quantized_tensors(qat_out) == expected
     head_convs = {f"model.22.cv{b}.{i}.2.weight" for b in (2, 3) for i in range(3)}
@@ -111,7 +112,8 @@ def test_fake_quant_model_matches_the_exported_qdq_onnx(base_onnx: Path, yolo_pt
     plan = plan_qdq(fm, keep_float=head_keep_float(fm, quantize_head=True))
     hists, _ = collect_statistics(base_onnx, val_yaml, plan.activation_tensors, num_images=4, progress=False)
     amax, _ = activation_amax(hists, plan.activation_tensors, "percentile", graph_inputs=["images"])
-    qdq = write_qdq(base_onnx, amax, output=tmp_path / "q.onnx", quantize_head=True, write_report=False)
+    qdq = write_qdq(base_onnx, amax, QuantizeOptions(quantize_head=True),
+                    output=tmp_path / "q.onnx", write_report=False)
     _, net = load_detection_model(yolo_pt)
     placement = map_placement(net, fm, plan, qdq.amax)
     quantizers = insert_fake_quant(net, placement)

@@ -19,6 +19,7 @@ pytest.importorskip("ultralytics")
 
 from tests.qat_data import task_dataset, task_pt  # noqa: E402
 from trtq.errors import TrtqError  # noqa: E402
+from trtq.quantize_options import QuantizeOptions  # noqa: E402
 
 IMGSZ = 64
 
@@ -53,7 +54,7 @@ def test_labels_mode_trains_each_task_with_its_own_loss(
     from trtq.quantize import quantize
 
     base = export_onnx(pt, imgsz=IMGSZ, output=tmp_path / "base.onnx")
-    ptq = quantize(base, data, num_images=2, output=tmp_path / "ptq.onnx", progress=False)
+    ptq = quantize(base, data, QuantizeOptions(num_images=2, progress=False), output=tmp_path / "ptq.onnx")
     assert _quantized_tensors(out) == _quantized_tensors(ptq.path)
 
 

@@ -24,6 +24,7 @@ from trtq.cpu_target import (
     quantize_cpu,
 )
 from trtq.errors import TrtqError
+from trtq.quantize_options import QuantizeOptions
 
 TINY_HEAD = {"/model.4/Conv": "final head conv (test)"}
 
@@ -92,7 +93,7 @@ def test_quantized_convs_become_integer_kernels_and_stay_close(tmp_path: Path, m
     monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: dict(TINY_HEAD))
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
     images = write_images(tmp_path / "images", 8, size=(32, 32))
-    r = quantize_cpu(model, images, output=tmp_path / "tiny.cpu.onnx", progress=False)
+    r = quantize_cpu(model, images, QuantizeOptions(target="cpu", progress=False), output=tmp_path / "tiny.cpu.onnx")
     # ONNX Runtime's optimized graph: every quantized conv is a QLinearConv, the head conv stays float
     ops = ort_optimized_ops(r.path)
     assert ops["QLinearConv"] == len(r.plan.weights) == 2
@@ -114,7 +115,8 @@ def test_tensorrt_target_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: dict(TINY_HEAD))
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
-    r = quantize(model, write_images(tmp_path / "im", 4, size=(32, 32)), output=tmp_path / "q.onnx", progress=False)
+    r = quantize(model, write_images(tmp_path / "im", 4, size=(32, 32)), QuantizeOptions(progress=False),
+                 output=tmp_path / "q.onnx")
     assert model_target(r.path) == TARGET_TENSORRT
     assert r.report["target"] == TARGET_TENSORRT
     assert model_target(model) is None
@@ -127,7 +129,8 @@ def test_tensorrt_builder_refuses_a_cpu_target_model(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: dict(TINY_HEAD))
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
-    r = quantize_cpu(model, write_images(tmp_path / "im", 4, size=(32, 32)), output=tmp_path / "t.cpu.onnx", progress=False)
+    images = write_images(tmp_path / "im", 4, size=(32, 32))
+    r = quantize_cpu(model, images, QuantizeOptions(target="cpu", progress=False), output=tmp_path / "t.cpu.onnx")
     trt = make_fake_tensorrt("10.3.0")
     with pytest.raises(TrtqError, match="quantized for the CPU") as exc:
         build_engine(r.path, trt_module=trt, output=tmp_path / "e.engine", device=FakeDevice(), progress=False)
@@ -187,9 +190,9 @@ def test_refuses_an_already_quantized_model(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: dict(TINY_HEAD))
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
     images = write_images(tmp_path / "im", 4, size=(32, 32))
-    r = quantize_cpu(model, images, output=tmp_path / "a.onnx", progress=False)
+    r = quantize_cpu(model, images, QuantizeOptions(target="cpu", progress=False), output=tmp_path / "a.onnx")
     with pytest.raises(TrtqError, match="already quantized"):
-        quantize_cpu(r.path, images, output=tmp_path / "b.onnx", progress=False)
+        quantize_cpu(r.path, images, QuantizeOptions(target="cpu", progress=False), output=tmp_path / "b.onnx")
     assert not (tmp_path / "b.onnx").exists()
 
 
@@ -226,7 +229,7 @@ def test_yolov8n_cpu_target_fuses_every_quantized_conv_and_stays_close(
     from trtq.modelinfo import read_model_info
 
     out = tmp_path / "yolov8n.int8.cpu.onnx"
-    r = quantize_cpu(yolo_onnx, calib_dir, num_images=8, output=out, progress=False)
+    r = quantize_cpu(yolo_onnx, calib_dir, QuantizeOptions(target="cpu", num_images=8, progress=False), output=out)
     convs = sum(1 for n in onnx.load(str(yolo_onnx)).graph.node if n.op_type == "Conv")
     assert len(r.plan.weights) == convs - 7  # six final head convs and the DFL conv stay float
     ops = ort_optimized_ops(out)  # via SessionOptions.optimized_model_filepath
@@ -260,8 +263,8 @@ def test_reduce_range_stores_7_bit_weights(tmp_path: Path, monkeypatch: pytest.M
     images = write_images(tmp_path / "im", 4, size=(32, 32))
     for reduce, bound in ((False, 127), (True, 63)):
         # full 8 bits: the layout of CPUs that accumulate in int32 (the avx2 one limits some pairs)
-        r = quantize_cpu(model, images, output=tmp_path / f"r{reduce}.onnx", reduce_range=reduce,
-                         cpu_isa="avx512-vnni", progress=False)
+        options = QuantizeOptions(target="cpu", reduce_range=reduce, cpu_isa="avx512-vnni", progress=False)
+        r = quantize_cpu(model, images, options, output=tmp_path / f"r{reduce}.onnx")
         q = onnx.load(str(r.path))
         w = [numpy_helper.to_array(i) for i in q.graph.initializer if i.name in ("w0_quantized", "w1_quantized")]
         assert len(w) == 2
@@ -296,6 +299,7 @@ def test_cpu_target_takes_every_model_the_tensorrt_target_takes(variant: str, zo
         half = convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
         model = tmp_path / "half.onnx"
         onnx.save(half, str(model))
-    result = quantize_cpu(model, calib_dir, num_images=4, output=tmp_path / "q.cpu.onnx", progress=False)
+    result = quantize_cpu(model, calib_dir, QuantizeOptions(target="cpu", num_images=4, progress=False),
+                          output=tmp_path / "q.cpu.onnx")
     onnx.checker.check_model(onnx.load(str(result.path)))
     assert result.plan.weights

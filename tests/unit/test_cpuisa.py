@@ -45,6 +45,7 @@ from trtq.cpuisa import (
 )
 from trtq.errors import TrtqError
 from trtq.ort import exact_qdq_sessions, ort_session
+from trtq.quantize_options import QuantizeOptions
 
 X_SCALE = 1 / 255
 Y_SCALE, Y_ZERO = 0.25, 128
@@ -268,7 +269,8 @@ def test_quantized_tiny_model_records_its_isa_and_the_avx2_layout_fits_int16(
     monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: {"/model.4/Conv": "final head conv (test)"})
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
     images = write_images(tmp_path / "im", 4, size=(32, 32))
-    r = quantize_cpu(model, images, output=tmp_path / f"{isa}.onnx", cpu_isa=isa, progress=False)
+    r = quantize_cpu(model, images, QuantizeOptions(target="cpu", cpu_isa=isa, progress=False),
+                     output=tmp_path / f"{isa}.onnx")
     q = onnx.load(str(r.path))
     meta = {p.key: p.value for p in q.metadata_props}
     layout = WEIGHTS_S8_PAIR128 if isa == ISA_AVX2 else WEIGHTS_S8
@@ -293,7 +295,8 @@ def test_reduce_range_wins_over_the_isa_layout(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: {"/model.4/Conv": "final head conv (test)"})
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
     images = write_images(tmp_path / "im", 4, size=(32, 32))
-    r = quantize_cpu(model, images, output=tmp_path / "r.onnx", cpu_isa=ISA_AVX512_VNNI, reduce_range=True, progress=False)
+    options = QuantizeOptions(target="cpu", cpu_isa=ISA_AVX512_VNNI, reduce_range=True, progress=False)
+    r = quantize_cpu(model, images, options, output=tmp_path / "r.onnx")
     meta = {p.key: p.value for p in onnx.load(str(r.path)).metadata_props}
     assert meta[WEIGHTS_KEY] == "s7" and r.report["options"]["weight_bits"] == 7
 
@@ -304,7 +307,8 @@ def test_shared_yolov8n_avx2_layout_fits_int16_and_the_vnni_one_does_not(yolo_on
 
     worst = {}
     for isa in (ISA_AVX2, ISA_AVX512_VNNI):
-        r = quantize_cpu(yolo_onnx, calib_dir, num_images=2, output=tmp_path / f"{isa}.onnx", cpu_isa=isa, progress=False)
+        r = quantize_cpu(yolo_onnx, calib_dir, QuantizeOptions(target="cpu", num_images=2, cpu_isa=isa, progress=False),
+                         output=tmp_path / f"{isa}.onnx")
         q = onnx.load(str(r.path))
         worst[isa] = saturating_weights(q)
         if isa == ISA_AVX2:
@@ -441,7 +445,8 @@ def test_quantize_warns_when_it_clips_a_bias(tmp_path: Path, monkeypatch: pytest
     onnx.save(m, str(model))
     images = write_images(tmp_path / "im", 4, size=(32, 32))
     with caplog.at_level(logging.WARNING, logger="trtq.cpu_target"):
-        r = quantize_cpu(model, images, output=tmp_path / "q.onnx", cpu_isa=ISA_ARM64, progress=False)
+        r = quantize_cpu(model, images, QuantizeOptions(target="cpu", cpu_isa=ISA_ARM64, progress=False),
+                         output=tmp_path / "q.onnx")
     lines = [rec.getMessage() for rec in caplog.records if "do not fit int32" in rec.getMessage()]
     assert len(lines) == 1 and "/model.1/conv/Conv" in lines[0]
     assert r.report["options"]["clipped_biases"] == ["/model.1/conv/Conv"]

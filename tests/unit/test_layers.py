@@ -25,7 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "calibrators": ("calibrators", "calibrators.*"),
     "pipeline": (
-        "trtq.export", "trtq.zoo", "trtq.qdq", "trtq.qat", "trtq.qat.*", "trtq.qdqcheck", "trtq.amax", "trtq.quantize", "trtq.sensitivity",
+        "trtq.export", "trtq.zoo", "trtq.qdq", "trtq.qat", "trtq.qat.*", "trtq.qdqcheck", "trtq.amax", "trtq.quantize_options", "trtq.quantize", "trtq.sensitivity",
         "trtq.agreement", "trtq.fidelity", "trtq.reference", "trtq.verify", "trtq.evaluate", "trtq.cpu_target",
         "trtq.trt.options", "trtq.trt.int8", "trtq.trt.network", "trtq.trt.builder", "trtq.trt.inspect",
         "trtq.deploy", "trtq.deploy.*",

@@ -13,6 +13,7 @@ import pytest
 from trtq.amax import activation_amax, histogram_mse
 from trtq.errors import TrtqError
 from trtq.quantize import quantize
+from trtq.quantize_options import QuantizeOptions
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def tiny_hists(tmp_path_factory: pytest.TempPathFactory, calib_dir: Path) -> tup
 def test_quantize_writes_model_and_report(tiny_hists: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     path, hists = tiny_hists
     out = tmp_path / "q.onnx"
-    r = quantize(path, None, histograms=hists, output=out, progress=False)
+    r = quantize(path, None, QuantizeOptions(progress=False), histograms=hists, output=out)
     onnx.checker.check_model(onnx.load(str(out)))
     report = json.loads(r.report_path.read_text())
     assert r.report_path == tmp_path / "q.report.json" and r.markdown_path.is_file()
@@ -46,20 +47,22 @@ def test_quantize_writes_model_and_report(tiny_hists: tuple[Path, dict[str, Any]
 
 def test_exclude_keeps_node_float_and_reports_it(tiny_hists: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     path, hists = tiny_hists
-    r = quantize(path, None, histograms=hists, output=tmp_path / "q.onnx", exclude=["/model.4/Conv"], progress=False)
+    r = quantize(path, None, QuantizeOptions(exclude=["/model.4/Conv"], progress=False), histograms=hists,
+                 output=tmp_path / "q.onnx")
     floats = {f["node"]: f["reason"] for f in r.report["float_nodes"]}
     assert "excluded" in floats["/model.4/Conv"]
     assert "cat" not in {a["tensor"] for a in r.report["quantized_activations"]}
     with pytest.raises(TrtqError, match="matches no node"):
-        quantize(path, None, histograms=hists, output=tmp_path / "x.onnx", exclude=["nothing"], progress=False)
+        quantize(path, None, QuantizeOptions(exclude=["nothing"], progress=False), histograms=hists,
+                 output=tmp_path / "x.onnx")
 
 
 def test_bad_arguments_are_user_errors(tiny_hists: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     path, _ = tiny_hists
     with pytest.raises(TrtqError, match="unknown calibration algorithm"):
-        quantize(path, None, algo="kl")
+        quantize(path, None, QuantizeOptions(algo="kl"))
     with pytest.raises(TrtqError, match="--data"):
-        quantize(path, None, max_drop=0.5)
+        quantize(path, None, QuantizeOptions(max_drop=0.5))
     with pytest.raises(TrtqError, match="not found"):
         quantize(tmp_path / "missing.onnx", None)
 
@@ -93,12 +96,12 @@ def test_table_supplies_ranges(tiny_hists: tuple[Path, dict[str, Any]], tmp_path
 
     path, _ = tiny_hists
     table = CalibrationTable(amax={"images": 1.0, "a0": 2.5, "cat": 3.5, "c0": 9.0}, algorithm="entropy")
-    r = quantize(path, None, table=table, output=tmp_path / "t.onnx", progress=False)
+    r = quantize(path, None, QuantizeOptions(cache=table, progress=False), output=tmp_path / "t.onnx")
     acts = {a["tensor"]: a["amax"] for a in r.report["quantized_activations"]}
     assert acts == {"images": 1.0, "a0": 2.5, "cat": 3.5}
     short = CalibrationTable(amax={"images": 1.0}, algorithm="entropy")
     with pytest.raises(TrtqError, match="no range"):
-        quantize(path, None, table=short, output=tmp_path / "u.onnx", progress=False)
+        quantize(path, None, QuantizeOptions(cache=short, progress=False), output=tmp_path / "u.onnx")
 
 
 def test_max_drop_keeps_sensitive_layers_until_within_target(
@@ -116,7 +119,8 @@ def test_max_drop_keeps_sensitive_layers_until_within_target(
         return {"map50_95": 0.5 - 0.01 * quantized, "images": 1}
 
     monkeypatch.setattr(trtq.evaluate, "evaluate", fake_evaluate)
-    r = quantize(path, calib_dir, histograms=hists, output=tmp_path / "m.onnx", max_drop=1.5, data="unused", sensitivity_images=2, progress=False)
+    options = QuantizeOptions(max_drop=1.5, data="unused", sensitivity_images=2, progress=False)
+    r = quantize(path, calib_dir, options, histograms=hists, output=tmp_path / "m.onnx")
     md = r.report["max_drop"]
     assert md["initial_map50_95"] == pytest.approx(0.47)
     assert md["met"] and md["final_drop_points"] <= 1.5

@@ -237,9 +237,8 @@ def test_onnx_detector_pulls_only_its_backend(tmp_path: Path) -> None:
 def test_qdq_onnx_matches_ultralytics(yolo_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     yolo_mod = pytest.importorskip("ultralytics")
     quantize_mod = pytest.importorskip("trtq.quantize")
-    qdq = quantize_mod.quantize(
-        yolo_onnx, calib_dir, num_images=8, output=tmp_path / "y.qdq.onnx", progress=False
-    ).path
+    options = quantize_mod.QuantizeOptions(num_images=8, progress=False)
+    qdq = quantize_mod.quantize(yolo_onnx, calib_dir, options, output=tmp_path / "y.qdq.onnx").path
     images = sorted(calib_dir.parent.joinpath("val2017").glob("*.jpg"))[4:7]
     model = yolo_mod.YOLO(str(qdq), task="detect")
     total = 0

@@ -18,6 +18,7 @@ from tests.conftest import make_tiny_conv_onnx
 from trtq import onnxgraph
 from trtq.errors import TrtqError
 from trtq.quantize import quantize
+from trtq.quantize_options import QuantizeOptions
 
 COUNTS, EDGES = np.ones(300), np.arange(301, dtype=np.float64)
 
@@ -35,7 +36,7 @@ def test_an_unknown_algorithm_is_refused_in_the_same_words_everywhere(tmp_path: 
         "amax_table": lambda: amax_table({}, "kl"),
         "calibrate": lambda: calibrate(model, tmp_path, algo="kl", write=False, progress=False),
         "CalibrationTable": lambda: CalibrationTable(amax={"x": 1.0}, algorithm="kl"),
-        "quantize": lambda: quantize(model, tmp_path, algo="kl", progress=False),
+        "quantize": lambda: quantize(model, tmp_path, QuantizeOptions(algo="kl", progress=False)),
     }
     messages = {name: _message(call) for name, call in calls.items()}
     for name, text in messages.items():
@@ -53,8 +54,8 @@ def test_a_bad_percentile_is_refused_in_the_same_words_everywhere_and_before_any
         "percentile_amax": lambda: ranges.percentile_amax(COUNTS, EDGES, bad),
         "CalibrationTable": lambda: CalibrationTable(amax={"x": 1.0}, algorithm="percentile", percentile=bad),
         "calibrate": lambda: calibrate(model, missing, algo="percentile", percentile=bad, write=False, progress=False),
-        "quantize": lambda: quantize(model, missing, algo="percentile", percentile=bad, progress=False),
-        "quantize auto": lambda: quantize(model, missing, algo="auto", percentile=bad, progress=False),
+        "quantize": lambda: quantize(model, missing, QuantizeOptions(algo="percentile", percentile=bad, progress=False)),
+        "quantize auto": lambda: quantize(model, missing, QuantizeOptions(algo="auto", percentile=bad, progress=False)),
     }
     expected = f"percentile must be in (0, 100], got {bad!r}; pass e.g. --percentile 99.99"
     for name, call in calls.items():

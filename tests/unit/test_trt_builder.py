@@ -56,8 +56,8 @@ def fake_quantize(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     calls: list[dict[str, Any]] = []
 
-    def quantize(model: Any, source: Any, **kw: Any) -> SimpleNamespace:
-        calls.append({"model": Path(model), "source": source, **kw})
+    def quantize(model: Any, source: Any, options: Any, **kw: Any) -> SimpleNamespace:
+        calls.append({"model": Path(model), "source": source, "options": options, **kw})
         out = Path(kw["output"])
         out.parent.mkdir(parents=True, exist_ok=True)
         return SimpleNamespace(path=make_qdq_onnx(Path(model), out), report={}, report_path=None)
@@ -279,7 +279,8 @@ def test_auto_mode_is_explicit_on_10_x(tiny: Path, images: Path, tmp_path: Path,
     trt = make_fake_tensorrt("10.3.0")
     r = _build(trt, tiny, tmp_path, int8=True, calib=images, num_images=4)
     assert r.mode == "explicit" and r.qdq_path is not None and r.qdq_path.name == "tiny.int8.onnx"
-    assert fake_quantize[0]["table"] is not None  # the Q/DQ writer reuses the CPU ranges
+    options = fake_quantize[0]["options"]
+    assert options.cache is not None and options.batch == 1  # the Q/DQ writer reuses the CPU ranges
     info = plan_info(read_engine(r.engine_path)[0])
     assert {"FP16", "INT8"} <= set(info["flags"]) and not info["strongly_typed"]  # weak typing: FP16 fallback
     assert _calls(trt, "config.int8_calibrator") == [] and _calls(trt, "layer.precision") == []

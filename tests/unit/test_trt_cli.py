@@ -24,7 +24,7 @@ def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_build_exits_3_with_finish_commands(tmp_path: Path, no_tensorrt: None, monkeypatch: pytest.MonkeyPatch) -> None:
     import trtq.quantize
 
-    monkeypatch.setattr(trtq.quantize, "quantize", lambda model, source, **kw: SimpleNamespace(
+    monkeypatch.setattr(trtq.quantize, "quantize", lambda model, source, options, **kw: SimpleNamespace(
         path=make_qdq_onnx(Path(model), Path(kw["output"]))))
     tiny = make_tiny_conv_onnx(tmp_path / "tiny.onnx")
     images = write_images(tmp_path / "img", 4)

@@ -1,20 +1,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
+from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
+from trtq.amax import QUANTIZE_ALGOS
 from trtq.commands._options import output_option
-from trtq.cpu_target import CPU_DEFAULT_ALGO
-from trtq.cpuisa import ISA_AUTO, ISA_CHOICES
-from trtq.quantize import DEFAULT_ALGO, DEFAULT_PERCENTILE, QUANTIZE_ALGOS
+from trtq.cpuisa import ISA_AUTO, ISA_CHOICES, TARGET_CPU
+from trtq.quantize_options import CPU_DEFAULT_ALGO, TARGETS, QuantizeOptions
 
 
 @click.command(name="quantize")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--calib", "source", help="Calibration images: a folder (recursive), a glob, a .txt list or a data yaml.")
-@click.option("--target", type=click.Choice(("tensorrt", "cpu")), default="tensorrt", show_default=True,
+@click.option("--target", type=click.Choice(TARGETS), default=TARGETS[0], show_default=True,
               help="Who runs the INT8 model: TensorRT (Q/DQ on weighted-op inputs), or ONNX Runtime's CPU provider "
                    "(Q/DQ on every body tensor, u8 asymmetric activations, so it runs integer kernels).")
 @click.option("--algo", type=click.Choice(QUANTIZE_ALGOS), default=None,
@@ -84,49 +84,28 @@ def command(
     models are upgraded to 13. A report (.report.json and .report.md) next to the output lists every
     quantized tensor with its range and what stayed float per head branch, with the reason.
     """
-    from trtq.cpu_target import CPU_SUFFIX
+    from trtq.cpu_target import CPU_SUFFIX, quantize_cpu
     from trtq.errors import TrtqError
     from trtq.fileio import default_output, output_path, output_set
     from trtq.quantize import quantize
 
-    if target != "cpu" and (reduce_range or cpu_isa != ISA_AUTO):
-        raise TrtqError(f"{'--reduce-range' if reduce_range else '--cpu-isa'} applies to --target cpu only")
-    if target == "cpu" and quantize_head:
-        raise TrtqError("--quantize-head applies to --target tensorrt only; drop it for --target cpu")
-    default = default_output(model, CPU_SUFFIX if target == "cpu" else ".int8.qdq.onnx")
+    options = QuantizeOptions(
+        target=target, algo=algo, percentile=percentile, exclude=exclude, num_images=num_images, batch=batch,
+        seed=seed, head_policy=not no_head_policy, quantize_head=quantize_head, unify_concat=not no_concat_unify,
+        int8_weights=int8_weights, cache=table, force_cache=force_cache, max_drop=max_drop, data=data,
+        cpu_isa=cpu_isa, reduce_range=reduce_range,
+    )
+    options.validate()  # before the output is checked: a wrong option is the first thing to fix
+    cpu = target == TARGET_CPU
+    default = default_output(model, CPU_SUFFIX if cpu else ".int8.qdq.onnx")
     out = output_path(output, default, suffixes=(".onnx",), inputs=(model, table, source, data),
                       companions=OUTPUT_COMPANIONS)
-    if target == "cpu":
-        with output_set():  # the model, its report and its references land together, or none of them
-            result_cpu = _quantize_cpu(model, source, algo, percentile, exclude, max_drop, table, num_images, batch,
-                                       seed, no_head_policy, no_concat_unify, int8_weights, reduce_range, out, cpu_isa)
-            _write_reference(result_cpu.path, source, ref_images, seed)
-        click.echo(result_cpu.summary())
-        _echo_reference(result_cpu.path, source, ref_images)
-        return
-    if source is None and table is None:
-        raise TrtqError("quantize needs calibration images: pass --calib DIR (or --cache CACHE from `trtq calibrate`)")
-    with output_set():
-        result = quantize(
-            model,
-            source,
-            algo=algo or DEFAULT_ALGO,
-            percentile=percentile,
-            exclude=exclude,
-            max_drop=max_drop,
-            data=data,
-            num_images=num_images,
-            batch=batch,
-            seed=seed,
-            output=out,
-            table=table,
-            force_cache=force_cache,
-            head_policy=not no_head_policy,
-            quantize_head=quantize_head,
-            unify_concat=not no_concat_unify,
-            int8_weights=int8_weights,
-            progress=True,
-        )
+    if source is None and (cpu or table is None):
+        raise TrtqError("quantize --target cpu needs calibration images: pass --calib DIR" if cpu else
+                        "quantize needs calibration images: pass --calib DIR (or --cache CACHE from `trtq calibrate`)")
+    with output_set():  # the model, its report and its references land together, or none of them
+        write = quantize_cpu if cpu else quantize
+        result = write(model, source, options, output=out)
         _write_reference(result.path, source, ref_images, seed)
     click.echo(result.summary())
     _echo_reference(result.path, source, ref_images)
@@ -160,52 +139,3 @@ def _echo_reference(model: Path, source: str | None, ref_images: int) -> None:
     removed = remove_reference(reference_paths(model), keep_for=model)
     if removed:
         click.echo(f"removed the earlier references {', '.join(p.name for p in removed)} (they belong to another model)")
-
-
-def _quantize_cpu(
-    model: Path,
-    source: str | None,
-    algo: str | None,
-    percentile: float,
-    exclude: tuple[str, ...],
-    max_drop: float | None,
-    table: Path | None,
-    num_images: int | None,
-    batch: int,
-    seed: int,
-    no_head_policy: bool,
-    no_concat_unify: bool,
-    int8_weights: bool,
-    reduce_range: bool,
-    output: Path | None,
-    cpu_isa: str = ISA_AUTO,
-) -> Any:
-    from trtq.cpu_target import quantize_cpu
-    from trtq.errors import TrtqError
-
-    unsupported = [
-        flag
-        for flag, given in (("--max-drop", max_drop is not None), ("--cache", table is not None),
-                            ("--no-concat-unify", no_concat_unify), ("--int8-weights", int8_weights))
-        if given
-    ]
-    if unsupported:
-        raise TrtqError(f"{', '.join(unsupported)} applies to --target tensorrt only; drop it for --target cpu")
-    if source is None:
-        raise TrtqError("quantize --target cpu needs calibration images: pass --calib DIR")
-    result = quantize_cpu(
-        model,
-        source,
-        algo=algo or CPU_DEFAULT_ALGO,
-        percentile=percentile,
-        exclude=exclude,
-        num_images=num_images,
-        batch=batch,
-        seed=seed,
-        output=output,
-        head_policy=not no_head_policy,
-        reduce_range=reduce_range,
-        cpu_isa=cpu_isa,
-        progress=True,
-    )
-    return result

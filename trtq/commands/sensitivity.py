@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from trtq.quantize import DEFAULT_ALGO, QUANTIZE_ALGOS
+from calibrators.ranges import DEFAULT_ALGO
+from trtq.amax import QUANTIZE_ALGOS
 
 
 @click.command(name="sensitivity")

@@ -212,6 +212,7 @@ def _export_qdq(s: QatSettings, tuned: nn.Module, cal: Calibrated, tmp: Path) ->
     from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
     from trtq.export import export_onnx
     from trtq.quantize import write_qdq
+    from trtq.quantize_options import QuantizeOptions
 
     strip_fake_quant(tuned)
     tuned_pt = save_checkpoint(tuned, tmp / "finetuned.pt")
@@ -221,17 +222,9 @@ def _export_qdq(s: QatSettings, tuned: nn.Module, cal: Calibrated, tmp: Path) ->
     missing = [t for t in cal.used if t not in produced]
     if missing:
         raise RuntimeError(f"the fine-tuned export lost quantized tensor {missing[0]!r}")
-    return write_qdq(
-        float_onnx,
-        cal.used,
-        output=tmp / "qdq.onnx",
-        algo=DEFAULT_ALGO,
-        chosen=cal.chosen,
-        percentile=DEFAULT_PERCENTILE,
-        quantize_head=s.quantize_head,
-        calibration=cal.calibration,
-        write_report=False,
-    )
+    options = QuantizeOptions(algo=DEFAULT_ALGO, percentile=DEFAULT_PERCENTILE, quantize_head=s.quantize_head)
+    return write_qdq(float_onnx, cal.used, options, output=tmp / "qdq.onnx", chosen=cal.chosen,
+                     calibration=cal.calibration, write_report=False)
 
 
 def _qat_section(s: QatSettings, stats: dict[str, Any], paths: dict[str, Path], finetune_seconds: float, t_start: float) -> dict[str, Any]:

@@ -144,20 +144,12 @@ def prepare_int8(
 
     if plan.mode in ("explicit", None):
         from trtq.quantize import quantize
+        from trtq.quantize_options import QuantizeOptions
 
-        qres = quantize(
-            onnx_path,
-            options.calib,
-            algo=algo,
-            num_images=options.num_images,
-            batch=profile.opt,
-            seed=options.seed,
-            output=workdir / f"{base}.int8.onnx",
-            table=table,
-            progress=options.progress,
-            percentile=options.percentile,
-            histograms=plan.histograms,
-        )
+        qoptions = QuantizeOptions(algo=algo, percentile=options.percentile, num_images=options.num_images,
+                                   batch=profile.opt, seed=options.seed, cache=table, progress=options.progress)
+        qres = quantize(onnx_path, options.calib, qoptions, output=workdir / f"{base}.int8.onnx",
+                        histograms=plan.histograms)
         plan.qdq_path = Path(qres.path)
         log.info("wrote Q/DQ ONNX %s", plan.qdq_path)
     return plan
