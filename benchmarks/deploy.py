@@ -149,12 +149,13 @@ def main() -> None:
     val_images = sorted((shared / "coco128" / "images" / "val2017").glob("*.jpg"))
     data = shared / "coco128" / "data.yaml"
 
-    from calibrators.ranges import DEFAULT_PERCENTILE
+    from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
     from trtq.deploy import layout as ds_layout
     from trtq.deploy.bundle import calibrate_nvinfer, quantize_explicit
     from trtq.evaluate import evaluate
     from trtq.modelinfo import read_model_info
-    from trtq.quantize import DEFAULT_ALGO, quantize
+    from trtq.quantize import quantize
+    from trtq.quantize_options import QuantizeOptions
     from trtq.reference import simulate_implicit
     from trtq.runtime.predict import predict
 
@@ -184,7 +185,7 @@ def main() -> None:
         letterbox_table = calibrate(onnx_path, str(calib), write=False, progress=False).table
         onnx.save(simulate_implicit(fp32, letterbox_table), str(work / "implicit_letterbox.onnx"))
         default_qdq = work / "default.int8.qdq.onnx"
-        quantize(onnx_path, str(calib), output=default_qdq, progress=False)
+        quantize(onnx_path, str(calib), QuantizeOptions(progress=False), output=default_qdq)
         for label, path in (("FP32 ONNX", onnx_path), ("trtq default Q/DQ (letterbox calibration)", default_qdq),
                             ("trtq implicit INT8 (letterbox cache simulated)", work / "implicit_letterbox.onnx"),
                             ("DeepStream implicit INT8 (calib.table simulated)", work / "implicit.onnx"),

@@ -194,9 +194,10 @@ def bundle_table(table: Any, source_model: onnx.ModelProto, bundle_path: Path, r
 def quantize_explicit(model: Path, table: Any, workdir: Path) -> onnx.ModelProto:
     """trtq's default Q/DQ ONNX of ``model`` with the ranges of ``table`` (nvinfer-preprocessed statistics)."""
     from trtq.quantize import quantize
+    from trtq.quantize_options import QuantizeOptions
 
     out = workdir / f"{model.stem}.int8.qdq.onnx"
-    quantize(model, None, algo=table.algorithm, output=out, table=table, progress=False)
+    quantize(model, None, QuantizeOptions(algo=table.algorithm, cache=table, progress=False), output=out)
     return onnx.load(str(out))
 
 

@@ -252,9 +252,8 @@ def write_deepstream(
     uri: str = DEFAULT_SOURCE,
 ) -> DeployResult:
     """Write the DeepStream bundle folder ``output`` (atomically: all or nothing)."""
-    from calibrators.ranges import DEFAULT_PERCENTILE
+    from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
     from calibrators.table import trt_version_code
-    from trtq.quantize import DEFAULT_ALGO
 
     if precision not in ("int8", "fp16"):
         raise TrtqError(f"precision must be int8 or fp16, got {precision}")

@@ -149,8 +149,7 @@ def write_triton(
     seed: int = 0,
 ) -> DeployResult:
     """Write the model repository ``output`` (atomically) with one model, ``name`` (default: the model's stem)."""
-    from calibrators.ranges import DEFAULT_PERCENTILE
-    from trtq.quantize import DEFAULT_ALGO
+    from calibrators.ranges import DEFAULT_ALGO, DEFAULT_PERCENTILE
 
     name = name or Path(model).stem
     if not _NAME.match(name):
@@ -173,10 +172,11 @@ def write_triton(
             result = DeployResult(Path(output))
             final_dir = Path(output) / name
             if target == "cpu":
-                from trtq.cpu_target import CPU_DEFAULT_ALGO, quantize_cpu
+                from trtq.cpu_target import quantize_cpu
+                from trtq.quantize_options import TARGET_CPU, QuantizeOptions
 
-                quantize_cpu(src, str(calib), algo=CPU_DEFAULT_ALGO, num_images=num_images, seed=seed,
-                             output=version / "model.onnx", progress=False)
+                options = QuantizeOptions(target=TARGET_CPU, num_images=num_images, seed=seed, progress=False)
+                quantize_cpu(src, str(calib), options, output=version / "model.onnx")
                 for extra in version.iterdir():
                     if extra.name != "model.onnx":
                         extra.unlink()
