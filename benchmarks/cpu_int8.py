@@ -6,7 +6,8 @@ One run prepares (into ``build/cpu-int8/``) and measures, on the shared YOLOv8n:
 
 - FP32 ONNX;
 - trtq ``--target cpu`` in the weight layout of every ``--cpu-isa`` (same calibration ranges):
-  ``avx2`` (8-bit weights, adjacent same-sign pairs limited so x86 without VNNI cannot saturate),
+  ``avx2`` (8-bit weights, adjacent same-sign pairs limited so x86 without VNNI cannot saturate), the
+  ``s8-data`` alternative (pairs limited by the largest input codes of the calibration images instead),
   ``avx-vnni`` / ``avx512-vnni`` / ``arm64`` (full 8-bit weights), and ``--reduce-range`` (7-bit weights);
 - with ``--alternatives``: trtq ``--target tensorrt`` (simulated INT8), the CPU layout with SiLU left float,
   and ONNX Runtime ``quantize_static`` (Conv only, QDQ, u8/s8 per channel, minmax and percentile; the
@@ -45,7 +46,8 @@ log = logging.getLogger("benchmarks.cpu_int8")
 # key, label, the layout option of quantize_cpu: (cpu_isa, reduce_range)
 CPU_ROWS = (
     ("trtq-cpu-avx2", "trtq --target cpu --cpu-isa avx2", ("avx2", False)),
-    ("trtq-cpu-pair128", "trtq --target cpu --cpu-isa avx2, data-free pair rule (earlier default)", ("avx2", False)),
+    ("trtq-cpu-data", "trtq --target cpu --cpu-isa avx2, pairs bounded by calibrated input codes (s8-data)",
+     ("avx2", False)),
     ("trtq-cpu-vnni", "trtq --target cpu --cpu-isa avx-vnni / avx512-vnni / arm64", ("avx512-vnni", False)),
     ("trtq-cpu-7bit", "trtq --target cpu --reduce-range (any ISA)", ("avx2", True)),
 )
@@ -145,7 +147,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
 
     from trtq.amax import collect_statistics
     from trtq.cpu_target import plan_cpu, quantize_cpu
-    from trtq.cpuisa import WEIGHTS_S8_PAIR128
+    from trtq.cpuisa import WEIGHTS_S8_DATA
     from trtq.export import export_onnx
     from trtq.headpolicy import float_nodes
 
@@ -171,7 +173,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
     info["statistics_seconds"] = round(time.perf_counter() - t0, 1)
     for key, _label, (isa, reduce) in CPU_ROWS:
         out = work / f"{key}.onnx"
-        with _avx2_layout(WEIGHTS_S8_PAIR128 if key == "trtq-cpu-pair128" else None):
+        with _avx2_layout(WEIGHTS_S8_DATA if key == "trtq-cpu-data" else None):
             r = quantize_cpu(fp32, calib, histograms=h_cpu, output=out, cpu_isa=isa, reduce_range=reduce,
                              num_images=args.calib_images, progress=False)
         info[f"{key}_kernels"] = r.report["ort_kernels"]
@@ -296,7 +298,7 @@ def row_isas(key: str) -> tuple[str, ...]:
     """The CPU ISAs a row's layout is made for (every ISA for FP32 and 7-bit weights)."""
     from trtq.cpuisa import ISA_ARM64, ISA_AVX2, ISA_AVX512_VNNI, ISA_AVX_VNNI, ISAS
 
-    return {"trtq-cpu-avx2": (ISA_AVX2,), "trtq-cpu-pair128": ISAS, "trtq-cpu-vnni": (ISA_AVX_VNNI, ISA_AVX512_VNNI, ISA_ARM64)}.get(key, ISAS)
+    return {"trtq-cpu-avx2": (ISA_AVX2,), "trtq-cpu-data": (ISA_AVX2,), "trtq-cpu-vnni": (ISA_AVX_VNNI, ISA_AVX512_VNNI, ISA_ARM64)}.get(key, ISAS)
 
 
 def _labels() -> list[tuple[str, str]]:

@@ -27,6 +27,7 @@ from trtq.cpuisa import (
     ISA_AVX512_VNNI,
     ISA_AVX_VNNI,
     ISA_KEY,
+    ISA_LAYOUT,
     PAIR_LIMIT,
     TARGET_CPU,
     TARGET_KEY,
@@ -265,7 +266,6 @@ def test_quantized_tiny_model_records_its_isa_and_the_avx2_layout_fits_int16(
     isa: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import trtq.headpolicy
-    from trtq.amax import calibration_batcher
     from trtq.cpu_target import quantize_cpu
 
     monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: {"/model.4/Conv": "final head conv (test)"})
@@ -274,17 +274,17 @@ def test_quantized_tiny_model_records_its_isa_and_the_avx2_layout_fits_int16(
     r = quantize_cpu(model, images, output=tmp_path / f"{isa}.onnx", cpu_isa=isa, progress=False)
     q = onnx.load(str(r.path))
     meta = {p.key: p.value for p in q.metadata_props}
-    layout = WEIGHTS_S8_DATA if isa == ISA_AVX2 else WEIGHTS_S8
+    layout = WEIGHTS_S8_PAIR128 if isa == ISA_AVX2 else WEIGHTS_S8
     assert meta[ISA_KEY] == isa and meta[WEIGHTS_KEY] == layout and meta[TARGET_KEY] == TARGET_CPU
     assert r.report["options"]["cpu_isa"] == isa and r.report["options"]["weights"] == layout
     assert f"CPU ISA {isa}" in r.summary()
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
     weights = [inits[w] for w in ("w0_quantized", "w1_quantized")]
-    if isa == ISA_AVX2:  # with the largest input codes of the calibration images
-        codes = _input_codes(q, list(calibration_batcher(model, images)))
-        for w in ("w0_quantized", "w1_quantized"):
-            hi, lo = worst_pair_sum(inits[w], codes=codes[w])
+    if isa == ISA_AVX2:
+        for w in weights:
+            hi, lo = worst_pair_sum(w)
             assert hi <= INT16_MAX and lo >= INT16_MIN, (hi, lo)
+        assert saturating_weights(q) == []
     else:
         assert max(int(np.abs(w.astype(int)).max()) for w in weights) == 127
 
@@ -303,25 +303,20 @@ def test_reduce_range_wins_over_the_isa_layout(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.slow
 def test_shared_yolov8n_avx2_layout_fits_int16_and_the_vnni_one_does_not(yolo_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
-    from trtq.amax import calibration_batcher
     from trtq.cpu_target import quantize_cpu
 
     worst = {}
-    feeds = list(calibration_batcher(yolo_onnx, calib_dir, num_images=2))
     for isa in (ISA_AVX2, ISA_AVX512_VNNI):
         r = quantize_cpu(yolo_onnx, calib_dir, num_images=2, output=tmp_path / f"{isa}.onnx", cpu_isa=isa, progress=False)
         q = onnx.load(str(r.path))
-        worst[isa] = saturating_weights(q)  # with codes up to 255: what no data can overflow
-        if isa == ISA_AVX2:  # bounded by the largest input codes of its calibration images instead
-            inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-            for w, codes in _input_codes(q, feeds).items():
-                hi, lo = worst_pair_sum(inits[w], codes=codes)
-                assert hi <= INT16_MAX and lo >= INT16_MIN, w
-            full8, total = (int(v) for v in model_metadata(q)[FULL8_KEY].split(" of "))
-            assert full8 > total * 0.25  # more than the data-free rule keeps (1285 of 5296)
-            extremes = _emulated_pair_extremes(q, feeds[:1])
-            assert all(INT16_MIN <= lo and hi <= INT16_MAX for hi, lo in extremes.values())
-    assert 0 < len(worst[ISA_AVX2]) < len(worst[ISA_AVX512_VNNI])  # some 8-bit pairs only the data keeps safe
+        worst[isa] = saturating_weights(q)
+        if isa == ISA_AVX2:
+            for init in q.graph.initializer:
+                if init.name.endswith("_quantized") and init.data_type == TensorProto.INT8:
+                    hi, lo = worst_pair_sum(numpy_helper.to_array(init))
+                    assert hi <= INT16_MAX and lo >= INT16_MIN, init.name
+    assert worst[ISA_AVX2] == []
+    assert len(worst[ISA_AVX512_VNNI]) > 0  # the rule bites on the real model: full 8 bits can saturate
 
 
 # ------------------------------------------------------------------------------------------ warnings
@@ -577,12 +572,13 @@ def test_emulated_kernel_finds_the_saturation_of_full_8_bit_weights() -> None:
     assert INT16_MIN <= lo and hi <= INT16_MAX
 
 
-def test_avx2_layout_bounds_pairs_by_the_calibrated_input_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s8_data_layout_bounds_pairs_by_the_calibrated_input_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import trtq.headpolicy
     from trtq.amax import calibration_batcher
     from trtq.cpu_target import quantize_cpu
 
     monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: {})
+    monkeypatch.setitem(ISA_LAYOUT, ISA_AVX2, WEIGHTS_S8_DATA)
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32, seed=3)
     images = write_images(tmp_path / "im", 4, size=(32, 32))
     r = quantize_cpu(model, images, output=tmp_path / "avx2.onnx", cpu_isa=ISA_AVX2, progress=False)
@@ -598,3 +594,24 @@ def test_avx2_layout_bounds_pairs_by_the_calibrated_input_codes(tmp_path: Path, 
         assert pair_sum_fits(inits[w], codes=c), w  # the analytic rule with the calibrated maxima
     for conv, (hi, lo) in _emulated_pair_extremes(q, feeds).items():
         assert INT16_MIN <= lo and hi <= INT16_MAX, (conv, hi, lo)
+
+
+@pytest.mark.slow
+def test_shared_yolov8n_s8_data_layout_fits_int16_on_its_calibration_inputs(
+    yolo_onnx: Path, calib_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trtq.amax import calibration_batcher
+    from trtq.cpu_target import quantize_cpu
+
+    monkeypatch.setitem(ISA_LAYOUT, ISA_AVX2, WEIGHTS_S8_DATA)
+    feeds = list(calibration_batcher(yolo_onnx, calib_dir, num_images=2))
+    r = quantize_cpu(yolo_onnx, calib_dir, num_images=2, output=tmp_path / "data.onnx", cpu_isa=ISA_AVX2, progress=False)
+    q = onnx.load(str(r.path))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    for w, codes in _input_codes(q, feeds).items():
+        hi, lo = worst_pair_sum(inits[w], codes=codes)
+        assert hi <= INT16_MAX and lo >= INT16_MIN, w
+    full8, total = (int(v) for v in model_metadata(q)[FULL8_KEY].split(" of "))
+    assert 0 < len(saturating_weights(q)) and full8 < total  # 8-bit pairs that only the data keeps safe
+    extremes = _emulated_pair_extremes(q, feeds[:1])
+    assert all(INT16_MIN <= lo and hi <= INT16_MAX for hi, lo in extremes.values())
