@@ -615,3 +615,23 @@ def test_shared_yolov8n_s8_data_layout_fits_int16_on_its_calibration_inputs(
     assert 0 < len(saturating_weights(q)) and full8 < total  # 8-bit pairs that only the data keeps safe
     extremes = _emulated_pair_extremes(q, feeds[:1])
     assert all(INT16_MIN <= lo and hi <= INT16_MAX for hi, lo in extremes.values())
+
+
+def test_s8_data_without_images_falls_back_to_the_data_free_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trtq.headpolicy
+    from trtq.amax import collect_statistics
+    from trtq.cpu_target import plan_cpu, quantize_cpu
+
+    monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: {})
+    monkeypatch.setitem(ISA_LAYOUT, ISA_AVX2, WEIGHTS_S8_DATA)
+    model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
+    images = write_images(tmp_path / "im", 2, size=(32, 32))
+    tensors = plan_cpu(onnx.load(str(model))).range_tensors
+    hists, _ = collect_statistics(model, images, tensors, progress=False, fused_silu=False)
+    with caplog.at_level(logging.WARNING):
+        r = quantize_cpu(model, None, histograms=hists, output=tmp_path / "q.onnx", cpu_isa=ISA_AVX2, progress=False)
+    assert model_metadata(r.path)[WEIGHTS_KEY] == WEIGHTS_S8_PAIR128 == r.report["options"]["weights"]
+    assert any("no calibration images to bound" in m for m in caplog.messages)
+    assert saturating_weights(onnx.load(str(r.path))) == []
