@@ -466,9 +466,9 @@ def _emulated_pair_extremes(qmodel: onnx.ModelProto, feeds: list[dict[str, np.nd
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     prod = {o: n for n in graph.node for o in n.output}
     convs = []
-    for n in graph.node:
-        dq_x, dq_w = prod.get(n.input[0]), prod.get(n.input[1]) if len(n.input) > 1 else None
-        if n.op_type == "Conv" and dq_x is not None and dq_x.op_type == "DequantizeLinear" and dq_w is not None \
+    for n in (n for n in graph.node if n.op_type == "Conv"):
+        dq_x, dq_w = prod.get(n.input[0]), prod.get(n.input[1])
+        if dq_x is not None and dq_x.op_type == "DequantizeLinear" and dq_w is not None \
                 and dq_w.op_type == "DequantizeLinear" and dq_w.input[0] in inits:
             convs.append((n, dq_x.input[0], int(inits[dq_x.input[2]]), inits[dq_w.input[0]].astype(np.int64)))
     m = onnx.ModelProto()
@@ -518,7 +518,8 @@ def _input_codes(qmodel: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) ->
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     prod = {o: n for n in graph.node for o in n.output}
     pairs = [(prod[n.input[1]].input[0], prod[n.input[0]]) for n in graph.node
-             if n.op_type == "Conv" and n.input[1] in prod and prod[n.input[0]].op_type == "DequantizeLinear"]
+             if n.op_type == "Conv" and n.input[1] in prod and n.input[0] in prod
+             and prod[n.input[0]].op_type == "DequantizeLinear"]
     m = onnx.ModelProto()
     m.CopyFrom(qmodel)
     names = list(dict.fromkeys(dq.input[0] for _, dq in pairs))
