@@ -615,7 +615,11 @@ def test_shared_yolov8n_s8_data_layout_fits_int16_on_its_calibration_inputs(
     full8, total = (int(v) for v in model_metadata(q)[FULL8_KEY].split(" of "))
     assert 0 < len(saturating_weights(q)) and full8 < total  # 8-bit pairs that only the data keeps safe
     extremes = _emulated_pair_extremes(q, feeds[:1])
-    assert all(INT16_MIN <= lo and hi <= INT16_MAX for hi, lo in extremes.values())
+    assert len(extremes) == 57 and all(INT16_MIN <= lo and hi <= INT16_MAX for hi, lo in extremes.values())
+    # the emulator sees the saturation of full 8-bit weights on the same image
+    r8 = quantize_cpu(yolo_onnx, calib_dir, num_images=2, output=tmp_path / "s8.onnx", cpu_isa=ISA_AVX512_VNNI, progress=False)
+    full = _emulated_pair_extremes(onnx.load(str(r8.path)), feeds[:1])
+    assert any(hi > INT16_MAX or lo < INT16_MIN for hi, lo in full.values())
 
 
 def test_s8_data_without_images_falls_back_to_the_data_free_rule(
