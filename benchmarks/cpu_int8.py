@@ -6,7 +6,8 @@ One run prepares (into ``build/cpu-int8/``) and measures, on the shared YOLOv8n:
 
 - FP32 ONNX;
 - trtq ``--target cpu`` in the weight layout of every ``--cpu-isa`` (same calibration ranges):
-  ``avx2`` (8-bit weights, adjacent same-sign pairs limited so x86 without VNNI cannot saturate),
+  ``avx2`` (8-bit weights, adjacent same-sign pairs limited so x86 without VNNI cannot saturate), the
+  ``s8-data`` alternative (pairs limited by the largest input codes of the calibration images instead),
   ``avx-vnni`` / ``avx512-vnni`` / ``arm64`` (full 8-bit weights), and ``--reduce-range`` (7-bit weights);
 - with ``--alternatives``: trtq ``--target tensorrt`` (simulated INT8), the CPU layout with SiLU left float,
   and ONNX Runtime ``quantize_static`` (Conv only, QDQ, u8/s8 per channel, minmax and percentile; the
@@ -23,12 +24,14 @@ the same kernels as this CPU's own layout (otherwise: "speed not measured here")
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,8 @@ log = logging.getLogger("benchmarks.cpu_int8")
 # key, label, the layout option of quantize_cpu: (cpu_isa, reduce_range)
 CPU_ROWS = (
     ("trtq-cpu-avx2", "trtq --target cpu --cpu-isa avx2", ("avx2", False)),
+    ("trtq-cpu-data", "trtq --target cpu --cpu-isa avx2, pairs bounded by calibrated input codes (s8-data)",
+     ("avx2", False)),
     ("trtq-cpu-vnni", "trtq --target cpu --cpu-isa avx-vnni / avx512-vnni / arm64", ("avx512-vnni", False)),
     ("trtq-cpu-7bit", "trtq --target cpu --reduce-range (any ISA)", ("avx2", True)),
 )
@@ -142,6 +147,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
 
     from trtq.amax import collect_statistics
     from trtq.cpu_target import plan_cpu, quantize_cpu
+    from trtq.cpuisa import WEIGHTS_S8_DATA
     from trtq.export import export_onnx
     from trtq.headpolicy import float_nodes
     from trtq.quantize_options import QuantizeOptions
@@ -168,11 +174,16 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
     info["statistics_seconds"] = round(time.perf_counter() - t0, 1)
     for key, _label, (isa, reduce) in CPU_ROWS:
         out = work / f"{key}.onnx"
-        options = QuantizeOptions(target="cpu", cpu_isa=isa, reduce_range=reduce, progress=False)
-        r = quantize_cpu(fp32, calib, options, output=out, histograms=h_cpu)
+        options = QuantizeOptions(target="cpu", cpu_isa=isa, reduce_range=reduce, num_images=args.calib_images,
+                                  progress=False)
+        with _avx2_layout(WEIGHTS_S8_DATA if key == "trtq-cpu-data" else None):
+            r = quantize_cpu(fp32, calib, options, output=out, histograms=h_cpu)
         info[f"{key}_kernels"] = r.report["ort_kernels"]
         models[key] = {1: out}
-        notes[key] = f"{args.calib_images} images, {r.report['algorithm']} (default), weights {r.report['options']['weights']}"
+        o = r.report["options"]
+        notes[key] = (f"{args.calib_images} images, {r.report['algorithm']} (default), weights {o['weights']}, "
+                      f"{o['weights_8bit_channels']} conv channels full 8-bit"
+                      + (f", headroom {o['weights_headroom']}" if "weights_headroom" in o else ""))
     if args.alternatives:
         _prepare_alternatives(args, fp32, h_cpu, models, notes, info)
     for key, paths in models.items():
@@ -181,6 +192,19 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[int, Path]], dict[
             rebatch(paths[1], b8, p8)
             paths[8] = p8
     return models, notes, info
+
+
+@contextlib.contextmanager
+def _avx2_layout(layout: str | None) -> Iterator[None]:
+    """Within the block, ``--cpu-isa avx2`` gets weight layout ``layout`` (None: its default)."""
+    from trtq.cpuisa import ISA_AVX2, ISA_LAYOUT
+
+    before = ISA_LAYOUT[ISA_AVX2]
+    ISA_LAYOUT[ISA_AVX2] = layout or before
+    try:
+        yield
+    finally:
+        ISA_LAYOUT[ISA_AVX2] = before
 
 
 def _prepare_alternatives(args: argparse.Namespace, fp32: Path, h_cpu: dict[str, Any], models: dict[str, dict[int, Path]],
@@ -277,7 +301,7 @@ def row_isas(key: str) -> tuple[str, ...]:
     """The CPU ISAs a row's layout is made for (every ISA for FP32 and 7-bit weights)."""
     from trtq.cpuisa import ISA_ARM64, ISA_AVX2, ISA_AVX512_VNNI, ISA_AVX_VNNI, ISAS
 
-    return {"trtq-cpu-avx2": (ISA_AVX2,), "trtq-cpu-vnni": (ISA_AVX_VNNI, ISA_AVX512_VNNI, ISA_ARM64)}.get(key, ISAS)
+    return {"trtq-cpu-avx2": (ISA_AVX2,), "trtq-cpu-data": (ISA_AVX2,), "trtq-cpu-vnni": (ISA_AVX_VNNI, ISA_AVX512_VNNI, ISA_ARM64)}.get(key, ISAS)
 
 
 def _labels() -> list[tuple[str, str]]:

@@ -99,18 +99,30 @@ def collect_statistics(
 ) -> tuple[dict[str, Any], Any]:
     """Histograms of ``tensors`` over the calibration images, and the batcher that produced them."""
     from calibrators.collect import collect_histograms
+
+    batcher = calibration_batcher(model_path, source, num_images=num_images, batch=batch, seed=seed)
+    hists = collect_histograms(
+        model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected), fused_silu=fused_silu
+    )
+    return hists, batcher
+
+
+def calibration_batcher(
+    model_path: Path,
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    num_images: int | None = None,
+    batch: int = 1,
+    seed: int = 0,
+) -> Any:
+    """The calibration images of ``source`` as batches for ``model_path`` (re-iterable, the same each time)."""
     from trtq.images import ImageBatcher
     from trtq.modelinfo import check_model, read_model_info
 
     info = read_model_info(model_path)
     check_model(info)
     # padded as ultralytics' predictor pads this model: a dynamic-size Q/DQ ONNX keeps its dynamic input
-    batcher = ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed,
-                                      predictor_padding=True)
-    hists = collect_histograms(
-        model_path, batcher, list(tensors), progress=progress, total=len(batcher.selected), fused_silu=fused_silu
-    )
-    return hists, batcher
+    return ImageBatcher.from_model(source, info, batch=batch, num_images=num_images, seed=seed, predictor_padding=True)
 
 
 def calibration_record(source: Any, batcher: Any, seed: int) -> dict[str, Any]:
@@ -122,3 +134,45 @@ def calibration_record(source: Any, batcher: Any, seed: int) -> dict[str, Any]:
         "preprocessing": batcher.preprocessing(),
         "seed": seed,
     }
+
+
+def channel_maxima(
+    model_path: Path,
+    batches: Iterable[dict[str, np.ndarray]],
+    tensors: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """The largest value of every channel (axis 1) of ``tensors`` over ``batches``: one pass of the float
+    model extended with a per-channel ``ReduceMax`` (over batch and spatial axes) of each tensor.
+
+    What the CPU layout needs to bound the u8 codes a conv's input channel can carry (``s8-data`` weights)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from calibrators.collect import make_session
+    from trtq import onnxgraph
+    from trtq.precision import as_float32
+
+    model = as_float32(onnx.load(str(model_path)))
+    opset = onnxgraph.default_opset(model)
+    g = model.graph
+    names = list(dict.fromkeys(tensors))
+    outputs: list[str] = []
+    for i, t in enumerate(names):
+        out = f"trtq_chmax_{i}"
+        axes = [0, 2, 3]  # NCHW: every axis but the channels'
+        if opset >= 18:  # axes became an input
+            g.initializer.append(helper.make_tensor(f"{out}_axes", TensorProto.INT64, [len(axes)], axes))
+            g.node.append(helper.make_node("ReduceMax", [t, f"{out}_axes"], [out], name=out, keepdims=0))
+        else:
+            g.node.append(helper.make_node("ReduceMax", [t], [out], name=out, keepdims=0, axes=axes))
+        g.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+        outputs.append(out)
+    session = make_session(model.SerializeToString(), ["CPUExecutionProvider"])
+    result: dict[str, np.ndarray] = {}
+    for feed in batches:
+        for t, v in zip(names, session.run(outputs, feed), strict=True):
+            v = np.where(np.isfinite(v), v, -np.inf).astype(np.float32)
+            result[t] = v if t not in result else np.maximum(result[t], v)
+    if not result:
+        raise TrtqError("calibration received no batches")
+    return result

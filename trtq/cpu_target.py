@@ -43,15 +43,18 @@ from onnx import helper, numpy_helper
 
 from trtq import __version__, onnxgraph
 from trtq.cpuisa import (
+    FULL8_KEY,
     ISA_LAYOUT,
     TARGET_CPU,
     TARGET_KEY,
+    U8_MAX,
     WEIGHT_LAYOUTS,
     WEIGHTS_S7,
     WEIGHTS_S8,
+    WEIGHTS_S8_DATA,
     WEIGHTS_S8_PAIR128,
     cpu_metadata,
-    quantize_fitting,
+    fit_grid,
     resolve_isa,
 )
 from trtq.errors import TrtqError
@@ -92,8 +95,13 @@ _LAYOUT_TEXT = {
     WEIGHTS_S8: "full 8 bits: exact where products accumulate in 32 bits (VNNI, Arm64)",
     WEIGHTS_S8_PAIR128: "per channel the finest 7 to 8-bit grid whose adjacent pairs have |w1|+|w2| <= 128: "
                         "no 16-bit saturation",
+    WEIGHTS_S8_DATA: "per channel the finest 7 to 8-bit grid whose adjacent pairs, times the largest input codes "
+                     "seen in calibration (with headroom), fit int16: no 16-bit saturation on that data",
     WEIGHTS_S7: "7 bits: no 16-bit saturation",
 }
+# s8-data: the calibrated per-channel maximum of a conv input is scaled by this before it becomes a code
+# bound, for inputs brighter than the calibration images (README "Quantization math")
+DATA_HEADROOM = 1.25
 
 
 @dataclass
@@ -246,14 +254,18 @@ def insert_cpu_qdq(
     *,
     weights: str = WEIGHTS_S8,
     clipped_biases: list[str] | None = None,
+    weight_codes: Mapping[str, np.ndarray] | None = None,
+    grids: dict[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
     """A copy of ``model`` with Q/DQ after every quantized tensor and quantized Conv weights and biases.
 
     ``params`` holds the parameters of every tensor in ``plan.range_tensors``. ``weights`` is the weight
     layout (:mod:`trtq.cpuisa`): ``s8`` full range; ``s8-pair128`` 8 bits with adjacent same-sign pairs
     limited so that x86 CPUs without VNNI (u8 x s8 products added pairwise in 16 bits) cannot saturate;
-    ``s7`` 7 bits ([-63, 63]). Biases whose i32 code does not fit are clipped and named in
-    ``clipped_biases``.
+    ``s7`` 7 bits ([-63, 63]); ``s8-data`` as ``s8-pair128`` with each pair weighted by the largest u8
+    codes of its input channels, ``weight_codes`` (weight initializer -> per-input-channel codes, see
+    :func:`weight_input_codes`). Biases whose i32 code does not fit are clipped and named in
+    ``clipped_biases``. ``grids``, when given, receives per weight the ``qmax`` of each output channel.
     """
     if weights not in WEIGHT_LAYOUTS:
         raise ValueError(f"unknown weight layout {weights!r}")
@@ -289,12 +301,16 @@ def insert_cpu_qdq(
         pos = producer_pos.get(node.output[0], -1) - 1  # just before the Conv (it is its own producer)
         if w not in weight_scale:
             arr = numpy_helper.to_array(inits[w]).astype(np.float32)
-            if weights == WEIGHTS_S8_PAIR128:
-                wq, w_scale = quantize_fitting(arr)
+            if weights in (WEIGHTS_S8_PAIR128, WEIGHTS_S8_DATA):
+                codes = (weight_codes or {}).get(w) if weights == WEIGHTS_S8_DATA else None
+                wq, w_scale, qmax = fit_grid(arr, codes=codes)
             else:
                 amax_c = np.max(np.abs(arr.reshape(arr.shape[0], -1)), axis=1)
                 w_scale = np.where(amax_c > 0, amax_c / wmax, 1.0).astype(np.float32)
                 wq = np.clip(np.rint(arr / w_scale.reshape(-1, *([1] * (arr.ndim - 1)))), -wmax, wmax).astype(np.int8)
+                qmax = np.full(arr.shape[0], int(wmax), np.int64)
+            if grids is not None:
+                grids[w] = qmax
             new_inits.append(numpy_helper.from_array(wq, f"{w}_quantized"))
             new_inits.append(numpy_helper.from_array(w_scale, f"{w}_scale"))
             new_inits.append(numpy_helper.from_array(np.zeros(wq.shape[0], np.int8), f"{w}_zero_point"))
@@ -348,6 +364,41 @@ def insert_cpu_qdq(
     return q
 
 
+def max_codes(channel_max: np.ndarray, p: QParams, headroom: float = DATA_HEADROOM) -> np.ndarray:
+    """The largest u8 code each channel of a tensor with parameters ``p`` carries, from the channel's
+    largest value scaled by ``headroom`` (codes ``round(x / S) + Z``, capped at 255). Never below ``Z``:
+    the code of 0, which convolution padding inserts, and what a channel that stays negative stays under."""
+    if p.dtype != "u8":  # the u8 x s8 analysis does not apply: assume the worst
+        return np.full(np.asarray(channel_max).shape, U8_MAX, np.int64)
+    x = np.where(np.isfinite(channel_max), np.maximum(channel_max, 0.0), 0.0) * headroom
+    codes = np.rint(x.astype(np.float64) / p.scale) + p.zero_point
+    return np.clip(codes, p.zero_point, U8_MAX).astype(np.int64)
+
+
+def weight_input_codes(
+    model: onnx.ModelProto,
+    plan: CpuPlan,
+    params: Mapping[str, QParams],
+    channel_max: Mapping[str, np.ndarray],
+    headroom: float = DATA_HEADROOM,
+) -> dict[str, np.ndarray]:
+    """Per quantized conv weight, the largest u8 code of each input channel of the conv (the largest over
+    the convs that share the weight): what the ``s8-data`` layout bounds its pair sums with."""
+    conv_of = {node_key(n): n for n in model.graph.node if n.op_type == "Conv"}
+    result: dict[str, np.ndarray] = {}
+    for key, w in plan.weights.items():
+        x = conv_of[key].input[0]
+        codes = max_codes(channel_max[x], params[plan.tensors[x]], headroom)
+        result[w] = codes if w not in result else np.maximum(result[w], codes)
+    return result
+
+
+def conv_inputs(model: onnx.ModelProto, plan: CpuPlan) -> list[str]:
+    """The data inputs of the quantized convs of ``plan``."""
+    conv_of = {node_key(n): n for n in model.graph.node if n.op_type == "Conv"}
+    return list(dict.fromkeys(conv_of[k].input[0] for k in plan.weights))
+
+
 def _is_integer(op: str) -> bool:
     return op in _ORT_INT_OPS or op.endswith("(8-bit)")
 
@@ -395,7 +446,8 @@ class CpuQuantizeResult:
             [
                 f"wrote {self.path} (target cpu: {c['integer_nodes']} integer kernels, {c['float_nodes']} nodes float; "
                 f"{c['quantized_convs']} of {c['convs']} convs INT8)",
-                f"CPU ISA {o['cpu_isa']} ({o['cpu_isa_reason']}): weights {o['weights']} ({_LAYOUT_TEXT[o['weights']]})",
+                f"CPU ISA {o['cpu_isa']} ({o['cpu_isa_reason']}): weights {o['weights']} ({_LAYOUT_TEXT[o['weights']]}; "
+                f"{o['weights_8bit_channels']} conv channels full 8-bit)",
                 "ONNX Runtime CPU runs: " + ", ".join(f"{v} {op}" for op, v in sorted(k.items())),
                 f"report {self.report_path} and {self.markdown_path}",
             ]
@@ -540,6 +592,11 @@ def quantize_cpu(
     tensors = plan.range_tensors
     graph_inputs = [i.name for i in fmodel.graph.input]
     calibration: dict[str, Any]
+    batcher: Any = None
+    if layout == WEIGHTS_S8_DATA and source is None:
+        logger.warning("no calibration images to bound the input codes of the %s layout: weights %s instead",
+                       WEIGHTS_S8_DATA, WEIGHTS_S8_PAIR128)
+        layout = WEIGHTS_S8_PAIR128
     if histograms is None:
         if source is None:
             raise TrtqError("quantize needs calibration images: pass --calib DIR")
@@ -552,8 +609,15 @@ def quantize_cpu(
     amax, chosen = activation_amax(histograms, tensors, algo, percentile=percentile, graph_inputs=graph_inputs)
     ranges = activation_ranges(histograms, amax, tensors)
     params = {t: qparams(lo, hi, activations) for t, (lo, hi) in ranges.items()}
+    codes = None
+    if layout == WEIGHTS_S8_DATA:
+        assert source is not None
+        codes = _data_codes(mpath, fmodel, plan, params, source, batcher, num_images=num_images, batch=batch, seed=seed)
     clipped: list[str] = []
-    qmodel = insert_cpu_qdq(fmodel, plan, params, weights=layout, clipped_biases=clipped)
+    grids: dict[str, np.ndarray] = {}
+    qmodel = insert_cpu_qdq(fmodel, plan, params, weights=layout, clipped_biases=clipped, weight_codes=codes,
+                            grids=grids)
+    full8 = f"{sum(int((g == 127).sum()) for g in grids.values())} of {sum(g.size for g in grids.values())}"
     if clipped:
         logger.warning("%d conv biases do not fit int32 at scale S_x * S_w and were clipped (first: %s): those "
                        "channels' outputs change; keep the convs in float with --exclude", len(clipped), clipped[0])
@@ -566,6 +630,7 @@ def quantize_cpu(
             "trtq_algorithm": algo,
             "trtq_version": __version__,
             **cpu_metadata(isa, layout),
+            FULL8_KEY: full8,
         },
     )
     onnxgraph.topological_sort(qmodel.graph)  # converters may leave nodes after their readers
@@ -582,6 +647,8 @@ def quantize_cpu(
         "silu": silu,
         "weight_bits": 7 if layout == WEIGHTS_S7 else 8,
         "weights": layout,
+        "weights_8bit_channels": full8,
+        **({"weights_headroom": DATA_HEADROOM} if layout == WEIGHTS_S8_DATA else {}),
         "cpu_isa": isa.isa,
         "cpu_isa_reason": isa.reason,
         "clipped_biases": clipped,
@@ -609,6 +676,29 @@ def quantize_cpu(
     result = CpuQuantizeResult(out, report, json_path, md_path, plan, time.perf_counter() - t0)
     logger.info("quantized %s for the CPU in %.1f s", mpath.name, result.seconds)
     return result
+
+
+def _data_codes(
+    mpath: Path,
+    fmodel: onnx.ModelProto,
+    plan: CpuPlan,
+    params: Mapping[str, QParams],
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    batcher: Any,
+    *,
+    num_images: int | None,
+    batch: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Per conv weight, the largest u8 input codes on the calibration images (one more float pass)."""
+    from trtq.amax import calibration_batcher, channel_maxima
+
+    if batcher is None:
+        batcher = calibration_batcher(mpath, source, num_images=num_images, batch=batch, seed=seed)
+    t0 = time.perf_counter()
+    chmax = channel_maxima(mpath, batcher, conv_inputs(fmodel, plan))
+    logger.info("per-channel maxima of %d conv inputs in %.1f s", len(chmax), time.perf_counter() - t0)
+    return weight_input_codes(fmodel, plan, params, chmax, DATA_HEADROOM)
 
 
 def model_target(model: str | os.PathLike[str] | onnx.ModelProto) -> str | None:

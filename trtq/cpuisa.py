@@ -16,6 +16,9 @@ Weight layouts (recorded in the model's metadata as ``trtq_cpu_weights``):
   have ``|w1| + |w2| <= 128``, so ``255 * 128 = 32640`` fits int16: exact on AVX2, and the same model on
   every other CPU. Per output channel, the finest grid at which every pair fits, 7 to 8 bits
   (:func:`quantize_fitting`).
+* ``s8-data``: as ``s8-pair128``, but a pair need only fit ``a1*|w1| + a2*|w2| <= 32767`` with ``a`` the
+  largest u8 code each input channel of the conv carries on the calibration images (with headroom):
+  most channels keep the full 8-bit grid, since SiLU outputs rarely reach code 255 in every channel.
 * ``s7``: 7-bit weights, [-63, 63] (``--reduce-range``): exact everywhere, half the weight resolution.
 
 A base module: it imports only ``trtq.errors`` (numpy and onnx when called).
@@ -51,8 +54,9 @@ SATURATING_ISAS = frozenset({ISA_AVX2})
 
 WEIGHTS_S8 = "s8"
 WEIGHTS_S8_PAIR128 = "s8-pair128"
+WEIGHTS_S8_DATA = "s8-data"
 WEIGHTS_S7 = "s7"
-WEIGHT_LAYOUTS = (WEIGHTS_S8, WEIGHTS_S8_PAIR128, WEIGHTS_S7)
+WEIGHT_LAYOUTS = (WEIGHTS_S8, WEIGHTS_S8_DATA, WEIGHTS_S8_PAIR128, WEIGHTS_S7)
 # the layout each ISA gets by default: chosen by measurement (README "INT8 on the CPU")
 ISA_LAYOUT = {
     ISA_AVX2: WEIGHTS_S8_PAIR128,
@@ -66,6 +70,7 @@ TARGET_KEY = "trtq_target"
 TARGET_CPU = "cpu"
 ISA_KEY = "trtq_cpu_isa"
 WEIGHTS_KEY = "trtq_cpu_weights"
+FULL8_KEY = "trtq_cpu_weights_8bit_channels"  # "N of M": conv output channels that kept the full 8-bit grid
 
 INT16_MAX = 32767
 INT16_MIN = -32768
@@ -151,66 +156,101 @@ def _pairs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat[:, 0::2], flat[:, 1::2]
 
 
-def channel_pair_sums(wq: np.ndarray) -> np.ndarray:
-    """Per output channel, the largest same-sign ``|w1| + |w2|`` over adjacent K pairs in every packing order."""
+def input_codes(codes: np.ndarray | None, wshape: tuple[int, ...]) -> np.ndarray | None:
+    """Per-input-channel maximum u8 codes (``[C]``, C the conv's input channels over every group) laid out
+    as the weights ``[M, C/group, kh, kw]`` are: the largest code each weight can be multiplied by."""
+    if codes is None:
+        return None
+    c = np.asarray(codes, dtype=np.int64).reshape(-1)
+    m, cg = wshape[0], (wshape[1] if len(wshape) > 1 else 1)
+    groups = max(1, c.size // max(cg, 1))
+    if c.size != groups * cg or m % groups:
+        raise ValueError(f"{c.size} input-channel codes do not match weights of shape {tuple(wshape)}")
+    per_out = c.reshape(groups, cg)[np.arange(m) // (m // groups)]  # [M, C/group]
+    return np.broadcast_to(per_out.reshape(m, cg, *([1] * (len(wshape) - 2))), wshape)
+
+
+def channel_pair_sums(wq: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+    """Per output channel, the largest same-sign ``|w1| + |w2|`` over adjacent K pairs in every packing order;
+    with ``codes`` (per input channel, the largest u8 code it carries), the largest ``a1*|w1| + a2*|w2|``."""
     w = np.asarray(wq, dtype=np.int64)
+    a = input_codes(codes, w.shape)
+    if a is None:
+        a = np.ones_like(w)
     worst = np.zeros(w.shape[0], dtype=np.int64)
-    for flat in k_orders(w):
-        a, b = _pairs(flat)
-        pos = np.maximum(a, 0) + np.maximum(b, 0)
-        neg = -(np.minimum(a, 0) + np.minimum(b, 0))
+    for flat, act in zip(k_orders(w), k_orders(np.ascontiguousarray(a)), strict=True):
+        pos = np.add(*_pairs(np.maximum(flat, 0) * act))
+        neg = np.add(*_pairs(-np.minimum(flat, 0) * act))
         worst = np.maximum(worst, np.maximum(pos.max(axis=1, initial=0), neg.max(axis=1, initial=0)))
     return worst
 
 
-def worst_pair_sum(wq: np.ndarray, act_max: int = U8_MAX) -> tuple[int, int]:
+def worst_pair_sum(wq: np.ndarray, act_max: int = U8_MAX, codes: np.ndarray | None = None) -> tuple[int, int]:
     """(largest, smallest) ``a1*w1 + a2*w2`` over adjacent K pairs, every packing order and u8 codes in
-    ``[0, act_max]``: what a 16-bit pairwise adder must hold."""
+    ``[0, act_max]`` (or, with ``codes``, in ``[0, codes[c]]`` for input channel ``c``): what a 16-bit
+    pairwise adder must hold."""
+    w = np.asarray(wq, dtype=np.int64)
+    a = input_codes(codes, w.shape)
+    if a is None:
+        a = np.broadcast_to(np.int64(act_max), w.shape)
     hi, lo = 0, 0
-    for flat in k_orders(np.asarray(wq, dtype=np.int64)):
-        a, b = _pairs(flat)
-        pos = np.maximum(a, 0) + np.maximum(b, 0)
-        neg = np.minimum(a, 0) + np.minimum(b, 0)
-        hi = max(hi, int(pos.max(initial=0)) * act_max)
-        lo = min(lo, int(neg.min(initial=0)) * act_max)
+    for flat, act in zip(k_orders(w), k_orders(np.ascontiguousarray(a)), strict=True):
+        pos = np.add(*_pairs(np.maximum(flat, 0) * act))
+        neg = np.add(*_pairs(np.minimum(flat, 0) * act))
+        hi = max(hi, int(pos.max(initial=0)))
+        lo = min(lo, int(neg.min(initial=0)))
     return hi, lo
 
 
-def pair_sum_fits(wq: np.ndarray, act_max: int = U8_MAX) -> bool:
-    hi, lo = worst_pair_sum(wq, act_max)
+def pair_sum_fits(wq: np.ndarray, act_max: int = U8_MAX, codes: np.ndarray | None = None) -> bool:
+    hi, lo = worst_pair_sum(wq, act_max, codes)
     return hi <= INT16_MAX and lo >= INT16_MIN
 
 
-def quantize_fitting(w: np.ndarray, limit: int = PAIR_LIMIT) -> tuple[np.ndarray, np.ndarray]:
+def quantize_fitting(w: np.ndarray, limit: int = PAIR_LIMIT, codes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-output-channel s8 codes and scales of float weights ``w`` (``[M, ...]``) whose adjacent
     pairs cannot saturate 16-bit sums with u8 activations: per channel, the finest grid ``amax / qmax``,
     ``qmax`` in [64, 127], at which every pair fits ``|w1| + |w2| <= limit`` (``qmax = 64`` always fits).
+
+    With ``codes`` (per input channel, the largest u8 code the conv's input carries there, as calibrated:
+    layout ``s8-data``) a pair fits when ``a1*|w1| + a2*|w2| <= 32767`` with ``a`` those codes, so channels
+    whose inputs never reach 255 keep more (often all) of the 8-bit grid.
 
     Channels that fit at 127 keep plain 8-bit weights; no code is ever clipped or cut, so the rounding error
     stays unbiased. (Cutting the over-limit pairs of the 8-bit grid instead can give a smaller squared
     weight error, but shrinks both weights of a pair toward zero: on YOLOv8n, letting channels choose it lost
     1.0 to 1.2 mAP points, no better than 7-bit weights.)
     """
+    q, scale, _ = fit_grid(w, limit, codes)
+    return q, scale
+
+
+def fit_grid(
+    w: np.ndarray, limit: int = PAIR_LIMIT, codes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`quantize_fitting`, and the ``qmax`` each output channel got (127: full 8 bits)."""
     w = np.asarray(w, dtype=np.float32)
     m = w.shape[0]
     bshape = (m, *([1] * (w.ndim - 1)))
     amax = np.max(np.abs(w.reshape(m, -1)), axis=1)
     safe = np.where(amax > 0, amax, 1.0)
+    bound = INT16_MAX if codes is not None else limit
 
     def grid(qmax: float) -> tuple[np.ndarray, np.ndarray]:
         scale = (safe / qmax).astype(np.float32)
         return np.clip(np.rint(w / scale.reshape(bshape)), -127, 127).astype(np.int64), scale
 
     best_q, best_s = grid(64.0)
+    best_m = np.full(m, 64, dtype=np.int64)
     found = np.zeros(m, dtype=bool)
     for qmax in range(127, 64, -1):
         q, scale = grid(float(qmax))
-        fits = (channel_pair_sums(q) <= limit) & ~found
-        best_q[fits], best_s[fits] = q[fits], scale[fits]
+        fits = (channel_pair_sums(q, codes) <= bound) & ~found
+        best_q[fits], best_s[fits], best_m[fits] = q[fits], scale[fits], qmax
         found |= fits
         if found.all():
             break
-    return best_q.astype(np.int8), np.where(amax > 0, best_s, 1.0).astype(np.float32)
+    return best_q.astype(np.int8), np.where(amax > 0, best_s, 1.0).astype(np.float32), best_m
 
 
 def _view(w: np.ndarray, order: int) -> np.ndarray | None:
@@ -273,7 +313,8 @@ def model_metadata(model: str | Path | bytes | onnx.ModelProto) -> dict[str, str
 
 
 # layouts whose adjacent pairs fit 16-bit sums with u8 codes: exact on every CPU
-NON_SATURATING_LAYOUTS = frozenset({WEIGHTS_S8_PAIR128, WEIGHTS_S7})
+# (s8-data: on the calibration data, with headroom; trtq verify on the deployment CPU checks the rest)
+NON_SATURATING_LAYOUTS = frozenset({WEIGHTS_S8_DATA, WEIGHTS_S8_PAIR128, WEIGHTS_S7})
 _warned: set[str] = set()
 
 

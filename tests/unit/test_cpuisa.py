@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import make_tiny_conv_onnx
 from tests.fakes import write_images
 from trtq.cpuisa import (
+    FULL8_KEY,
     INT16_MAX,
     INT16_MIN,
     ISA_ARM64,
@@ -26,11 +27,13 @@ from trtq.cpuisa import (
     ISA_AVX512_VNNI,
     ISA_AVX_VNNI,
     ISA_KEY,
+    ISA_LAYOUT,
     PAIR_LIMIT,
     TARGET_CPU,
     TARGET_KEY,
     WEIGHTS_KEY,
     WEIGHTS_S8,
+    WEIGHTS_S8_DATA,
     WEIGHTS_S8_PAIR128,
     CpuIsa,
     channel_pair_sums,
@@ -450,3 +453,195 @@ def test_quantize_warns_when_it_clips_a_bias(tmp_path: Path, monkeypatch: pytest
     lines = [rec.getMessage() for rec in caplog.records if "do not fit int32" in rec.getMessage()]
     assert len(lines) == 1 and "/model.1/conv/Conv" in lines[0]
     assert r.report["options"]["clipped_biases"] == ["/model.1/conv/Conv"]
+
+
+# ------------------------------------------------------------------------ s8-data: calibrated input codes
+def _conv_attr(node: onnx.NodeProto, name: str, default: list[int]) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == name), default)
+
+
+def _emulated_pair_extremes(qmodel: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[int, int]]:
+    """Per quantized Conv of a CPU-target model, the (largest, smallest) sum of two adjacent u8 x s8 products
+    that a pairwise 16-bit adder (VPMADDUBSW) meets on ``feeds``: the u8 codes of each conv input come from
+    running the model exactly (``session.disable_quant_qdq``), padded with the zero point, laid out along K
+    channels last (kh, kw, c) and, where c is not a multiple of 4, with every position's channels padded to 4."""
+    import onnxruntime as ort
+
+    graph = qmodel.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    prod = {o: n for n in graph.node for o in n.output}
+    convs = []
+    for n in (n for n in graph.node if n.op_type == "Conv"):
+        dq_x, dq_w = prod.get(n.input[0]), prod.get(n.input[1])
+        if dq_x is not None and dq_x.op_type == "DequantizeLinear" and dq_w is not None \
+                and dq_w.op_type == "DequantizeLinear" and dq_w.input[0] in inits:
+            convs.append((n, dq_x.input[0], int(inits[dq_x.input[2]]), inits[dq_w.input[0]].astype(np.int64)))
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    codes_names = list(dict.fromkeys(c[1] for c in convs))
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.UINT8, None) for t in codes_names if t not in have)
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    result: dict[str, tuple[int, int]] = {}
+    for feed in feeds:
+        got = dict(zip(codes_names, sess.run(codes_names, feed), strict=True))
+        for node, tname, zero, wq in convs:
+            k = wq.shape[2:]
+            pads = _conv_attr(node, "pads", [0] * 4)
+            strides = _conv_attr(node, "strides", [1, 1])
+            for x in np.asarray(got[tname]).astype(np.int64):  # [C, H, W] per image
+                xp = np.pad(x, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=zero)
+                ho = (xp.shape[1] - k[0]) // strides[0] + 1
+                wo = (xp.shape[2] - k[1]) // strides[1] + 1
+                cols = np.stack([xp[:, i : i + ho * strides[0] : strides[0], j : j + wo * strides[1] : strides[1]]
+                                 for i in range(k[0]) for j in range(k[1])])  # [kk, C, ho, wo]
+                c = cols.shape[1]
+                w = np.moveaxis(wq, 1, -1).reshape(wq.shape[0], k[0] * k[1], c)  # [M, kk, C]
+                for pad4 in sorted({0, -c % 4}):
+                    a = np.concatenate([cols, np.zeros((cols.shape[0], pad4, ho, wo), np.int64)], axis=1)
+                    ww = np.concatenate([w, np.zeros((w.shape[0], w.shape[1], pad4), np.int64)], axis=2)
+                    a = a.reshape(-1, ho * wo)  # K order (kh, kw, c)
+                    ww = ww.reshape(ww.shape[0], -1)
+                    if a.shape[0] % 2:
+                        a, ww = np.pad(a, ((0, 1), (0, 0))), np.pad(ww, ((0, 0), (0, 1)))
+                    hi, lo = result.get(node.name, (0, 0))
+                    for o in range(ww.shape[0]):  # one output channel at a time: bounded memory
+                        pairs = ww[o, 0::2, None] * a[0::2] + ww[o, 1::2, None] * a[1::2]
+                        hi, lo = max(hi, int(pairs.max())), min(lo, int(pairs.min()))
+                    result[node.name] = (hi, lo)
+    return result
+
+
+def _input_codes(qmodel: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per quantized conv weight (initializer name), the largest u8 code of each input channel on ``feeds``
+    (at least the zero point, which padding inserts), computed from the model run exactly."""
+    import onnxruntime as ort
+
+    graph = qmodel.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    prod = {o: n for n in graph.node for o in n.output}
+    pairs = [(prod[n.input[1]].input[0], prod[n.input[0]]) for n in graph.node
+             if n.op_type == "Conv" and n.input[1] in prod and n.input[0] in prod
+             and prod[n.input[0]].op_type == "DequantizeLinear"]
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    names = list(dict.fromkeys(dq.input[0] for _, dq in pairs))
+    m.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.UINT8, None) for t in names)
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    top: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for t, v in zip(names, sess.run(names, feed), strict=True):
+            mx = np.asarray(v).astype(np.int64).max(axis=(0, 2, 3))
+            top[t] = mx if t not in top else np.maximum(top[t], mx)
+    return {w: np.maximum(top[dq.input[0]], int(inits[dq.input[2]])) for w, dq in pairs}
+
+
+@pytest.mark.parametrize(("c", "k"), [(3, 3), (16, 1), (32, 3)])
+def test_data_fitted_weights_keep_8_bits_where_input_codes_allow_and_never_saturate(c: int, k: int) -> None:
+    from trtq.cpuisa import fit_grid
+
+    rng = np.random.default_rng(c + k)
+    w = (rng.standard_normal((16, c, k, k)) * rng.uniform(0.01, 1.0, (16, 1, 1, 1))).astype(np.float32)
+    w[:, :, k // 2, k // 2] *= 4
+    codes = rng.integers(60, 256, c)
+    codes[0] = 255
+    q, scale, qmax = fit_grid(w, codes=codes)
+    assert pair_sum_fits(q, codes=codes)  # analytic: every pair times its channels' largest codes fits int16
+    # the same through the emulated kernel: every input channel at its largest code
+    x = np.broadcast_to((codes / 255.0).astype(np.float32)[None, :, None, None], (1, c, 8, 8)).copy()
+    np.testing.assert_array_equal(emulated_conv(q, x, saturate=True), emulated_conv(q, x, saturate=False))
+    # it keeps more of the 8-bit grid than the data-free rule, which must assume code 255 everywhere
+    assert (qmax == 127).sum() > (fit_grid(w)[2] == 127).sum() or (fit_grid(w)[2] == 127).all()
+    assert np.all(qmax >= fit_grid(w)[2])
+    # the finest: one step finer and some pair would saturate with those codes
+    amax = np.abs(w.reshape(16, -1)).max(axis=1)
+    for i in np.flatnonzero(qmax < 127):
+        finer = np.clip(np.rint(w[i : i + 1] / (amax[i] / (qmax[i] + 1))), -127, 127)
+        assert channel_pair_sums(finer, codes)[0] > INT16_MAX
+    # inputs that never pass code 128 cannot saturate any 8-bit pair: every channel keeps 127
+    assert (fit_grid(w, codes=np.minimum(codes, 128))[2] == 127).all()
+    np.testing.assert_allclose(fit_grid(w, codes=np.minimum(codes, 128))[1], amax / 127, rtol=1e-6)
+
+
+def test_emulated_kernel_finds_the_saturation_of_full_8_bit_weights() -> None:
+    """The emulator of the next tests can fail: full 8-bit weights on bright inputs saturate in it."""
+    wq = _saturating_weights(m=4, c=6, k=3)
+    model = _conv_model(wq)
+    hi, lo = next(iter(_emulated_pair_extremes(model, [{"images": _bright(6)}]).values()))
+    assert hi > INT16_MAX or lo < INT16_MIN
+    fitted = quantize_fitting(wq.astype(np.float32))[0]
+    hi, lo = next(iter(_emulated_pair_extremes(_conv_model(fitted), [{"images": _bright(6)}]).values()))
+    assert INT16_MIN <= lo and hi <= INT16_MAX
+
+
+def test_s8_data_layout_bounds_pairs_by_the_calibrated_input_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trtq.headpolicy
+    from trtq.amax import calibration_batcher
+    from trtq.cpu_target import quantize_cpu
+
+    monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: {})
+    monkeypatch.setitem(ISA_LAYOUT, ISA_AVX2, WEIGHTS_S8_DATA)
+    model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32, seed=3)
+    images = write_images(tmp_path / "im", 4, size=(32, 32))
+    r = quantize_cpu(model, images, output=tmp_path / "avx2.onnx", cpu_isa=ISA_AVX2, progress=False)
+    q = onnx.load(str(r.path))
+    meta = model_metadata(q)
+    assert meta[WEIGHTS_KEY] == WEIGHTS_S8_DATA == r.report["options"]["weights"]
+    full8, total = (int(v) for v in meta[FULL8_KEY].split(" of "))
+    assert total == 8 + 8 and 0 <= full8 <= total  # the last conv writes a graph output: float and r.report["options"]["weights_8bit_channels"] == meta[FULL8_KEY]
+    feeds = list(calibration_batcher(model, images))
+    codes = _input_codes(q, feeds)
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    for w, c in codes.items():
+        assert pair_sum_fits(inits[w], codes=c), w  # the analytic rule with the calibrated maxima
+    for conv, (hi, lo) in _emulated_pair_extremes(q, feeds).items():
+        assert INT16_MIN <= lo and hi <= INT16_MAX, (conv, hi, lo)
+
+
+@pytest.mark.slow
+def test_shared_yolov8n_s8_data_layout_fits_int16_on_its_calibration_inputs(
+    yolo_onnx: Path, calib_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trtq.amax import calibration_batcher
+    from trtq.cpu_target import quantize_cpu
+
+    monkeypatch.setitem(ISA_LAYOUT, ISA_AVX2, WEIGHTS_S8_DATA)
+    feeds = list(calibration_batcher(yolo_onnx, calib_dir, num_images=2))
+    r = quantize_cpu(yolo_onnx, calib_dir, num_images=2, output=tmp_path / "data.onnx", cpu_isa=ISA_AVX2, progress=False)
+    q = onnx.load(str(r.path))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    for w, codes in _input_codes(q, feeds).items():
+        hi, lo = worst_pair_sum(inits[w], codes=codes)
+        assert hi <= INT16_MAX and lo >= INT16_MIN, w
+    full8, total = (int(v) for v in model_metadata(q)[FULL8_KEY].split(" of "))
+    assert 0 < len(saturating_weights(q)) and full8 < total  # 8-bit pairs that only the data keeps safe
+    extremes = _emulated_pair_extremes(q, feeds[:1])
+    assert len(extremes) == 57 and all(INT16_MIN <= lo and hi <= INT16_MAX for hi, lo in extremes.values())
+    # the emulator sees the saturation of full 8-bit weights on the same image
+    r8 = quantize_cpu(yolo_onnx, calib_dir, num_images=2, output=tmp_path / "s8.onnx", cpu_isa=ISA_AVX512_VNNI, progress=False)
+    full = _emulated_pair_extremes(onnx.load(str(r8.path)), feeds[:1])
+    assert any(hi > INT16_MAX or lo < INT16_MIN for hi, lo in full.values())
+
+
+def test_s8_data_without_images_falls_back_to_the_data_free_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import trtq.headpolicy
+    from trtq.amax import collect_statistics
+    from trtq.cpu_target import plan_cpu, quantize_cpu
+
+    monkeypatch.setattr(trtq.headpolicy, "float_nodes", lambda model: {})
+    monkeypatch.setitem(ISA_LAYOUT, ISA_AVX2, WEIGHTS_S8_DATA)
+    model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32)
+    images = write_images(tmp_path / "im", 2, size=(32, 32))
+    tensors = plan_cpu(onnx.load(str(model))).range_tensors
+    hists, _ = collect_statistics(model, images, tensors, progress=False, fused_silu=False)
+    with caplog.at_level(logging.WARNING):
+        r = quantize_cpu(model, None, histograms=hists, output=tmp_path / "q.onnx", cpu_isa=ISA_AVX2, progress=False)
+    assert model_metadata(r.path)[WEIGHTS_KEY] == WEIGHTS_S8_PAIR128 == r.report["options"]["weights"]
+    assert any("no calibration images to bound" in m for m in caplog.messages)
+    assert saturating_weights(onnx.load(str(r.path))) == []
