@@ -587,7 +587,8 @@ def test_s8_data_layout_bounds_pairs_by_the_calibrated_input_codes(tmp_path: Pat
     monkeypatch.setitem(ISA_LAYOUT, ISA_AVX2, WEIGHTS_S8_DATA)
     model = make_tiny_conv_onnx(tmp_path / "tiny.onnx", hw=32, seed=3)
     images = write_images(tmp_path / "im", 4, size=(32, 32))
-    r = quantize_cpu(model, images, output=tmp_path / "avx2.onnx", cpu_isa=ISA_AVX2, progress=False)
+    r = quantize_cpu(model, images, QuantizeOptions(target="cpu", cpu_isa=ISA_AVX2, progress=False),
+                     output=tmp_path / "avx2.onnx")
     q = onnx.load(str(r.path))
     meta = model_metadata(q)
     assert meta[WEIGHTS_KEY] == WEIGHTS_S8_DATA == r.report["options"]["weights"]
@@ -611,7 +612,8 @@ def test_shared_yolov8n_s8_data_layout_fits_int16_on_its_calibration_inputs(
 
     monkeypatch.setitem(ISA_LAYOUT, ISA_AVX2, WEIGHTS_S8_DATA)
     feeds = list(calibration_batcher(yolo_onnx, calib_dir, num_images=2))
-    r = quantize_cpu(yolo_onnx, calib_dir, num_images=2, output=tmp_path / "data.onnx", cpu_isa=ISA_AVX2, progress=False)
+    r = quantize_cpu(yolo_onnx, calib_dir, QuantizeOptions(target="cpu", num_images=2, cpu_isa=ISA_AVX2, progress=False),
+                     output=tmp_path / "data.onnx")
     q = onnx.load(str(r.path))
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
     for w, codes in _input_codes(q, feeds).items():
@@ -622,7 +624,9 @@ def test_shared_yolov8n_s8_data_layout_fits_int16_on_its_calibration_inputs(
     extremes = _emulated_pair_extremes(q, feeds[:1])
     assert len(extremes) == 57 and all(INT16_MIN <= lo and hi <= INT16_MAX for hi, lo in extremes.values())
     # the emulator sees the saturation of full 8-bit weights on the same image
-    r8 = quantize_cpu(yolo_onnx, calib_dir, num_images=2, output=tmp_path / "s8.onnx", cpu_isa=ISA_AVX512_VNNI, progress=False)
+    r8 = quantize_cpu(yolo_onnx, calib_dir,
+                      QuantizeOptions(target="cpu", num_images=2, cpu_isa=ISA_AVX512_VNNI, progress=False),
+                      output=tmp_path / "s8.onnx")
     full = _emulated_pair_extremes(onnx.load(str(r8.path)), feeds[:1])
     assert any(hi > INT16_MAX or lo < INT16_MIN for hi, lo in full.values())
 
@@ -641,7 +645,8 @@ def test_s8_data_without_images_falls_back_to_the_data_free_rule(
     tensors = plan_cpu(onnx.load(str(model))).range_tensors
     hists, _ = collect_statistics(model, images, tensors, progress=False, fused_silu=False)
     with caplog.at_level(logging.WARNING):
-        r = quantize_cpu(model, None, histograms=hists, output=tmp_path / "q.onnx", cpu_isa=ISA_AVX2, progress=False)
+        r = quantize_cpu(model, None, QuantizeOptions(target="cpu", cpu_isa=ISA_AVX2, progress=False),
+                         output=tmp_path / "q.onnx", histograms=hists)
     assert model_metadata(r.path)[WEIGHTS_KEY] == WEIGHTS_S8_PAIR128 == r.report["options"]["weights"]
     assert any("no calibration images to bound" in m for m in caplog.messages)
     assert saturating_weights(onnx.load(str(r.path))) == []
