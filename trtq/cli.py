@@ -37,8 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("trtq.commands.verify", "Check an engine or ONNX against its reference outputs (exit 1 if outside tolerance)."),
     "build": ("trtq.commands.build", "Build a TensorRT engine (FP32/FP16/INT8, implicit or explicit)."),
     "inspect": ("trtq.commands.inspect", "Show what an engine, cache or ONNX is and how it was made."),
-    "bench": ("trtq.commands.bench", "Benchmark engines and ONNX models side by side."),
-    "predict": ("trtq.commands.predict", "Run detection on images; draw boxes or write JSON."),
+    "bench": ("trtq.commands.bench", "Benchmark engines and ONNX models side by side (--pipeline: video end to end)."),
+    "predict": ("trtq.commands.predict", "Run detection on images, video files, cameras or streams; draw or write JSON."),
     "deploy": ("trtq.commands.deploy", "Write a DeepStream bundle or a Triton model repository (no TensorRT needed)."),
 }
 
