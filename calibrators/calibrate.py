@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,11 +140,36 @@ def calibrate(
         providers=providers,
         total=len(batcher.selected),
     )
+    table = table_from_histograms(histograms, batcher, info, source=source, algo=algo, percentile=percentile,
+                                  trt_version=trt_version, max_positions=max_positions)
+    seconds = time.perf_counter() - t0
+    cache_path: Path | None = None
+    if write:
+        cache_path = Path(output) if output is not None else default_output(model, f".{algo}.cache")
+        table.save(cache_path)
+    result = CalibrationResult(table, cache_path, histograms, seconds, batcher)
+    logger.debug(result.summary())
+    return result
+
+
+def table_from_histograms(
+    histograms: Mapping[str, Any],
+    batcher: Any,
+    info: Any,
+    *,
+    source: Any,
+    algo: str,
+    percentile: float,
+    trt_version: str,
+    max_positions: int | None,
+) -> CalibrationTable:
+    """The calibration table of ``histograms`` collected from ``batcher``'s images for the model ``info``
+    describes: ranges by ``algo``, and what they were made from (model and image hashes, preprocessing)."""
     if batcher.num_used == 0:
         raise TrtqError(
             f"no usable calibration images in {source} ({len(batcher.skipped)} unreadable); pass --calib DIR with readable images"
         )
-    table = CalibrationTable(
+    return CalibrationTable(
         amax=amax_table(histograms, algo, percentile=percentile, graph_inputs=[i.name for i in info.inputs]),
         algorithm=algo,
         percentile=percentile if algo == "percentile" else None,
@@ -158,11 +184,3 @@ def calibrate(
             "derived": {n: h.derived for n, h in histograms.items() if h.derived},
         },
     )
-    seconds = time.perf_counter() - t0
-    cache_path: Path | None = None
-    if write:
-        cache_path = Path(output) if output is not None else default_output(model, f".{algo}.cache")
-        table.save(cache_path)
-    result = CalibrationResult(table, cache_path, histograms, seconds, batcher)
-    logger.debug(result.summary())
-    return result

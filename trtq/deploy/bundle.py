@@ -136,9 +136,8 @@ def calibrate_nvinfer(model: Path, source: str, info: ModelInfo, *, num_images: 
 
     Returns the :class:`calibrators.table.CalibrationTable` (for ``model``'s tensor names) and the histograms.
     """
-    from calibrators.calibrate import amax_table
+    from calibrators.calibrate import table_from_histograms
     from calibrators.collect import DEFAULT_MAX_POSITIONS, calibration_tensors, collect_histograms
-    from calibrators.table import CalibrationTable
     from trtq.deploy.nvinfer import NvinferBatcher
 
     graph = onnx.load(str(model), load_external_data=False)
@@ -148,18 +147,8 @@ def calibrate_nvinfer(model: Path, source: str, info: ModelInfo, *, num_images: 
                              batch=1, num_images=num_images, seed=seed)
     histograms = collect_histograms(model, batcher, names, max_positions=DEFAULT_MAX_POSITIONS, progress=False,
                                     total=len(batcher.selected))
-    if batcher.num_used == 0:
-        raise TrtqError(f"no usable calibration images in {source}; pass --calib DIR with readable images")
-    table = CalibrationTable(
-        amax=amax_table(histograms, algo, percentile=percentile, graph_inputs=[info.input.name]),
-        algorithm=algo,
-        percentile=percentile if algo == "percentile" else None,
-        model_sha256=info.sha256,
-        num_images=batcher.num_used,
-        images_sha256=batcher.images_sha256(),
-        preprocessing=batcher.preprocessing(),
-        tensorrt_version=trt_version,
-    )
+    table = table_from_histograms(histograms, batcher, info, source=source, algo=algo, percentile=percentile,
+                                  trt_version=trt_version, max_positions=DEFAULT_MAX_POSITIONS)
     return table, histograms
 
 
