@@ -298,6 +298,30 @@ def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
     return values[0], values[1]
 
 
+def _letterbox_geometry(
+    shape: Sequence[int], h_new: int, w_new: int, *, stride: int, auto: bool, scaleup: bool
+) -> tuple[float, tuple[int, int], tuple[float, float]]:
+    """Ultralytics' LetterBox arithmetic: the scale, the resized (w, h) and the total padding (dw, dh)."""
+    r = min(h_new / shape[0], w_new / shape[1])
+    if not scaleup:
+        r = min(r, 1.0)
+    new_unpad = max(round(shape[1] * r), 1), max(round(shape[0] * r), 1)
+    dw: float = w_new - new_unpad[0]
+    dh: float = h_new - new_unpad[1]
+    if auto:
+        dw, dh = float(np.mod(dw, stride)), float(np.mod(dh, stride))
+    return r, new_unpad, (dw, dh)
+
+
+def letterbox_hw(
+    image_hw: Sequence[int], new_shape: int | Sequence[int] = (640, 640), *, stride: int = 32, auto: bool = False
+) -> tuple[int, int]:
+    """The (height, width) :func:`letterbox` gives an image of ``image_hw``, without touching pixels."""
+    h_new, w_new = _as_hw(new_shape)
+    _, (w, h), (dw, dh) = _letterbox_geometry(image_hw, h_new, w_new, stride=stride, auto=auto, scaleup=True)
+    return h + round(dh / 2 - 0.1) + round(dh / 2 + 0.1), w + round(dw / 2 - 0.1) + round(dw / 2 + 0.1)
+
+
 def letterbox(
     img: np.ndarray,
     new_shape: int | tuple[int, int] = (640, 640),
@@ -315,14 +339,7 @@ def letterbox(
     """
     h_new, w_new = _as_hw(new_shape)
     shape = img.shape[:2]
-    r = min(h_new / shape[0], w_new / shape[1])
-    if not scaleup:
-        r = min(r, 1.0)
-    new_unpad = max(round(shape[1] * r), 1), max(round(shape[0] * r), 1)
-    dw: float = w_new - new_unpad[0]
-    dh: float = h_new - new_unpad[1]
-    if auto:
-        dw, dh = float(np.mod(dw, stride)), float(np.mod(dh, stride))
+    r, new_unpad, (dw, dh) = _letterbox_geometry(shape, h_new, w_new, stride=stride, auto=auto, scaleup=scaleup)
     if center:
         dw /= 2
         dh /= 2

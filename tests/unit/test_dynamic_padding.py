@@ -88,3 +88,17 @@ def test_quantize_calibrates_a_dynamic_model_with_the_predictor_padding(tmp_path
 
     _, used = collect_statistics(path, str(images), ["images"], progress=False)
     assert used.auto
+
+
+def test_letterbox_hw_is_the_shape_letterbox_gives() -> None:
+    """The size arithmetic alone (used to size a dynamic model's input before any pixel is read) agrees with
+    the letterbox itself, for odd sizes, both orientations, full canvas and stride padding."""
+    from trtq.images import letterbox, letterbox_hw
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        hw = (int(rng.integers(7, 1500)), int(rng.integers(7, 1500)))
+        imgsz = (int(rng.choice([320, 480, 640])), int(rng.choice([320, 640])))
+        img = np.zeros((*hw, 3), np.uint8)
+        for auto in (False, True):
+            assert letterbox_hw(hw, imgsz, stride=32, auto=auto) == letterbox(img, imgsz, stride=32, auto=auto)[0].shape[:2]

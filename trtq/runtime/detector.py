@@ -186,9 +186,12 @@ class Detector:
         x = self._to_tensor(self._letterbox_batch(part, self.imgsz, stride=self.stride, auto=True))
         return np.ascontiguousarray(x[:, ::-1]) if rgb else x  # to_tensor swaps BGR to RGB
 
-    def _fill(self, dst: np.ndarray, img: np.ndarray, rgb: bool) -> None:
-        """Letterbox ``img`` into one slot of the input buffer: CHW, RGB, float /255 (ultralytics' predictor)."""
-        lb = self._letterbox(img, self.imgsz, stride=self.stride)[0]
+    def _fill(self, dst: np.ndarray, img: np.ndarray, rgb: bool, *, auto: bool = False) -> None:
+        """Letterbox ``img`` into one slot of the input buffer: CHW, RGB, float /255 (ultralytics' predictor);
+        ``auto``: padded only to the stride (a dynamic model's minimum rectangle)."""
+        lb = self._letterbox(img, self.imgsz, stride=self.stride, auto=auto)[0]
+        if lb.shape[:2] != dst.shape[1:]:
+            raise TrtqError(f"letterboxed frame {lb.shape[:2]} does not fit the input {dst.shape[1:]}")
         chw = lb.transpose(2, 0, 1)
         if not rgb:
             chw = chw[::-1]
@@ -234,24 +237,15 @@ class Detector:
         rectangle (the letterboxed frame padded to the nearest stride multiple)."""
         if not self.dynamic_hw:
             return self.imgsz
-        h, w = image_hw
-        r = min(self.imgsz[0] / h, self.imgsz[1] / w)
-        s = self.stride
-        nh, nw = max(round(h * r), 1), max(round(w * r), 1)
-        return nh + (self.imgsz[0] - nh) % s, nw + (self.imgsz[1] - nw) % s
+        from trtq.images import letterbox_hw
+
+        return letterbox_hw(image_hw, self.imgsz, stride=self.stride, auto=True)
 
     def fill_input(self, dst: np.ndarray, image: np.ndarray, *, rgb: bool = False) -> None:
         """Letterbox one BGR image into ``dst`` (3xHxW, the model's input dtype), as :meth:`detect` does; a
         ``dst`` smaller than the model's size (a dynamic model, :meth:`input_hw`) gets ultralytics' ``auto``
         letterbox."""
-        if tuple(dst.shape[1:]) == self.imgsz:
-            self._fill(dst, image, rgb)
-            return
-        lb = self._letterbox(image, self.imgsz, stride=self.stride, auto=True)[0]
-        if lb.shape[:2] != dst.shape[1:]:
-            raise TrtqError(f"letterboxed frame {lb.shape[:2]} does not fit the input {dst.shape[1:]}")
-        chw = lb.transpose(2, 0, 1)
-        np.divide(chw if rgb else chw[::-1], 255.0, out=dst, casting="unsafe")
+        self._fill(dst, image, rgb, auto=tuple(dst.shape[1:]) != self.imgsz)
 
     def run_tensor(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Run the model on a preprocessed NCHW batch (in chunks the model takes); every output, owned."""
