@@ -5,7 +5,8 @@
 Rows: the shared FP32 YOLOv8n ONNX and trtq's CPU-target INT8 ONNX of it (made here with
 ``python -m trtq quantize MODEL --calib coco128/images/train2017 --target cpu``, into ``build/pipeline/``).
 For each, in interleaved rounds on ``video/bikes.mp4`` (250 frames, 640x272): ``Detector.stream`` end to end,
-the same model alone, and ``YOLO(model).predict(source, stream=True)``; the table gives the ratios and
+the same model alone (with the pipeline's inference lanes, and one frame at a time), and
+``YOLO(model).predict(source, stream=True)``; the table gives the ratios and
 the targets (pipeline >= 1.15x ultralytics, >= 0.9x the model alone). Writes
 ``benchmarks/results/pipeline.md`` and ``.json``, with the machine's load before and after.
 """
@@ -33,8 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pipeline.md")
     p.add_argument("--work", type=Path, default=REPO / "build" / "pipeline", help="prepared models")
     p.add_argument("--video", default="video/bikes.mp4", help="video under --shared")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--save", action="store_true", help="also draw and encode every frame to MP4")
+    p.add_argument("--lanes", type=int, default=None, help="inference lanes (default: the pipeline's own)")
     p.add_argument("--fresh", action="store_true", help="re-make the INT8 model")
     return p.parse_args(argv)
 
@@ -75,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         [fp32, int8],
         rounds=args.rounds,
         save=args.save,
+        lanes=args.lanes,
         on_step=lambda m: print(m, file=sys.stderr, flush=True),
     )
     cmd = "make bench-pipeline  (.venv/bin/python benchmarks/pipeline.py --shared ../shared/assets)"
     header = (
         "# Video pipeline: end-to-end FPS\n\n"
-        f"`{cmd}` on {platform.machine()} ({os.cpu_count()} CPUs, shared with other jobs), "
+        f"`{cmd}` on {platform.machine()} ({os.cpu_count()} CPUs), "
         f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(t0))} UTC, {time.time() - t0:.0f} s.\n\n"
     )
     text = header + markdown(result)

@@ -252,6 +252,11 @@ def _decode(path: Path) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: file not found") from None
     except (IsADirectoryError, PermissionError, OSError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    return _decode_bytes(data, str(path))
+
+
+def _decode_bytes(data: np.ndarray, path: str) -> np.ndarray:
+    """The image encoded in ``data`` (the bytes of ``path``, a file name or URL) as :func:`_decode` reads it."""
     if not data.size:
         raise ImageReadError(f"cannot read image {path}: empty file")
     im: np.ndarray | None = None
@@ -277,6 +282,40 @@ def _decode(path: Path) -> np.ndarray:
             f"cannot use image {path}: decoded as {im.dtype} with {im.shape[2]} channels, expected 8-bit colour"
         )
     return np.ascontiguousarray(im)
+
+
+def is_image_url(source: str | os.PathLike[str]) -> bool:
+    """An ``http(s)://`` URL whose path names an image file (ultralytics downloads such a source)."""
+    s = str(source).strip()
+    if not s.lower().startswith(("http://", "https://")):
+        return False
+    from urllib.parse import urlparse
+
+    return urlparse(s).path.lower().endswith(IMAGE_SUFFIXES)
+
+
+URL_TIMEOUT_S = 10.0  # connecting to, and each read of, an image URL
+MAX_URL_IMAGE_BYTES = 256 * 1024 * 1024
+
+
+def load_image_url(url: str, *, timeout: float = URL_TIMEOUT_S) -> np.ndarray:
+    """Download the image at ``url`` (into memory, within ``timeout`` per network step) and decode it as
+    :func:`load_image` does; :class:`ImageReadError` with the reason on any failure."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked
+            data = response.read(MAX_URL_IMAGE_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise ImageReadError(f"cannot download image {url}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise ImageReadError(f"cannot download image {url}: {exc.reason}") from None
+    except (OSError, ValueError) as exc:  # timeouts, resets, a malformed URL
+        raise ImageReadError(f"cannot download image {url}: {exc or type(exc).__name__}") from None
+    if len(data) > MAX_URL_IMAGE_BYTES:
+        raise ImageReadError(f"cannot use image {url}: larger than {MAX_URL_IMAGE_BYTES >> 20} MB")
+    return _decode_bytes(np.frombuffer(data, np.uint8), url)
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -357,6 +396,41 @@ def letterbox(
         padded[top : top + h, left : left + w] = img
         img = padded
     return img, float(r), (float(dw), float(dh))
+
+
+def letterbox_into(
+    dst: np.ndarray,
+    img: np.ndarray,
+    new_shape: int | Sequence[int] | None = None,
+    *,
+    stride: int = 32,
+    auto: bool = False,
+    swap_rb: bool = True,
+) -> None:
+    """Letterbox ``img`` (HxWx3 uint8) straight into ``dst`` (3xHxW float): the same numbers as
+    ``to_tensor([letterbox(img, new_shape, stride=stride, auto=auto)])[0]`` (``swap_rb``: BGR to RGB; /255;
+    ``new_shape`` defaults to ``dst``'s size, and the letterboxed size must be ``dst``'s), without the padded
+    uint8 canvas: the frame is divided into its window of ``dst`` and the border is filled with the pad
+    value, so a wide frame on a square input costs only its own pixels."""
+    h_dst, w_dst = int(dst.shape[1]), int(dst.shape[2])
+    h_new, w_new = _as_hw(new_shape) if new_shape is not None else (h_dst, w_dst)
+    r, new_unpad, (dw, dh) = _letterbox_geometry(img.shape[:2], h_new, w_new, stride=stride, auto=auto, scaleup=True)
+    dw, dh = dw / 2, dh / 2
+    top, left = round(dh - 0.1), round(dw - 0.1)
+    w, h = new_unpad
+    if (h + top + round(dh + 0.1), w + left + round(dw + 0.1)) != (h_dst, w_dst):
+        raise TrtqError(
+            f"a {img.shape[1]}x{img.shape[0]} image letterboxes to another size than the input's {w_dst}x{h_dst}"
+        )
+    if img.shape[1::-1] != new_unpad:
+        img = cv2.resize(img, new_unpad, interpolation=cv2.INTER_LINEAR)
+    pad = np.divide(np.full(1, PAD_VALUE, np.uint8), 255.0, out=np.empty(1, dst.dtype), casting="unsafe")[0]
+    dst[:, :top] = pad
+    dst[:, top + h :] = pad
+    dst[:, top : top + h, :left] = pad
+    dst[:, top : top + h, left + w :] = pad
+    chw = img.transpose(2, 0, 1)
+    np.divide(chw[::-1] if swap_rb else chw, 255.0, out=dst[:, top : top + h, left : left + w], casting="unsafe")
 
 
 def to_tensor(images: Sequence[np.ndarray]) -> np.ndarray:

@@ -98,6 +98,16 @@ def _onnxruntime() -> dict[str, Any] | None:
     return {"version": ort.__version__, "providers": list(ort.get_available_providers())}
 
 
+def _cpu_isa() -> str | None:
+    """The CPU's integer-kernel class (``avx2`` = AVX2 without VNNI, ``avx-vnni``, ``avx512-vnni``, ``arm64``)."""
+    from trtq.cpuisa import detect_isa
+
+    try:
+        return detect_isa().isa
+    except Exception:
+        return None
+
+
 def describe_machine(*, device: int = 0) -> dict[str, Any]:
     """Host, OS, CPU, memory, GPUs (nvidia-smi), Jetson release, TensorRT / ONNX Runtime / CUDA bindings."""
     gpus = _nvidia_smi()
@@ -108,6 +118,7 @@ def describe_machine(*, device: int = 0) -> dict[str, Any]:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "cpu": _cpu_model(),
+        "cpu_isa": _cpu_isa(),
         "cpu_count": os.cpu_count(),
         "memory_gb": _memory_gb(),
         "gpu": gpu.get("name") if gpu else None,
@@ -129,6 +140,8 @@ def machine_summary(machine: dict[str, Any]) -> str:
     parts = [
         f"{machine.get('hostname')}: {machine.get('cpu') or 'unknown CPU'} ({machine.get('cpu_count')} cores"
     ]
+    if machine.get("cpu_isa"):
+        parts[0] += f", ISA {machine['cpu_isa']}"
     if machine.get("memory_gb"):
         parts[0] += f", {machine['memory_gb']} GB"
     parts[0] += ")"

@@ -24,7 +24,11 @@ EXACT_QDQ_OPTION = "session.disable_quant_qdq"
 
 
 def ort_session(
-    path: Path | bytes, providers: Sequence[str] | None = None, *, exact_qdq: bool = False
+    path: Path | bytes,
+    providers: Sequence[str] | None = None,
+    *,
+    exact_qdq: bool = False,
+    threads: int | None = None,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session of ``path`` (or serialized model bytes) on ``providers`` (default CPU),
     quiet, with one clear error.
@@ -32,7 +36,9 @@ def ort_session(
     ``exact_qdq``: compute Q/DQ arithmetic as written (dequantize, float op, quantize), never in fused
     integer kernels, so the result is the same on every CPU. Use it wherever ONNX Runtime *simulates*
     another runtime (TensorRT accumulates in int32) or computes the intended arithmetic of a CPU-target
-    model; leave it off to run a CPU-target model on the CPU's own integer kernels."""
+    model; leave it off to run a CPU-target model on the CPU's own integer kernels.
+
+    ``threads``: ONNX Runtime's intra-op threads for one run (default: ONNX Runtime's choice, every core)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -42,6 +48,10 @@ def ort_session(
         raise TrtqError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:
+        if threads < 1:
+            raise TrtqError(f"threads must be at least 1, got {threads}")
+        opts.intra_op_num_threads = int(threads)
     if exact_qdq:
         opts.add_session_config_entry(EXACT_QDQ_OPTION, "1")
     what = "the model" if isinstance(path, bytes) else str(path)

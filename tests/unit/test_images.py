@@ -18,6 +18,7 @@ from trtq.images import (
     ImageBatcher,
     ImageReadError,
     letterbox,
+    letterbox_into,
     load_image,
     preprocess,
     resolve_image_paths,
@@ -201,6 +202,30 @@ def test_to_tensor_layout() -> None:
     assert t[0, 2, 0, 0] == np.float32(10) / np.float32(255)
     with pytest.raises(ValueError):
         to_tensor([img, np.zeros((3, 3, 3), np.uint8)])
+
+
+@pytest.mark.parametrize(
+    ("frame_hw", "dst_hw", "auto"),
+    [((272, 640), (640, 640), False), ((480, 640), (640, 640), False), ((720, 1280), (384, 640), False),
+     ((100, 37), (640, 640), False), ((1080, 1920), (384, 640), True), ((333, 517), (416, 640), True),
+     ((640, 640), (640, 640), False)],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_letterbox_into_gives_the_letterboxed_tensor_exactly(
+    frame_hw: tuple[int, int], dst_hw: tuple[int, int], auto: bool, dtype: type
+) -> None:
+    img = np.random.default_rng(sum(frame_hw)).integers(0, 256, (*frame_hw, 3), dtype=np.uint8)
+    lb = letterbox(img, (640, 640) if auto else dst_hw, auto=auto)[0]
+    assert lb.shape[:2] == dst_hw
+    expected = to_tensor([lb])[0].astype(dtype)  # ultralytics' predictor: float32 / 255
+    dst = np.full((3, *dst_hw), np.nan, dtype)
+    shape = (640, 640) if auto else None  # a dynamic model: its size, padded only to the stride
+    letterbox_into(dst, img, shape, auto=auto)
+    assert np.array_equal(dst, expected)
+    letterbox_into(dst, img, shape, auto=auto, swap_rb=False)
+    assert np.array_equal(dst, expected[::-1])
+    with pytest.raises(TrtqError, match="letterboxes to another size"):
+        letterbox_into(np.empty((3, dst_hw[0] + 32, dst_hw[1]), dtype), img, shape or dst_hw, auto=auto)
 
 
 # --------------------------------------------------------------------------------------------- decoding

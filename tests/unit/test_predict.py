@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -142,8 +145,13 @@ def test_draw_and_write_image(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("cfg", "field"), [("yolov8n-seg.yaml", "mask"), ("yolov8n-pose.yaml", "keypoints"), ("yolov8n-obb.yaml", "corners")])
-def test_cli_predict_draws_and_writes_each_task(zoo_onnx, yolo_pt: Path, shared_assets: Path, tmp_path: Path, cfg: str, field: str) -> None:
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [("yolov8n-seg.yaml", "mask"), ("yolov8n-pose.yaml", "keypoints"), ("yolov8n-obb.yaml", "corners")],
+)
+def test_cli_predict_draws_and_writes_each_task(
+    zoo_onnx, yolo_pt: Path, shared_assets: Path, tmp_path: Path, cfg: str, field: str
+) -> None:
     from trtq.runtime.decode import rle_to_mask
 
     onnx_path = zoo_onnx(cfg, weights=yolo_pt, nc=80, imgsz=320)
@@ -151,7 +159,10 @@ def test_cli_predict_draws_and_writes_each_task(zoo_onnx, yolo_pt: Path, shared_
     out = tmp_path / "out"
     from trtq.cli import main
 
-    result = CliRunner().invoke(main, ["predict", str(onnx_path), "--source", str(image), "--save", str(out), "--json", "--conf", "0.1"])
+    result = CliRunner().invoke(
+        main,
+        ["predict", str(onnx_path), "--source", str(image), "--save", str(out), "--json", "--conf", "0.1"],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "predictions.json").read_text())
     dets = doc["images"][0]["detections"]
@@ -202,3 +213,60 @@ def test_every_image_unreadable_is_an_error_and_skipped_files_are_listed(tmp_pat
     assert [Path(i["image"]).name for i in doc["images"]] == ["c.jpg"]
     assert sorted(Path(s["image"]).name for s in doc["skipped"]) == ["a.jpg", "b.png"]
     assert all(s["reason"] for s in doc["skipped"])
+
+
+@contextlib.contextmanager
+def _serve(folder: Path) -> Iterator[str]:
+    """A local HTTP server of ``folder``; yields its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_an_image_url_is_downloaded_and_predicted_like_the_file(tmp_path: Path) -> None:
+    from trtq.cli import main
+    from trtq.images import is_image_url
+    from trtq.runtime.sources import is_video_source
+
+    model = make_tiny_yolo_onnx(tmp_path / "m.onnx")
+    www = tmp_path / "www"
+    www.mkdir()
+    img = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(www / "street cam.png"), img)
+    (www / "broken.jpg").write_text("not an image")
+    assert is_image_url("https://x/a/b.JPG?size=2") and not is_video_source("https://x/a/b.JPG?size=2")
+    assert is_video_source("http://cam/stream") and not is_image_url("http://cam/stream")
+    with _serve(www) as base:
+        url = f"{base}/street%20cam.png"
+        res = CliRunner().invoke(
+            main, ["predict", str(model), "--source", url, "--json", "--save", str(tmp_path / "out")]
+        )
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.stdout)
+        local = CliRunner().invoke(
+            main, ["predict", str(model), "--source", str(www / "street cam.png"), "--json"]
+        )
+        assert [i["image"] for i in doc["images"]] == [url]
+        assert doc["images"][0]["detections"] == json.loads(local.stdout)["images"][0]["detections"]
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions.json", "street cam.png"]
+        for bad, why in ((f"{base}/missing.jpg", "HTTP 404"), (f"{base}/broken.jpg", "cannot decode image")):
+            res = CliRunner().invoke(main, ["predict", str(model), "--source", bad])
+            assert res.exit_code != 0 and why in res.output and "Traceback" not in res.output, res.output
+    res = CliRunner().invoke(
+        main, ["predict", str(model), "--source", "http://127.0.0.1:9/x.jpg"]
+    )  # nothing there
+    assert res.exit_code != 0 and "cannot download image" in res.output, res.output

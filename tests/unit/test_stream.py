@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,16 +164,86 @@ def test_threads_end_on_every_exit_path(tiny: Path, tmp_path: Path) -> None:
                 raise KeyboardInterrupt
         assert pipeline_threads() == []
 
-        original = det.run_tensor  # an exception inside a stage reaches the caller
-
         def failing(tensor: np.ndarray) -> list[np.ndarray]:
             raise _Boom("inference failed")
 
-        det.run_tensor = failing  # type: ignore[method-assign]
-        with pytest.raises(_Boom, match="inference failed"):
-            list(det.stream(str(long)))
-        det.run_tensor = original  # type: ignore[method-assign]
-        assert pipeline_threads() == []
+        def slow(tensor: np.ndarray) -> list[np.ndarray]:
+            time.sleep(0.01)
+            return det.run_tensor(tensor)
+
+        # an exception inside a stage reaches the caller, whichever inference lane raised it
+        for lanes in ([failing], [slow, failing], [failing, slow]):
+            with _lanes(det, lanes), pytest.raises(_Boom, match="inference failed"):
+                list(det.stream(str(long), lanes=len(lanes)))
+            assert pipeline_threads() == []
+
+
+@contextlib.contextmanager
+def _lanes(det: Detector, runs: list[Any]) -> Iterator[None]:
+    """``det.inference_lanes`` gives ``runs`` (whatever lane count is asked)."""
+
+    @contextlib.contextmanager
+    def fake(n: int) -> Iterator[list[Any]]:
+        assert n == len(runs)
+        yield runs
+
+    det.inference_lanes = fake  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del det.inference_lanes
+
+
+def test_lanes_finishing_out_of_order_give_every_frame_in_order(tiny: Path, video: Path) -> None:
+    with Detector(tiny) as det:
+        one = list(det.stream(str(video), lanes=1))
+        calls = {"a": 0, "b": 0}
+
+        def lane(name: str, delay: float) -> Any:
+            def run(tensor: np.ndarray) -> list[np.ndarray]:
+                calls[name] += 1
+                time.sleep(delay)
+                return det.run_tensor(tensor)
+
+            return run
+
+        with _lanes(det, [lane("a", 0.03), lane("b", 0.0)]):
+            two = list(det.stream(str(video), lanes=2))
+    assert calls["a"] >= 1 and calls["b"] > calls["a"]  # the fast lane overtook the slow one
+    assert [r.frame for r in two] == [r.frame for r in one] == list(range(12))
+    assert all(same(a.detections, b.detections) for a, b in zip(one, two, strict=True))
+    assert pipeline_threads() == []
+
+
+def test_lanes_are_sessions_sharing_the_cpus(tiny: Path, video: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trtq.runtime.detector as detector_module
+
+    monkeypatch.setattr(detector_module, "usable_cpus", lambda: 8)
+    with Detector(tiny) as det:
+        assert det.cpu_lanes() == 2
+        with det.inference_lanes(2) as runs:
+            sessions = [run.args[0] for run in runs]  # type: ignore[attr-defined]
+            assert len({id(s) for s in sessions}) == 2
+            assert [s.session.get_session_options().intra_op_num_threads for s in sessions] == [4, 4]
+            x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+            for a, b in zip(runs[0](x), det.run_tensor(x), strict=True):
+                assert np.array_equal(a, b)
+        assert all(s.session is None for s in sessions)  # closed with the block
+        with det.inference_lanes(1) as runs:
+            assert runs == [det.run_tensor]
+        monkeypatch.setattr(detector_module, "usable_cpus", lambda: 1)
+        assert det.cpu_lanes() == 1
+        pipe = StreamPipeline(det, [VideoSource(str(video))])
+        assert pipe.lanes == 1
+        pipe.close()
+        with pytest.raises(TrtqError, match="lanes must be at least 1"):
+            StreamPipeline(det, [VideoSource(str(video))], lanes=0)
+    live = _FastSource(3)
+    with Detector(tiny) as det:
+        monkeypatch.setattr(detector_module, "usable_cpus", lambda: 8)
+        pipe = StreamPipeline(det, [live])  # type: ignore[list-item]
+        assert pipe.lanes == 1  # live: lowest latency, one frame at a time
+        pipe.close()
 
 
 class _FastSource:
@@ -191,6 +263,46 @@ class _FastSource:
 
     def close(self) -> None:
         pass
+
+
+class _StallingCamera:
+    """A live source: ``n`` frames ``period`` apart, with a ``stall`` second silence after frame ``at``."""
+
+    live = True
+    fps = 50.0
+
+    def __init__(self, index: int, n: int, *, period: float = 0.02, at: int = -1, stall: float = 0.0) -> None:
+        self.index, self.n, self.period, self.at, self.stall = index, n, period, at, stall
+        self.i = 0
+        self.source = self.name = f"camera {index}"
+
+    def read(self) -> np.ndarray | None:
+        if self.i >= self.n:
+            return None
+        time.sleep(self.stall if self.i == self.at else self.period)
+        self.i += 1
+        return np.full((32, 32, 3), 40 * self.index + 20, np.uint8)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_stalled_live_stream_does_not_stop_the_others(tmp_path: Path) -> None:
+    model = make_tiny_yolo_onnx(tmp_path / "m.onnx", batch="N", hw=32)
+    sources = [_StallingCamera(0, 60), _StallingCamera(1, 4, at=2, stall=1.0)]
+    seen: list[tuple[float, int]] = []
+    with Detector(model) as det:
+        pipe = StreamPipeline(det, sources)  # type: ignore[list-item]
+        assert pipe.push_timeout == pytest.approx(0.02)  # one frame period at 50 FPS
+        t0 = time.perf_counter()
+        for r in pipe:
+            seen.append((time.perf_counter() - t0, r.stream))
+    stall = (0.1, 0.9)  # camera 1 is silent from about 0.04 s to 1.04 s
+    during = [s for t, s in seen if stall[0] < t < stall[1]]
+    assert during.count(0) >= 15 and 1 not in during  # camera 0 ran on alone
+    cam1 = [t for t, s in seen if s == 1]  # live: a frame may be dropped when a newer one comes
+    assert cam1 and min(cam1) < stall[0] and max(cam1) > 1.0  # before the stall, and back after it
+    assert pipeline_threads() == []
 
 
 def test_live_reader_drops_stale_frames_and_ends() -> None:
@@ -229,6 +341,13 @@ def test_cli_save_writes_video_with_source_frames_and_size(tiny: Path, tmp_path:
     lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert [x["frame"] for x in lines] == list(range(12))
     assert lines[0]["width"] == 96 and "detections" in lines[0]
+    runs = {}
+    for lanes in ("1", "2"):  # frames side by side: the same detections, in order, and the run says so
+        r = CliRunner().invoke(main, ["predict", str(tiny), "--source", str(src), "--json", "--lanes", lanes])
+        assert r.exit_code == 0, r.output
+        runs[lanes] = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+        assert ("2 frames run side by side" in r.output) == (lanes == "2"), r.output
+    assert [x["detections"] for x in runs["2"]] == [x["detections"] for x in runs["1"]] == [x["detections"] for x in lines]
 
 
 def test_video_writer_discards_on_error_keeps_on_interrupt(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ def run_video(
     vid_stride: int,
     live: bool | None,
     batch: int | None,
+    lanes: int | None,
     reconnect: int,
     device: int,
 ) -> None:
@@ -81,6 +82,7 @@ def run_video(
             vid_stride=vid_stride,
             live=live,
             batch=batch,
+            lanes=lanes,
             reconnect=reconnect,
             device=device,
             on_open=on_open,

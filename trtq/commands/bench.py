@@ -69,6 +69,8 @@ def _parse_batches(values: tuple[str, ...]) -> list[int] | None:
 )
 @click.option("--save", is_flag=True, help="With --pipeline: also time draw+encode to MP4.")
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True, help="With --pipeline.")
+@click.option("--lanes", type=click.IntRange(min=1), default=None,
+              help="With --pipeline: inferences side by side (default: as `trtq predict` runs the source).")
 def command(
     models: tuple[Path, ...],
     batch: tuple[str, ...],
@@ -85,6 +87,7 @@ def command(
     pipeline_source: str | None,
     save: bool,
     rounds: int,
+    lanes: int | None,
 ) -> None:
     """Benchmark MODELS (.engine/.plan with CUDA events, .onnx on ONNX Runtime) and compare them.
 
@@ -100,6 +103,7 @@ def command(
             models,
             rounds=rounds,
             save=save,
+            lanes=lanes,
             json_path=json_path,
             markdown_path=markdown_path,
         )
@@ -142,6 +146,7 @@ def _pipeline(
     *,
     rounds: int,
     save: bool,
+    lanes: int | None,
     json_path: Path | None,
     markdown_path: Path | None,
 ) -> None:
@@ -149,7 +154,12 @@ def _pipeline(
     from trtq.fileio import write_json, write_text
 
     result = bench_pipeline(
-        source, list(models), rounds=rounds, save=save, on_step=lambda msg: click.echo(msg, err=True)
+        source,
+        list(models),
+        rounds=rounds,
+        save=save,
+        lanes=lanes,
+        on_step=lambda msg: click.echo(msg, err=True),
     )
     text = markdown(result)
     click.echo(text)

@@ -18,7 +18,7 @@ from trtq.errors import TrtqError
 @click.option(
     "--source",
     required=True,
-    help="An image, a directory, a glob ('imgs/*.jpg') or a .txt list of paths; or video: files, camera "
+    help="An image, a directory, a glob ('imgs/*.jpg'), a .txt list of paths or an http(s) image URL; or video: files, camera "
     "indexes (0), rtsp:// or http:// URLs, GStreamer pipelines, .streams lists; several video sources after "
     "--source run batched together.",
 )
@@ -50,6 +50,9 @@ from trtq.errors import TrtqError
               help="Video: keep only the newest frame of live sources (default for cameras and URLs).")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Video: frames per inference (default: one per stream when the model takes it).")
+@click.option("--lanes", type=click.IntRange(min=1), default=None,
+              help="Video: inferences run side by side (ONNX Runtime on CPU: sessions sharing the cores; default 2 "
+              "for files on a machine with 2+ cores, 1 for live sources and engines).")
 @click.option("--reconnect", type=click.IntRange(min=0), default=0, show_default=True,
               help="Video: reopen a dropped live stream up to N times.")
 @device_option("CUDA device index (engines).")
@@ -65,6 +68,7 @@ def command(
     vid_stride: int,
     live: bool | None,
     batch: int | None,
+    lanes: int | None,
     reconnect: int,
     device: int,
 ) -> None:
@@ -87,7 +91,8 @@ def command(
         from trtq.commands._video import run_video
 
         run_video(model, sources, conf=conf, iou=iou, max_det=max_det, save=save, as_json=as_json,
-                  vid_stride=vid_stride, live=live, batch=batch, reconnect=reconnect, device=device)
+                  vid_stride=vid_stride, live=live, batch=batch, lanes=lanes, reconnect=reconnect,
+                  device=device)
         return
     if more_sources:
         raise TrtqError(f"several sources are for video; for images give one folder, glob or list ({sources})")

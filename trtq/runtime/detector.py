@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +16,7 @@ import numpy as np
 from trtq.errors import TrtqError
 from trtq.postprocess import decode_layout
 from trtq.runtime.decode import Detections, to_detections
-from trtq.runtime.sessions import Session, open_session
+from trtq.runtime.sessions import OnnxSession, Session, open_session
 from trtq.tasks import TaskLayout, refuse_ambiguous, task_layout
 
 if TYPE_CHECKING:
@@ -54,9 +56,10 @@ class Detector:
             raise TrtqError(f"max_det must be at least 1, got {max_det}")
         self.max_det = int(max_det)
         self.path = Path(path)
-        from trtq.images import letterbox, letterbox_batch, to_tensor  # OpenCV, only when a detector is made
+        # OpenCV, only when a detector is made
+        from trtq.images import letterbox_batch, letterbox_into, to_tensor
 
-        self._letterbox = letterbox
+        self._letterbox_into = letterbox_into
         self._letterbox_batch = letterbox_batch
         self._to_tensor = to_tensor
         session = open_session(self.path, device=device, providers=providers)
@@ -189,13 +192,7 @@ class Detector:
     def _fill(self, dst: np.ndarray, img: np.ndarray, rgb: bool, *, auto: bool = False) -> None:
         """Letterbox ``img`` into one slot of the input buffer: CHW, RGB, float /255 (ultralytics' predictor);
         ``auto``: padded only to the stride (a dynamic model's minimum rectangle)."""
-        lb = self._letterbox(img, self.imgsz, stride=self.stride, auto=auto)[0]
-        if lb.shape[:2] != dst.shape[1:]:
-            raise TrtqError(f"letterboxed frame {lb.shape[:2]} does not fit the input {dst.shape[1:]}")
-        chw = lb.transpose(2, 0, 1)
-        if not rgb:
-            chw = chw[::-1]
-        np.divide(chw, 255.0, out=dst, casting="unsafe")
+        self._letterbox_into(dst, img, self.imgsz, stride=self.stride, auto=auto, swap_rb=not rgb)
 
     # -- video ---------------------------------------------------------------------------------------------
     def stream(
@@ -207,6 +204,7 @@ class Detector:
         batch: int | None = None,
         reconnect: int = 0,
         depth: int = 2,
+        lanes: int | None = None,
     ) -> Iterator[StreamResult]:
         """Detections over video: a file, camera index, URL, GStreamer pipeline, ``.streams`` list, or several.
 
@@ -214,7 +212,8 @@ class Detector:
         detections), backed by a reader / preprocess / inference / postprocess pipeline of threads
         (:mod:`trtq.runtime.stream`). Files give every frame in order; live sources with ``live`` (their
         default) give the newest frame. Several sources run as one batch per round when the model takes it.
-        Sources are opened here (a bad one raises :class:`TrtqError` at once); closing the generator (or
+        ``lanes``: inferences side by side (:meth:`inference_lanes`; default :meth:`cpu_lanes` for files, 1
+        for live sources). Sources are opened here (a bad one raises :class:`TrtqError` at once); closing the generator (or
         leaving the loop) stops every thread.
         """
         from trtq.runtime.sources import open_sources
@@ -222,7 +221,7 @@ class Detector:
 
         names = [source] if isinstance(source, (str, int, Path)) else list(source)
         sources = open_sources([str(s) for s in names], vid_stride=vid_stride, reconnect=reconnect)
-        return iter(StreamPipeline(self, sources, live=live, batch=batch, depth=depth))
+        return iter(StreamPipeline(self, sources, live=live, batch=batch, depth=depth, lanes=lanes))
 
     @property
     def input_dtype(self) -> np.dtype[Any]:
@@ -253,23 +252,44 @@ class Detector:
             session = self._session
             if session is None:
                 raise TrtqError("this Detector is closed")
-            inner: Any = getattr(session, "session", None)
-            if tuple(tensor.shape[2:]) != session.imgsz and inner is not None:  # dynamic ONNX, a smaller input
-                names = [o.name for o in inner.get_outputs()]
-                return [np.asarray(o) for o in inner.run(names, {session.input_name: tensor})]
-            lo, hi = session.batch_range
-            n = int(tensor.shape[0])
-            chunk = hi if lo == hi else min(hi, max(lo, n))
-            parts: list[list[np.ndarray]] = []
-            for start in range(0, n, chunk):
-                part = tensor[start : start + chunk]
-                buf = session.input_buffer(max(len(part), lo))
-                buf[: len(part)] = part
-                outs = session.run(len(part))
-                parts.append([np.array(o) if self.backend == "tensorrt" else o for o in outs])
-        if len(parts) == 1:
-            return parts[0]
-        return [np.concatenate(group) for group in zip(*parts, strict=True)]
+            return _run_batch(session, tensor)
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether the model runs on ONNX Runtime's CPU provider (where :meth:`inference_lanes` opens sessions)."""
+        session = self._session
+        return isinstance(session, OnnxSession) and session.providers == ["CPUExecutionProvider"]
+
+    def cpu_lanes(self) -> int:
+        """How many frames :meth:`inference_lanes` would run side by side by default: 2 for an ONNX model on
+        ONNX Runtime's CPU provider on a machine with at least 2 cores (one frame per core group uses a CPU
+        better than one frame spread over every core: fewer thread hand-offs per layer), else 1."""
+        return 2 if self.on_cpu and usable_cpus() >= 2 else 1
+
+    @contextlib.contextmanager
+    def inference_lanes(self, n: int) -> Iterator[list[Callable[[np.ndarray], list[np.ndarray]]]]:
+        """``n`` ways to :meth:`run_tensor` that may run side by side, one per thread.
+
+        On ONNX Runtime's CPU provider: ``n`` sessions of the model, each with ``cpus // n`` threads, opened
+        here and closed when the block ends. On any other backend (a TensorRT engine, a GPU provider) and for
+        ``n`` = 1: this Detector's own :meth:`run_tensor`, once."""
+        if n < 1:
+            raise TrtqError(f"inference lanes must be at least 1, got {n}")
+        session = self._session
+        if session is None:
+            raise TrtqError("this Detector is closed")
+        if n == 1 or not isinstance(session, OnnxSession) or not self.on_cpu:
+            yield [self.run_tensor]
+            return
+        threads = max(1, usable_cpus() // n)
+        lanes: list[OnnxSession] = []
+        try:
+            for _ in range(n):
+                lanes.append(OnnxSession(self.path, providers=session.providers, threads=threads))
+            yield [functools.partial(_run_batch, lane) for lane in lanes]
+        finally:
+            for lane in lanes:
+                lane.close()
 
     @contextlib.contextmanager
     def overlapped(self) -> Iterator[OverlappedEngine]:
@@ -311,6 +331,34 @@ class Detector:
             hw = (int(shape[0]), int(shape[1]))
             results.append(to_detections(rows, self.layout, input_hw or self.imgsz, hw, self.names, proto))
         return results
+
+
+def _run_batch(session: Session, tensor: np.ndarray) -> list[np.ndarray]:
+    """``tensor`` (NCHW, preprocessed) through ``session`` in chunks it takes; every output, owned."""
+    inner: Any = getattr(session, "session", None)
+    if tuple(tensor.shape[2:]) != session.imgsz and inner is not None:  # dynamic ONNX, a smaller input
+        names = [o.name for o in inner.get_outputs()]
+        return [np.asarray(o) for o in inner.run(names, {session.input_name: tensor})]
+    lo, hi = session.batch_range
+    n = int(tensor.shape[0])
+    chunk = hi if lo == hi else min(hi, max(lo, n))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, n, chunk):
+        part = tensor[start : start + chunk]
+        buf = session.input_buffer(max(len(part), lo))
+        buf[: len(part)] = part
+        outs = session.run(len(part))
+        parts.append([np.array(o) if session.backend == "tensorrt" else o for o in outs])
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate(group) for group in zip(*parts, strict=True)]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells, else every CPU)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def _layout_of(session: Session, path: Path) -> tuple[TaskLayout, int, int | None]:

@@ -17,12 +17,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prediction:
-    """The detections of one image file and how long they took."""
+    """The detections of one image file (or URL) and how long they took."""
 
-    path: Path
+    path: Path  # the file; for a URL, its file name
     detections: Detections
     ms: float  # preprocess + inference + postprocess
     saved: Path | None = None
+    url: str | None = None
 
     def summary(self) -> str:
         return f"{self.path.name}: {self.detections.summary()} ({self.ms:.1f} ms)"
@@ -30,7 +31,7 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         h, w = self.detections.image_shape
         return {
-            "image": str(self.path),
+            "image": self.url or str(self.path),
             "width": w,
             "height": h,
             "ms": round(self.ms, 2),
@@ -60,7 +61,7 @@ def predict(
     providers: Sequence[str] | None = None,
     on_result: Any = None,
 ) -> Predictions:
-    """Run ``model`` on every image of ``source`` (file, directory, glob, list file).
+    """Run ``model`` on every image of ``source`` (file, directory, glob, list file, or an image URL).
 
     ``save``: write each image with drawn detections (boxes; masks, keypoints and skeleton, rotated boxes)
     into this directory (same file name; JPEG/PNG as the source,
@@ -69,16 +70,17 @@ def predict(
     Unreadable files are skipped (listed in ``skipped`` and the JSON); when none can be read it is an error.
     """
     from trtq.fileio import write_json
-    from trtq.images import load_image, resolve_image_paths
+    from trtq.images import is_image_url, load_image, load_image_url, resolve_image_paths
 
     out_dir = Path(save) if save is not None else None
     results = Predictions()
     used_names: set[str] = set()
     with Detector(model, conf=conf, iou=iou, max_det=max_det, device=device, providers=providers) as det:
-        paths = resolve_image_paths(source)
+        url = str(source).strip() if is_image_url(source) else None
+        paths = [_url_name(url)] if url is not None else resolve_image_paths(source)
         for path in paths:
             try:
-                img = load_image(path)
+                img = load_image_url(url) if url is not None else load_image(path)
             except TrtqError as exc:  # one unreadable file does not end the run (as calibration skips it)
                 if len(paths) == 1:
                     raise
@@ -96,7 +98,7 @@ def predict(
                     name, k = f"{path.stem}_{k}{suffix}", k + 1
                 used_names.add(name)
                 saved = write_image(out_dir / name, draw_detections(img, d))
-            pred = Prediction(path, d, det.last_timing.get("total", 0.0), saved)
+            pred = Prediction(path, d, det.last_timing.get("total", 0.0), saved, url)
             results.append(pred)
             if on_result is not None:
                 on_result(pred)
@@ -117,3 +119,10 @@ def predict(
                 },
             )
     return results
+
+
+def _url_name(url: str) -> Path:
+    """The file name of an image URL's path (for the saved image and the summary)."""
+    from urllib.parse import unquote, urlparse
+
+    return Path(Path(unquote(urlparse(url).path)).name or "image.jpg")

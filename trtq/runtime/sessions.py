@@ -48,16 +48,16 @@ class OnnxSession:
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, *, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, path: Path, *, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
         from trtq.tasks import parse_metadata_value
 
         # a TensorRT Q/DQ ONNX is simulated exactly (as TensorRT computes it); a CPU-target model runs on
         # this CPU's own integer kernels, which is what it is for (the metadata says which it is)
-        session = ort_session(path, providers, exact_qdq=True)
+        session = ort_session(path, providers, exact_qdq=True, threads=threads)
         model_meta = dict(session.get_modelmeta().custom_metadata_map)
         if model_meta.get(TARGET_KEY) == TARGET_CPU:
             warn_if_saturating(model_meta, path.name)
-            session = ort_session(path, providers)
+            session = ort_session(path, providers, threads=threads)
         self.session: ort.InferenceSession | None = session
         self.providers = list(session.get_providers())
         inputs, outputs = session.get_inputs(), session.get_outputs()

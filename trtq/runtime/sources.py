@@ -57,7 +57,11 @@ def source_kind(source: str) -> str:
 
 def is_video_source(source: str | os.PathLike[str]) -> bool:
     """Whether ``source`` is read as video (not as images): a video file, camera, stream or ``.streams`` list."""
+    from trtq.images import is_image_url
+
     s = str(source)
+    if is_image_url(s):  # http(s)://host/x.jpg is an image to download, not a stream
+        return False
     return (
         source_kind(s) != "file" or s.lower().endswith(".streams") or Path(s).suffix.lower() in VIDEO_SUFFIXES
     )

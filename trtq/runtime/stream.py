@@ -12,8 +12,14 @@ ONNX Runtime / TensorRT release the GIL, so the threads really run side by side.
 - Files keep every frame, in order. Live sources (cameras, URLs, GStreamer) with ``live=True`` keep only the
   newest frame, so latency stays bounded when the model is slower than the camera.
 - Several sources are batched together: one inference per round over one frame of every stream (when the
-  model takes that batch; otherwise one call per frame), each result tagged with its stream.
+  model takes that batch; otherwise one call per frame), each result tagged with its stream. A live stream
+  with no frame within ``push_timeout`` of the round's first sits the round out, so one stalled camera does
+  not stop the others.
 - One source with ``batch`` > 1 runs up to ``batch`` consecutive frames per inference.
+- ``lanes`` inferences run side by side (:meth:`Detector.inference_lanes`): on ONNX Runtime's CPU provider, files
+  default to 2 lanes (frame k on one core group while frame k+1 runs on the other: more frames per second than
+  one frame spread over every core, at twice the per-frame latency), live sources to 1. Postprocessing puts the
+  results back in order.
 - The queues are small (``depth``), so memory is bounded and a slow consumer slows the readers down.
 - Every thread ends on every exit path: the generator finishing, ``close()``, an exception in any stage
   (raised in the caller's thread) and ``KeyboardInterrupt`` in the caller. Threads are daemons as a last
@@ -22,7 +28,9 @@ ONNX Runtime / TensorRT release the GIL, so the threads really run side by side.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -63,6 +71,10 @@ class StreamModel(Protocol):
 
     def input_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]: ...
 
+    def cpu_lanes(self) -> int: ...
+
+    def inference_lanes(self, n: int) -> contextlib.AbstractContextManager[list[Callable[[np.ndarray], list[np.ndarray]]]]: ...
+
     def decode_outputs(
         self,
         outputs: Sequence[np.ndarray],
@@ -73,6 +85,7 @@ class StreamModel(Protocol):
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
 JOIN_TIMEOUT_S = 10.0
+LIVE_POLL_S = 0.002  # how often a round of several live streams looks for their next frames
 
 
 @dataclass
@@ -102,6 +115,7 @@ class StreamResult:
 
 @dataclass
 class _Batch:
+    seq: int  # order of the batch in the pipeline (lanes may finish out of order)
     frames: list[Frame]
     tensor: np.ndarray
     timing: dict[str, float]
@@ -146,6 +160,9 @@ class StreamPipeline:
 
     ``sources``: opened :class:`VideoSource` objects (closed by the pipeline). ``live``: keep only the newest
     frame of live sources (default: True for live sources). ``depth``: queue length between stages.
+    ``lanes``: inferences run side by side (default: the model's :meth:`cpu_lanes` when every source is a
+    file, else 1). ``push_timeout``: with several live sources, how long a round waits for the other streams
+    after its first frame (default: one frame period of the fastest live source, 20-200 ms).
     """
 
     def __init__(
@@ -156,11 +173,13 @@ class StreamPipeline:
         live: bool | None = None,
         batch: int | None = None,
         depth: int = 2,
+        lanes: int | None = None,
+        push_timeout: float | None = None,
     ) -> None:
         if not sources:
             raise TrtqError("no video source to read")
-        import queue
-
+        if lanes is not None and lanes < 1:
+            raise TrtqError(f"lanes must be at least 1, got {lanes}")
         self.det = det
         self.sources = list(sources)
         self.batch = stream_batch(det, len(self.sources), batch)
@@ -174,7 +193,14 @@ class StreamPipeline:
             )
             for s in self.sources
         ]
-        self._q_pre: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        if lanes is None:
+            lanes = 1 if any(r.live for r in self.readers) else det.cpu_lanes()
+        self.lanes = lanes
+        if push_timeout is None:
+            rates = [float(getattr(s, "fps", 0) or 0) for s in self.sources if s.live]
+            push_timeout = min(max(1.0 / max(rates), 0.02), 0.2) if rates and max(rates) > 0 else 0.04
+        self.push_timeout = float(push_timeout)
+        self._q_pre: queue.Queue[Any] = queue.Queue(maxsize=max(depth, lanes))
         self._q_post: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._q_out: queue.Queue[Any] = queue.Queue(maxsize=depth * max(self.batch, 1) + 1)
         self._threads = [
@@ -257,12 +283,13 @@ class StreamPipeline:
         (a live stream does not wait to fill a batch)."""
         frames: list[Frame] = []
         if len(self.readers) > 1:
-            for r in list(active):
+            for r in [r for r in active if not r.live]:  # files: every frame, in order
                 item = self._take(r, active)
                 if isinstance(item, BaseException):
                     raise item
                 if item is not None:
                     frames.append(item)
+            frames += self._gather_live([r for r in active if r.live], active, started=bool(frames))
             return frames
         r = active[0]
         while len(frames) < self.batch and not (frames and r.live) and r in active:
@@ -273,9 +300,40 @@ class StreamPipeline:
                 frames.append(item)
         return frames
 
+    def _gather_live(self, live: list[FrameReader], active: list[FrameReader], *, started: bool) -> list[Frame]:
+        """A frame of each live stream that has one within ``push_timeout`` of the round's first frame (as
+        DeepStream's muxer pushes a partial batch): a stalled camera leaves the others running; it rejoins
+        with its next frame. Waits for the first frame as long as it takes (the readers end dropped streams)."""
+        frames: list[Frame] = []
+        deadline = time.perf_counter() + self.push_timeout if started else None
+        waiting = list(live)
+        while waiting and not self._stop.is_set():
+            got = False
+            for r in list(waiting):
+                try:
+                    item = r.queue.get_nowait()
+                except queue.Empty:
+                    continue
+                got = True
+                waiting.remove(r)
+                if item is END or item is STOPPED:
+                    active.remove(r)
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    frames.append(item)
+                    if deadline is None:
+                        deadline = time.perf_counter() + self.push_timeout
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            if not got:
+                time.sleep(LIVE_POLL_S)
+        return frames
+
     def _preprocess(self) -> None:
         det = self.det
         active = list(self.readers)
+        seq = 0
         while active and not self._stop.is_set():
             frames = self._next_frames(active)
             if self._stop.is_set():
@@ -291,9 +349,10 @@ class StreamPipeline:
             pre = (time.perf_counter() - t0) * 1e3
             decode = max(f.decode_ms for f in frames)
             if not put_blocking(
-                self._q_pre, _Batch(frames, tensor, {"decode": decode, "preprocess": pre}), self._stop
+                self._q_pre, _Batch(seq, frames, tensor, {"decode": decode, "preprocess": pre}), self._stop
             ):
                 return
+            seq += 1
         put_blocking(self._q_pre, END, self._stop)
 
     def _infer(self) -> None:
@@ -302,18 +361,51 @@ class StreamPipeline:
             with det.overlapped() as runner:  # pyright: ignore[reportAttributeAccessIssue]
                 self._infer_overlapped(runner)
             return
+        with det.inference_lanes(self.lanes) as runs:
+            helpers = [
+                threading.Thread(
+                    target=self._guard,
+                    args=(lambda run=run: self._infer_lane(run), self._q_post),
+                    name=f"trtq-inference-{k}",
+                    daemon=True,
+                )
+                for k, run in enumerate(runs[1:], start=1)
+            ]
+            for t in helpers:
+                t.start()
+            try:
+                ended = self._infer_lane(runs[0])
+            except BaseException as exc:  # the caller hears of it first, then every lane stops
+                put_blocking(self._q_post, exc, self._stop)
+                ended = False
+            finally:
+                for t in helpers:  # the lanes' sessions close when the block ends: after every lane stopped
+                    while t.is_alive():
+                        t.join(0.05)
+                        if self._stop.is_set():
+                            t.join(JOIN_TIMEOUT_S)
+                            break
+            if ended:
+                put_blocking(self._q_post, END, self._stop)
+
+    def _infer_lane(self, run: Callable[[np.ndarray], list[np.ndarray]]) -> bool:
+        """One lane: batches from the preprocess queue through ``run`` until the end (True: the input ended;
+        the end marker is put back for the other lanes) or a stop / an upstream error (False)."""
         while True:
             item = get_blocking(self._q_pre, self._stop)
             if item is STOPPED:
-                return
-            if item is END or isinstance(item, BaseException):
+                return False
+            if item is END:
+                put_blocking(self._q_pre, END, self._stop)  # every lane sees the end
+                return True
+            if isinstance(item, BaseException):
                 put_blocking(self._q_post, item, self._stop)
-                return
+                return False
             t0 = time.perf_counter()
-            item.outputs = det.run_tensor(item.tensor)
+            item.outputs = run(item.tensor)
             item.timing["inference"] = (time.perf_counter() - t0) * 1e3
             if not put_blocking(self._q_post, item, self._stop):
-                return
+                return False
 
     def _infer_overlapped(self, runner: Any) -> None:
         """TensorRT: batch k+1 is copied in and queued while batch k executes (:mod:`trtq.runtime.overlap`)."""
@@ -345,7 +437,8 @@ class StreamPipeline:
                 return
 
     def _postprocess(self) -> None:
-        det = self.det
+        pending: dict[int, _Batch] = {}  # lanes finish out of order: hold a batch until its turn
+        next_seq = 0
         while True:
             item = get_blocking(self._q_post, self._stop)
             if item is STOPPED:
@@ -353,14 +446,26 @@ class StreamPipeline:
             if item is END or isinstance(item, BaseException):
                 put_blocking(self._q_out, item, self._stop)
                 return
-            t0 = time.perf_counter()
-            hw = (int(item.tensor.shape[2]), int(item.tensor.shape[3]))
-            dets = det.decode_outputs(item.outputs, [f.image.shape[:2] for f in item.frames], hw)
-            item.timing["postprocess"] = (time.perf_counter() - t0) * 1e3
-            for f, d in zip(item.frames, dets, strict=True):
-                src = self.sources[f.stream]
-                res = StreamResult(
-                    f.stream, f.index, f.image, d, src.source, dict(item.timing), len(item.frames)
-                )
-                if not put_blocking(self._q_out, res, self._stop):
+            pending[item.seq] = item
+            while next_seq in pending:
+                if not self._emit(pending.pop(next_seq)):
                     return
+                next_seq += 1
+
+    def _emit(self, item: _Batch) -> bool:
+        """Decode one batch and hand its frames' results to the caller (False once the pipeline stops)."""
+        det = self.det
+        if item.outputs is None:  # every lane sets them before handing the batch on
+            raise TrtqError(f"batch {item.seq} reached postprocessing without outputs")
+        t0 = time.perf_counter()
+        hw = (int(item.tensor.shape[2]), int(item.tensor.shape[3]))
+        dets = det.decode_outputs(item.outputs, [f.image.shape[:2] for f in item.frames], hw)
+        item.timing["postprocess"] = (time.perf_counter() - t0) * 1e3
+        for f, d in zip(item.frames, dets, strict=True):
+            src = self.sources[f.stream]
+            res = StreamResult(
+                f.stream, f.index, f.image, d, src.source, dict(item.timing), len(item.frames)
+            )
+            if not put_blocking(self._q_out, res, self._stop):
+                return False
+        return True

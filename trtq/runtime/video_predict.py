@@ -55,6 +55,7 @@ def predict_video(
     vid_stride: int = 1,
     live: bool | None = None,
     batch: int | None = None,
+    lanes: int | None = None,
     reconnect: int = 0,
     device: int = 0,
     on_open: Callable[[VideoSource], None] | None = None,
@@ -71,7 +72,12 @@ def predict_video(
             hint = rect_hint(det, src.width, src.height, src.name)
             if hint and on_hint is not None:
                 on_hint(hint)
-        pipeline = StreamPipeline(det, opened, live=live, batch=batch)
+        pipeline = StreamPipeline(det, opened, live=live, batch=batch, lanes=lanes)
+        if pipeline.lanes > 1 and on_hint is not None and det.on_cpu:
+            on_hint(
+                f"{pipeline.lanes} frames run side by side on ONNX Runtime's CPU provider (more frames per second, "
+                "each frame later); --lanes 1 runs one at a time"
+            )
         with contextlib.ExitStack() as stack:
             stack.callback(pipeline.close)
             writers = (
