@@ -28,7 +28,6 @@ number of images, plus the exact running max |x|:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import numpy as np
 
 from trtq import onnxgraph
 from trtq.errors import TrtqError
+from trtq.machine import usable_cpus as _usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -566,13 +566,6 @@ def build_stats_graph(
 MAX_PARALLEL_IMAGES = 2
 
 
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
 def _parallelism(providers: Sequence[str]) -> tuple[int, int | None]:
     """(images run at once, ONNX Runtime intra-op threads per run; None = its default).
 
@@ -595,23 +588,11 @@ def make_session(
     """An ONNX Runtime session for calibration: the CUDA provider where present, else the CPU.
 
     ``threads``: intra-op threads of the session (None: ONNX Runtime's default, one per core)."""
-    import onnxruntime as ort
-
     from trtq.ort import ort_session
 
     if providers is None:
         providers = _default_providers()
-    if threads is None:
-        return ort_session(model if isinstance(model, bytes) else Path(model), providers)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=opts,
-                                    providers=list(providers))
-    except Exception as exc:
-        raise TrtqError(f"ONNX Runtime cannot load the statistics model: {str(exc).splitlines()[0][:200]}") from None
+    return ort_session(model if isinstance(model, bytes) else Path(model), providers, threads=threads)
 
 
 def _default_providers() -> list[str]:

@@ -352,13 +352,22 @@ def _letterbox_geometry(
     return r, new_unpad, (dw, dh)
 
 
+def _pads(dw: float, dh: float, *, center: bool = True) -> tuple[int, int, int, int]:
+    """Ultralytics' border (top, bottom, left, right) for a total padding of ``dw`` x ``dh``."""
+    if center:
+        dw, dh = dw / 2, dh / 2
+    top, left = (round(dh - 0.1), round(dw - 0.1)) if center else (0, 0)
+    return top, round(dh + 0.1), left, round(dw + 0.1)
+
+
 def letterbox_hw(
     image_hw: Sequence[int], new_shape: int | Sequence[int] = (640, 640), *, stride: int = 32, auto: bool = False
 ) -> tuple[int, int]:
     """The (height, width) :func:`letterbox` gives an image of ``image_hw``, without touching pixels."""
     h_new, w_new = _as_hw(new_shape)
     _, (w, h), (dw, dh) = _letterbox_geometry(image_hw, h_new, w_new, stride=stride, auto=auto, scaleup=True)
-    return h + round(dh / 2 - 0.1) + round(dh / 2 + 0.1), w + round(dw / 2 - 0.1) + round(dw / 2 + 0.1)
+    top, bottom, left, right = _pads(dw, dh)
+    return h + top + bottom, w + left + right
 
 
 def letterbox(
@@ -379,11 +388,10 @@ def letterbox(
     h_new, w_new = _as_hw(new_shape)
     shape = img.shape[:2]
     r, new_unpad, (dw, dh) = _letterbox_geometry(shape, h_new, w_new, stride=stride, auto=auto, scaleup=scaleup)
+    top, bottom, left, right = _pads(dw, dh, center=center)
     if center:
         dw /= 2
         dh /= 2
-    top, bottom = (round(dh - 0.1) if center else 0), round(dh + 0.1)
-    left, right = (round(dw - 0.1) if center else 0), round(dw + 0.1)
     if shape[::-1] != new_unpad:
         img = cv2.resize(img, new_unpad, interpolation=cv2.INTER_LINEAR)
     if img.ndim == 2:
@@ -414,11 +422,10 @@ def letterbox_into(
     value, so a wide frame on a square input costs only its own pixels."""
     h_dst, w_dst = int(dst.shape[1]), int(dst.shape[2])
     h_new, w_new = _as_hw(new_shape) if new_shape is not None else (h_dst, w_dst)
-    r, new_unpad, (dw, dh) = _letterbox_geometry(img.shape[:2], h_new, w_new, stride=stride, auto=auto, scaleup=True)
-    dw, dh = dw / 2, dh / 2
-    top, left = round(dh - 0.1), round(dw - 0.1)
+    _, new_unpad, (dw, dh) = _letterbox_geometry(img.shape[:2], h_new, w_new, stride=stride, auto=auto, scaleup=True)
+    top, bottom, left, right = _pads(dw, dh)
     w, h = new_unpad
-    if (h + top + round(dh + 0.1), w + left + round(dw + 0.1)) != (h_dst, w_dst):
+    if (h + top + bottom, w + left + right) != (h_dst, w_dst):
         raise TrtqError(
             f"a {img.shape[1]}x{img.shape[0]} image letterboxes to another size than the input's {w_dst}x{h_dst}"
         )

@@ -98,6 +98,14 @@ def _onnxruntime() -> dict[str, Any] | None:
     return {"version": ort.__version__, "providers": list(ort.get_available_providers())}
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS tells, else every CPU)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _cpu_isa() -> str | None:
     """The CPU's integer-kernel class (``avx2`` = AVX2 without VNNI, ``avx-vnni``, ``avx512-vnni``, ``arm64``)."""
     from trtq.cpuisa import detect_isa

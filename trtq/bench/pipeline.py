@@ -106,18 +106,16 @@ def _stage_summary(samples: dict[str, list[float]]) -> dict[str, dict[str, float
 def run_pipeline(
     det: Any, source: str, *, save: bool, samples: dict[str, list[float]], lanes: int | None = None
 ) -> tuple[int, float]:
-    """Every frame of ``source`` through the pipeline of ``det.stream`` (``lanes``: its default when None);
-    (frames, FPS); per-frame stage ms into ``samples``."""
-    from trtq.runtime.sources import open_sources
-    from trtq.runtime.stream import StreamPipeline
+    """Every frame of ``source`` through ``det.stream`` (``lanes``: its default when None); (frames, FPS);
+    per-frame stage ms into ``samples``."""
     from trtq.runtime.video import VideoWriter
 
     n, writer = 0, None
     with tempfile.TemporaryDirectory(prefix="trtq-bench-") as tmp:
         t0 = time.perf_counter()
-        pipeline = StreamPipeline(det, open_sources([source]), lanes=lanes)
+        stream = det.stream(source, lanes=lanes)
         try:
-            for res in pipeline:
+            for res in stream:
                 for k in ("decode", "preprocess", "inference", "postprocess"):
                     samples.setdefault(k, []).append(res.timing[k] / res.batch)
                 if save:
@@ -133,7 +131,7 @@ def run_pipeline(
             if writer is not None:
                 writer.close()
         finally:
-            pipeline.close()
+            stream.close()
         seconds = time.perf_counter() - t0
     return n, n / seconds
 
@@ -242,11 +240,11 @@ def bench_pipeline(
     try:
         ultras: list[Callable[[], tuple[int, float]] | None] = []
         from trtq.runtime.sources import source_kind
+        from trtq.runtime.stream import default_lanes
 
         live = source_kind(source) != "file"
         for m, det in zip(models, dets, strict=True):
-            # the lanes the pipeline takes by default (StreamPipeline): the model's for a file, 1 when live
-            row = PipelineRow(model=str(m), frames=0, lanes=lanes or (1 if live else det.cpu_lanes()))
+            row = PipelineRow(model=str(m), frames=0, lanes=lanes or default_lanes(det, live=live))
             rows.append(row)
             ultra = None
             if ultralytics:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trtq.errors import TrtqError
+from trtq.machine import usable_cpus
 from trtq.postprocess import decode_layout
 from trtq.runtime.decode import Detections, to_detections
 from trtq.runtime.sessions import OnnxSession, Session, open_session
@@ -335,10 +335,8 @@ class Detector:
 
 def _run_batch(session: Session, tensor: np.ndarray) -> list[np.ndarray]:
     """``tensor`` (NCHW, preprocessed) through ``session`` in chunks it takes; every output, owned."""
-    inner: Any = getattr(session, "session", None)
-    if tuple(tensor.shape[2:]) != session.imgsz and inner is not None:  # dynamic ONNX, a smaller input
-        names = [o.name for o in inner.get_outputs()]
-        return [np.asarray(o) for o in inner.run(names, {session.input_name: tensor})]
+    if tuple(tensor.shape[2:]) != session.imgsz and isinstance(session, OnnxSession):  # dynamic ONNX, smaller
+        return session.run_array(tensor)
     lo, hi = session.batch_range
     n = int(tensor.shape[0])
     chunk = hi if lo == hi else min(hi, max(lo, n))
@@ -352,13 +350,6 @@ def _run_batch(session: Session, tensor: np.ndarray) -> list[np.ndarray]:
     if len(parts) == 1:
         return parts[0]
     return [np.concatenate(group) for group in zip(*parts, strict=True)]
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity where the OS tells, else every CPU)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def _layout_of(session: Session, path: Path) -> tuple[TaskLayout, int, int | None]:

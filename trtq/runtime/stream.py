@@ -135,6 +135,12 @@ def stream_batch(det: StreamModel, n_streams: int, batch: int | None) -> int:
     return 1
 
 
+def default_lanes(det: StreamModel, *, live: bool) -> int:
+    """Inferences side by side when none is asked: one for live sources (lowest latency), else the model's
+    :meth:`cpu_lanes`."""
+    return 1 if live else det.cpu_lanes()
+
+
 def rect_hint(det: StreamModel, width: int, height: int, name: str, *, threshold: float = 0.75) -> str | None:
     """One line when a rectangular export fitted to this frame's aspect would do much less work than the
     model's square input (the fraction of the canvas that is padding), with the ``trtq export`` command."""
@@ -194,7 +200,7 @@ class StreamPipeline:
             for s in self.sources
         ]
         if lanes is None:
-            lanes = 1 if any(r.live for r in self.readers) else det.cpu_lanes()
+            lanes = default_lanes(det, live=any(r.live for r in self.readers))
         self.lanes = lanes
         if push_timeout is None:
             rates = [float(getattr(s, "fps", 0) or 0) for s in self.sources if s.live]
